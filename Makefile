@@ -1,0 +1,80 @@
+# sslwrap — build, install, test, demo and benchmark.
+# `make` builds the release binary; `make install` puts it where every old inetd.conf line expects it.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SBINDIR  = $(DESTDIR)$(PREFIX)/sbin
+MAN8DIR  = $(DESTDIR)$(PREFIX)/share/man/man8
+CARGO   ?= cargo
+BIN      = target/release/sslwrap
+
+# Debian packages the build and the test suites use; compat-tests/ and bench/ list their own.
+BUILD_PACKAGES = build-essential pkg-config libssl-dev openssl
+TEST_PACKAGES  = python3 procps util-linux mandoc groff-base ucspi-tcp socat curl gnutls-bin
+PACKAGE_LISTS  = $(wildcard compat-tests/packages)
+
+.PHONY: all build install uninstall check test unit lint compat demo bench deps clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+$(BIN): build
+
+install: $(BIN)
+	install -d $(SBINDIR) $(MAN8DIR)
+	install -m 755 $(BIN) $(SBINDIR)/sslwrap
+	install -m 644 man/sslwrap.8 $(MAN8DIR)/sslwrap.8
+
+uninstall:
+	rm -f $(SBINDIR)/sslwrap $(MAN8DIR)/sslwrap.8
+
+# Every test: unit and integration tests (real OpenSSL clients against the real binary), lint, and the
+# compatibility suite under real superservers and mail servers.
+check: deps lint test compat
+
+test: build
+	$(CARGO) test --release --locked -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	@out=$$(mandoc -Tlint -W warning man/sslwrap.8 2>&1); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
+	@out=$$(groff -ww -man -Tutf8 man/sslwrap.8 2>&1 >/dev/null); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
+	@echo "lint: fmt, clippy and man page clean"
+
+compat: build
+	@if [ -x compat-tests/run ]; then SSLWRAP_BIN=$(CURDIR)/$(BIN) compat-tests/run; else echo "compat-tests/run missing"; exit 1; fi
+
+# Installs missing Debian packages as root; otherwise prints the exact command and fails.
+deps:
+	@missing=""; \
+	for pkg in $(BUILD_PACKAGES) $(TEST_PACKAGES) $$(cat $(PACKAGE_LISTS) /dev/null | sed 's/#.*//'); do \
+	  dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "deps: missing packages; run: apt-get install$$missing"; exit 1; fi; \
+	echo "deps: installing$$missing"; \
+	guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; guard=1; fi; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing); rc=$$?; \
+	if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
+# Runs sslwrap in daemon mode on 127.0.0.1:8443 in front of a built-in echo backend (-exec /bin/cat), with a
+# throw-away self-signed certificate. Ctrl-C stops it.
+demo: build
+	@dir=$$(mktemp -d /tmp/sslwrap-demo.XXXXXX); \
+	openssl req -new -x509 -nodes -out $$dir/server.pem -keyout $$dir/server.pem -days 1 \
+	  -subj /CN=localhost -newkey ec -pkeyopt ec_paramgen_curve:P-256 2>/dev/null; chmod 600 $$dir/server.pem; \
+	echo "sslwrap demo: TLS echo service on 127.0.0.1:8443 (certificate in $$dir)"; \
+	echo "try:  openssl s_client -connect 127.0.0.1:8443 -quiet    (type a line, it comes back)"; \
+	trap 'rm -rf $$dir' EXIT INT TERM; \
+	$(BIN) -cert $$dir/server.pem -accept 127.0.0.1:8443 -debug -exec /bin/cat
+
+bench: build
+	@if [ -x bench/run ]; then bench/run; else echo "bench/run missing"; exit 1; fi
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,93 @@
+//! The client's connection as the TLS layer sees it: a descriptor to read and one to write (the same socket in
+//! daemon mode; fds 0 and 1 from inetd, which may be two descriptors of one socket), plus the addresses of both ends
+//! for logs, the PROXY header and the -exec environment. It never writes anything but what OpenSSL hands it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+/// The two directions of the client connection.
+pub struct ClientIo {
+    reader: File,
+    /// None when the reader's descriptor is also used for writing.
+    writer: Option<File>,
+}
+
+/// Where the client connection comes from and goes to, when it is a TCP socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientAddresses {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+impl ClientAddresses {
+    /// The peer for log lines: `1.2.3.4:5678`, or a placeholder when the client is not on a TCP socket.
+    pub fn peer_text(&self) -> String {
+        self.peer
+            .map_or_else(|| "unknown peer".to_string(), |peer| peer.to_string())
+    }
+}
+
+impl ClientIo {
+    /// One socket for both directions (daemon mode).
+    pub fn from_socket(socket: OwnedFd) -> io::Result<ClientIo> {
+        sys::set_nonblocking(socket.as_fd())?;
+        Ok(ClientIo {
+            reader: File::from(socket),
+            writer: None,
+        })
+    }
+
+    /// A read and a write descriptor (inetd mode: fds 0 and 1).
+    pub fn from_pair(read: OwnedFd, write: OwnedFd) -> io::Result<ClientIo> {
+        sys::set_nonblocking(read.as_fd())?;
+        sys::set_nonblocking(write.as_fd())?;
+        Ok(ClientIo {
+            reader: File::from(read),
+            writer: Some(File::from(write)),
+        })
+    }
+
+    pub fn read_fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
+    }
+
+    pub fn write_fd(&self) -> RawFd {
+        self.writer.as_ref().unwrap_or(&self.reader).as_raw_fd()
+    }
+
+    /// The addresses of the read descriptor's socket, if it is a TCP socket.
+    pub fn addresses(&self) -> ClientAddresses {
+        let Ok(copy) = self.reader.as_fd().try_clone_to_owned() else {
+            return ClientAddresses::default();
+        };
+        let socket = TcpStream::from(copy);
+        ClientAddresses {
+            peer: socket.peer_addr().ok(),
+            local: socket.local_addr().ok(),
+        }
+    }
+
+    fn writer(&mut self) -> &mut File {
+        self.writer.as_mut().unwrap_or(&mut self.reader)
+    }
+}
+
+impl Read for ClientIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Write for ClientIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

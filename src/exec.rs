@@ -1,0 +1,137 @@
+//! `-exec PROG [ARGS]`: the plaintext side is a program started after the handshake succeeded, with one end of a
+//! socketpair as its stdin and stdout (so half-close reaches it as EOF), its stderr lines sent to syslog (never to the
+//! client), and the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them. The program is
+//! reaped before the session ends; one that will not exit after its input closed is stopped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openssl::ssl::SslStream;
+
+use crate::client::{ClientAddresses, ClientIo};
+use crate::relay::{self, RelayError, Transfer};
+use crate::session::{TlsFacts, close_cleanly};
+use crate::{log_debug, log_error, log_notice, tls};
+
+/// How long the program may take to exit once the session is over, before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Longest stderr line passed to syslog.
+const MAX_STDERR_LINE: usize = 1024;
+
+/// Starts the program and relays the session to it; returns how the relay ended.
+pub fn serve_with_program(
+    stream: &mut SslStream<ClientIo>,
+    program: &Path,
+    args: &[String],
+    addresses: &ClientAddresses,
+    facts: &TlsFacts,
+    idle: Option<Duration>,
+) -> Result<Transfer, RelayError> {
+    let peer = addresses.peer_text();
+    let (mut child, mut plain) = match start_program(program, args, &environment(addresses, facts))
+    {
+        Ok(started) => started,
+        Err(reason) => {
+            log_error!("{peer}: cannot execute {}: {reason}", program.display());
+            close_cleanly(stream);
+            return Err(RelayError::Backend(format!(
+                "{} did not start",
+                program.display()
+            )));
+        }
+    };
+    let outcome = relay::relay_until_closed(stream, &mut plain, None, idle);
+    drop(plain);
+    reap(&mut child, program);
+    outcome
+}
+
+/// The connection facts for the program's environment.
+pub fn environment(addresses: &ClientAddresses, facts: &TlsFacts) -> Vec<(String, String)> {
+    let mut variables = vec![("PROTO".to_string(), "TCP".to_string())];
+    let mut add_address = |prefix: &str, address: Option<SocketAddr>| {
+        if let Some(address) = address {
+            variables.push((format!("{prefix}IP"), address.ip().to_string()));
+            variables.push((format!("{prefix}PORT"), address.port().to_string()));
+        }
+    };
+    add_address("TCPREMOTE", addresses.peer);
+    add_address("TCPLOCAL", addresses.local);
+    variables.push(("SSL_PROTOCOL".to_string(), facts.protocol.clone()));
+    variables.push(("SSL_CIPHER".to_string(), facts.cipher.clone()));
+    if let Some(subject) = &facts.client_subject {
+        variables.push(("SSL_CLIENT_S_DN".to_string(), subject.clone()));
+    }
+    if let Some(issuer) = &facts.client_issuer {
+        variables.push(("SSL_CLIENT_I_DN".to_string(), issuer.clone()));
+    }
+    variables
+}
+
+fn start_program(
+    program: &Path,
+    args: &[String],
+    variables: &[(String, String)],
+) -> Result<(Child, UnixStream), String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let their_stdout = theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(their_stdout)))
+        .stderr(Stdio::piped());
+    for (name, value) in variables {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().map_err(|e| tls::plain_io_reason(&e))?;
+    if let Some(stderr) = child.stderr.take() {
+        let name = program.display().to_string();
+        std::thread::spawn(move || log_program_stderr(&name, stderr));
+    }
+    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok((child, ours))
+}
+
+/// Passes what the program writes on stderr to syslog, a line at a time.
+fn log_program_stderr(program: &str, stderr: std::process::ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_STDERR_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => log_notice!("{program}: {}", String::from_utf8_lossy(&line).trim_end()),
+        }
+    }
+}
+
+/// Waits for the program to end; stops it if it outlives the session by more than the grace period.
+fn reap(child: &mut Child, program: &Path) {
+    let deadline = Instant::now() + EXIT_GRACE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                log_error!(
+                    "{} did not exit after the session ended; killed",
+                    program.display()
+                );
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Err(_) => break None,
+        }
+    };
+    if let Some(status) = status.filter(|status| !status.success()) {
+        log_debug!("{} ended with {status}", program.display());
+    }
+}

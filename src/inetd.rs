@@ -1,0 +1,31 @@
+//! inetd mode (no `-accept`): the superserver (inetd, xinetd, tcpserver, systemd with Accept=yes) has accepted the
+//! connection and handed it over as fds 0 and 1. The session runs in this process and the exit status tells how it
+//! ended. fds 0, 1 and 2 are pointed at /dev/null once taken, so nothing stray can ever reach the client.
+
+use openssl::ssl::SslContext;
+
+use crate::client::ClientIo;
+use crate::options::Config;
+use crate::session::{self, SessionStatus};
+use crate::{log_error, sys};
+
+/// Serves the one connection on fds 0/1.
+pub fn run(config: &Config, context: &SslContext) -> SessionStatus {
+    let client = match take_client_from_stdio() {
+        Ok(client) => client,
+        Err(reason) => {
+            log_error!("inetd mode: no usable client connection on fds 0/1: {reason}");
+            return 1;
+        }
+    };
+    session::serve(config, context, client)
+}
+
+fn take_client_from_stdio() -> std::io::Result<ClientIo> {
+    let read = sys::take_inherited_fd(0)?;
+    let write = sys::take_inherited_fd(1)?;
+    if !crate::log::stderr_is_safe_to_write() {
+        sys::point_at_dev_null(2)?;
+    }
+    ClientIo::from_pair(read, write)
+}

@@ -1,0 +1,192 @@
+//! Logging: every message goes to syslog with ident `sslwrap` (facility user), and also to stderr when stderr is
+//! not a socket. In inetd mode fd 2 is usually the client's own connection, and a byte written there would land inside
+//! its TLS stream, so this module must never write to a socket on fd 2. Messages never carry secrets (no key material,
+//! no session data), only names, addresses and reasons.
+//!
+//! The syslog socket is `/dev/log`, or the path in `SSLWRAP_SYSLOG_SOCKET` (the tests listen there). It is connected
+//! once at start-up, so logging keeps working after a chroot.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
+
+use crate::options::Verbosity;
+
+/// Syslog severities used here (RFC 5424 numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Debug = 7,
+}
+
+const FACILITY_USER: u8 = 1;
+/// Syslog daemons truncate long datagrams anyway; keep one message to a sane size.
+const MAX_MESSAGE: usize = 2048;
+
+struct Logger {
+    syslog: Option<UnixDatagram>,
+    syslog_path: String,
+    to_stderr: bool,
+    verbosity: Verbosity,
+}
+
+static LOGGER: Mutex<Option<Logger>> = Mutex::new(None);
+
+/// Connects to syslog and decides whether stderr may be written to. Call first thing in main.
+pub fn init() {
+    let syslog_path =
+        std::env::var("SSLWRAP_SYSLOG_SOCKET").unwrap_or_else(|_| "/dev/log".to_string());
+    let logger = Logger {
+        syslog: connect_syslog(&syslog_path),
+        syslog_path,
+        to_stderr: stderr_is_safe_to_write(),
+        verbosity: Verbosity::Normal,
+    };
+    *lock() = Some(logger);
+}
+
+/// Sets how much is logged, once the command line is read.
+pub fn set_verbosity(verbosity: Verbosity) {
+    if let Some(logger) = lock().as_mut() {
+        logger.verbosity = verbosity;
+    }
+}
+
+/// Whether messages of this severity are written at the current verbosity.
+pub fn enabled(severity: Severity) -> bool {
+    let verbosity = lock()
+        .as_ref()
+        .map_or(Verbosity::Normal, |logger| logger.verbosity);
+    match severity {
+        Severity::Error => true,
+        Severity::Warning | Severity::Notice => verbosity >= Verbosity::Normal,
+        Severity::Debug => verbosity >= Verbosity::Debug,
+    }
+}
+
+/// Whether fd 2 may be written to: only when it is not a socket (in inetd mode a socket there is the client).
+pub fn stderr_is_safe_to_write() -> bool {
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(stderr)
+        .metadata()
+        .is_ok_and(|meta| !meta.file_type().is_socket())
+}
+
+/// Writes one message at a severity, if the verbosity allows it.
+pub fn write(severity: Severity, message: &str) {
+    if !enabled(severity) {
+        return;
+    }
+    let message = one_line(message);
+    let mut guard = lock();
+    let Some(logger) = guard.as_mut() else {
+        return;
+    };
+    send_to_syslog(logger, severity, &message);
+    if logger.to_stderr {
+        let _ = writeln!(std::io::stderr(), "sslwrap: {message}");
+    }
+}
+
+/// Writes text (the usage) to stderr when that is safe.
+pub fn to_stderr(text: &str) {
+    if stderr_is_safe_to_write() {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Logger>> {
+    LOGGER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn connect_syslog(path: &str) -> Option<UnixDatagram> {
+    let socket = UnixDatagram::unbound().ok()?;
+    socket.connect(path).ok()?;
+    Some(socket)
+}
+
+fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
+    let priority = FACILITY_USER * 8 + severity as u8;
+    let line = format!("<{priority}>sslwrap[{}]: {message}", std::process::id());
+    let delivered = logger
+        .syslog
+        .as_ref()
+        .is_some_and(|socket| socket.send(line.as_bytes()).is_ok());
+    if !delivered {
+        // syslogd may have restarted since we connected; one reconnect, then give up quietly.
+        logger.syslog = connect_syslog(&logger.syslog_path);
+        if let Some(socket) = logger.syslog.as_ref() {
+            let _ = socket.send(line.as_bytes());
+        }
+    }
+}
+
+/// Keeps a message to one bounded line, so a peer cannot forge extra log lines with CR/LF in what it sent.
+fn one_line(message: &str) -> String {
+    let mut line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
+/// Logs an error: always written.
+#[macro_export]
+macro_rules! log_error {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Severity::Error, &format!($($arg)*)) };
+}
+
+/// Logs a warning: written unless -quiet.
+#[macro_export]
+macro_rules! log_warning {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Severity::Warning, &format!($($arg)*)) };
+}
+
+/// Logs a notice: written unless -quiet.
+#[macro_export]
+macro_rules! log_notice {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Severity::Notice, &format!($($arg)*)) };
+}
+
+/// Logs a debug line: written only with -debug.
+#[macro_export]
+macro_rules! log_debug {
+    ($($arg:tt)*) => {
+        if $crate::log::enabled($crate::log::Severity::Debug) {
+            $crate::log::write($crate::log::Severity::Debug, &format!($($arg)*))
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_split_a_log_line() {
+        assert_eq!(one_line("a\r\nb\tc"), "a  b c");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let line = one_line(&long);
+        assert!(line.len() <= MAX_MESSAGE);
+        assert!(line.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,91 @@
+//! sslwrap: a TLS wrapper for plaintext TCP services, a drop-in replacement for the classic sslwrap 2.0.6. This file
+//! only wires things up: read the command line, set up logging, build the TLS context (reading the key before any
+//! privilege is dropped), and hand over to inetd or daemon mode. It must stay thin.
+
+mod client;
+mod daemon;
+mod exec;
+mod inetd;
+mod log;
+mod options;
+mod privs;
+mod relay;
+mod session;
+mod sys;
+mod tls;
+
+use options::{Command, Config, UsageError};
+
+fn main() {
+    log::init();
+    let words: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect();
+    let status = match options::parse(&words) {
+        Err(UsageError(messages)) => report_usage_error(&messages),
+        Ok(Command::Help) => {
+            print!("{}", options::usage());
+            0
+        }
+        Ok(Command::Version) => {
+            println!(
+                "sslwrap {} (linked with {})",
+                options::VERSION,
+                tls::openssl_version()
+            );
+            0
+        }
+        Ok(Command::Run(config)) => run(&config),
+    };
+    std::process::exit(status);
+}
+
+fn report_usage_error(messages: &[String]) -> i32 {
+    for message in messages {
+        log_error!("{message}");
+    }
+    log::to_stderr(&options::usage());
+    1
+}
+
+/// Loads everything that needs the original privileges, then serves.
+fn run(config: &Config) -> i32 {
+    log::set_verbosity(config.verbosity);
+    let context = match tls::build_context(&config.tls, config.state) {
+        Ok(context) => context,
+        Err(reason) => {
+            log_error!("{reason}");
+            return 1;
+        }
+    };
+    let identity = match privs::resolve(
+        config.user.as_deref(),
+        config.group.as_deref(),
+        config.chroot.as_ref(),
+    ) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            log_error!("{reason}");
+            return 1;
+        }
+    };
+    match &config.accept {
+        Some(value) => match daemon::bind(value) {
+            Ok(listener) => daemon::run(config, context, listener, identity),
+            Err(reason) => {
+                log_error!("{reason}");
+                1
+            }
+        },
+        None => {
+            if let Some(identity) = identity {
+                if let Err(reason) = identity.apply() {
+                    log_error!("{reason}");
+                    return 1;
+                }
+            }
+            inetd::run(config, &context)
+        }
+    }
+}

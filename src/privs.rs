@@ -1,0 +1,106 @@
+//! Privilege separation (`-chroot`, `-group`, `-user`): applied after the key is read and the port is bound, in the
+//! only safe order (chroot, groups, gid, uid), and then checked. A drop that did not take is a fatal error: sslwrap
+//! never goes on as root when it was told not to.
+
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// The identity to switch to, resolved while /etc/passwd is still reachable (before chroot).
+pub struct Identity {
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    chroot: Option<PathBuf>,
+    description: String,
+}
+
+/// Looks the names up; a user or group that does not exist is a start-up error naming it.
+pub fn resolve(
+    user: Option<&str>,
+    group: Option<&str>,
+    chroot: Option<&PathBuf>,
+) -> Result<Option<Identity>, String> {
+    if user.is_none() && group.is_none() && chroot.is_none() {
+        return Ok(None);
+    }
+    let mut uid = None;
+    let mut gid = None;
+    let mut description = Vec::new();
+    if let Some(user) = user {
+        let (id, primary_gid) = resolve_user(user)?;
+        uid = Some(id);
+        gid = primary_gid;
+        description.push(format!("user {user}"));
+    }
+    if let Some(group) = group {
+        gid = Some(resolve_group(group)?);
+        description.push(format!("group {group}"));
+    }
+    if let Some(dir) = chroot {
+        if !dir.is_dir() {
+            return Err(format!("-chroot: {} is not a directory", dir.display()));
+        }
+        description.push(format!("chroot {}", dir.display()));
+    }
+    Ok(Some(Identity {
+        uid,
+        gid,
+        chroot: chroot.cloned(),
+        description: description.join(", "),
+    }))
+}
+
+fn resolve_user(user: &str) -> Result<(libc::uid_t, Option<libc::gid_t>), String> {
+    if let Ok(uid) = user.parse::<libc::uid_t>() {
+        return Ok((uid, None));
+    }
+    match sys::user_by_name(user) {
+        Ok(Some(entry)) => Ok((entry.uid, Some(entry.gid))),
+        Ok(None) => Err(format!("-user: no such user '{user}'")),
+        Err(error) => Err(format!("-user: cannot look up '{user}': {error}")),
+    }
+}
+
+fn resolve_group(group: &str) -> Result<libc::gid_t, String> {
+    if let Ok(gid) = group.parse::<libc::gid_t>() {
+        return Ok(gid);
+    }
+    match sys::group_by_name(group) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(format!("-group: no such group '{group}'")),
+        Err(error) => Err(format!("-group: cannot look up '{group}': {error}")),
+    }
+}
+
+impl Identity {
+    /// Chroots, switches groups and user, and verifies the result.
+    pub fn apply(&self) -> Result<(), String> {
+        if let Some(dir) = &self.chroot {
+            std::os::unix::fs::chroot(dir).map_err(|e| format!("chroot {}: {e}", dir.display()))?;
+            std::env::set_current_dir("/")
+                .map_err(|e| format!("chdir / in {}: {e}", dir.display()))?;
+        }
+        let groups: Vec<libc::gid_t> = self.gid.into_iter().collect();
+        sys::switch_identity(self.uid, self.gid, &groups)
+            .map_err(|e| format!("cannot switch to {}: {e}", self.description))?;
+        self.verify()
+    }
+
+    fn verify(&self) -> Result<(), String> {
+        let (uids, gids) = sys::current_ids();
+        let uid_ok = self.uid.is_none_or(|uid| uids.iter().all(|id| *id == uid));
+        let gid_ok = self.gid.is_none_or(|gid| gids.iter().all(|id| *id == gid));
+        if uid_ok && gid_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "privilege drop to {} did not take (uids {uids:?}, gids {gids:?})",
+                self.description
+            ))
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}

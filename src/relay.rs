@@ -1,0 +1,406 @@
+//! The one bidirectional pump between the TLS client and the plaintext side, used by every mode. Non-blocking, one
+//! `poll(2)`, one bounded buffer per direction (a full TLS record), so a slow reader on either side only slows the
+//! other down (back pressure) and memory never grows with the traffic. Half-close is carried across: the client's
+//! close_notify (or EOF) becomes shutdown(SHUT_WR) towards the plaintext side, the plaintext side's EOF becomes a
+//! close_notify, and the other direction keeps flowing until it ends too. An error on either side ends the session
+//! without a close_notify, so a client never mistakes a cut-off transfer for a complete one.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{ErrorCode, SslStream};
+
+use crate::client::ClientIo;
+use crate::sys;
+
+/// One TLS record of plaintext: the most a single SSL_read returns, and the most worth handing to SSL_write.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// The plaintext end of a session: a TCP connection to the backend, or a socketpair end (-exec, -fd).
+pub trait Plaintext: Read + Write + AsRawFd {
+    /// Tells the other end no more data will come, while still reading what it sends.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Plaintext for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Plaintext for UnixStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// Rewrites or observes the plaintext once the session is relayed (the STARTTLS advertisement strip).
+pub trait SessionFilter {
+    fn client_to_backend(&mut self, data: &[u8]);
+    fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>);
+}
+
+/// Bytes carried each way, for the end-of-session log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transfer {
+    pub from_client: u64,
+    pub to_client: u64,
+}
+
+/// Why a session ended early.
+#[derive(Debug)]
+pub enum RelayError {
+    Client(String),
+    Backend(String),
+    Idle(Duration),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Client(reason) => write!(f, "client: {reason}"),
+            RelayError::Backend(reason) => write!(f, "backend: {reason}"),
+            RelayError::Idle(limit) => write!(f, "idle for {} s, closed", limit.as_secs()),
+        }
+    }
+}
+
+/// Which readiness an operation on the TLS side is waiting for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Nothing,
+    Readable,
+    Writable,
+}
+
+/// Bytes read from one side and not yet written to the other.
+struct Pending {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            bytes: Vec::with_capacity(BUFFER_SIZE),
+            written: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.written == self.bytes.len()
+    }
+
+    fn unwritten(&self) -> &[u8] {
+        &self.bytes[self.written..]
+    }
+
+    /// An empty buffer of full size to read into; `filled` then keeps what was read.
+    fn space(&mut self) -> &mut [u8] {
+        self.bytes.resize(BUFFER_SIZE, 0);
+        self.written = 0;
+        &mut self.bytes
+    }
+
+    fn filled(&mut self, count: usize) {
+        self.bytes.truncate(count);
+    }
+}
+
+/// The state of one session's pump.
+struct Pump<'a, P: Plaintext> {
+    tls: &'a mut SslStream<ClientIo>,
+    plain: &'a mut P,
+    filter: Option<&'a mut dyn SessionFilter>,
+    to_backend: Pending,
+    to_client: Pending,
+    client_done: bool,
+    backend_done: bool,
+    backend_write_shut: bool,
+    close_notify_sent: bool,
+    tls_read_wait: Wait,
+    tls_write_wait: Wait,
+    transfer: Transfer,
+}
+
+/// Relays until both directions have ended (Ok) or one side failed (Err). `idle` ends a session on which nothing
+/// moved for that long.
+pub fn relay_until_closed<'a, P: Plaintext>(
+    tls: &'a mut SslStream<ClientIo>,
+    plain: &'a mut P,
+    filter: Option<&'a mut dyn SessionFilter>,
+    idle: Option<Duration>,
+) -> Result<Transfer, RelayError> {
+    let mut pump = Pump {
+        tls,
+        plain,
+        filter,
+        to_backend: Pending::new(),
+        to_client: Pending::new(),
+        client_done: false,
+        backend_done: false,
+        backend_write_shut: false,
+        close_notify_sent: false,
+        tls_read_wait: Wait::Nothing,
+        tls_write_wait: Wait::Nothing,
+        transfer: Transfer::default(),
+    };
+    pump.run(idle)
+}
+
+fn is_would_block(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+impl<P: Plaintext> Pump<'_, P> {
+    fn run(&mut self, idle: Option<Duration>) -> Result<Transfer, RelayError> {
+        loop {
+            let mut progress = false;
+            progress |= self.read_client()?;
+            progress |= self.write_backend()?;
+            progress |= self.read_backend()?;
+            progress |= self.write_client()?;
+            progress |= self.propagate_ends()?;
+            if self.finished() {
+                return Ok(self.transfer);
+            }
+            if !progress {
+                self.wait_for_readiness(idle)?;
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.client_done && self.backend_done && self.close_notify_sent && self.to_client.is_empty()
+    }
+
+    fn read_client(&mut self) -> Result<bool, RelayError> {
+        if self.client_done || !self.to_backend.is_empty() {
+            return Ok(false);
+        }
+        self.tls_read_wait = Wait::Nothing;
+        match self.tls.ssl_read(self.to_backend.space()) {
+            Ok(count) => {
+                self.to_backend.filled(count);
+                self.transfer.from_client += count as u64;
+                if let Some(filter) = self.filter.as_deref_mut() {
+                    filter.client_to_backend(self.to_backend.unwritten());
+                }
+                Ok(true)
+            }
+            Err(error) => {
+                self.to_backend.filled(0);
+                match error.code() {
+                    ErrorCode::ZERO_RETURN => {
+                        self.client_done = true;
+                        Ok(true)
+                    }
+                    ErrorCode::WANT_READ => {
+                        self.tls_read_wait = Wait::Readable;
+                        Ok(false)
+                    }
+                    ErrorCode::WANT_WRITE => {
+                        self.tls_read_wait = Wait::Writable;
+                        Ok(false)
+                    }
+                    ErrorCode::SYSCALL if error.io_error().is_none() => {
+                        self.client_done = true;
+                        Ok(true)
+                    }
+                    _ => Err(RelayError::Client(tls_error_reason(&error))),
+                }
+            }
+        }
+    }
+
+    fn write_backend(&mut self) -> Result<bool, RelayError> {
+        if self.to_backend.is_empty() {
+            return Ok(false);
+        }
+        match self.plain.write(self.to_backend.unwritten()) {
+            Ok(count) => {
+                self.to_backend.written += count;
+                Ok(count > 0)
+            }
+            Err(error) if is_would_block(&error) => Ok(false),
+            Err(error) => Err(RelayError::Backend(format!(
+                "write failed: {}",
+                crate::tls::plain_io_reason(&error)
+            ))),
+        }
+    }
+
+    fn read_backend(&mut self) -> Result<bool, RelayError> {
+        if self.backend_done || !self.to_client.is_empty() {
+            return Ok(false);
+        }
+        let result = match self.filter.as_deref_mut() {
+            None => {
+                let result = self.plain.read(self.to_client.space());
+                self.to_client.filled(*result.as_ref().unwrap_or(&0));
+                result
+            }
+            Some(filter) => {
+                let mut raw = [0u8; BUFFER_SIZE];
+                let result = self.plain.read(&mut raw);
+                self.to_client.bytes.clear();
+                self.to_client.written = 0;
+                if let Ok(count) = result {
+                    filter.backend_to_client(&raw[..count], &mut self.to_client.bytes);
+                }
+                result
+            }
+        };
+        match result {
+            Ok(0) => {
+                self.backend_done = true;
+                Ok(true)
+            }
+            Ok(_) => Ok(true),
+            Err(error) => {
+                if is_would_block(&error) {
+                    Ok(false)
+                } else {
+                    Err(RelayError::Backend(format!(
+                        "read failed: {}",
+                        crate::tls::plain_io_reason(&error)
+                    )))
+                }
+            }
+        }
+    }
+
+    fn write_client(&mut self) -> Result<bool, RelayError> {
+        if self.to_client.is_empty() {
+            return Ok(false);
+        }
+        self.tls_write_wait = Wait::Nothing;
+        match self.tls.ssl_write(self.to_client.unwritten()) {
+            Ok(count) => {
+                self.to_client.written += count;
+                self.transfer.to_client += count as u64;
+                Ok(true)
+            }
+            Err(error) => self.note_tls_wait(&error, |pump, wait| pump.tls_write_wait = wait),
+        }
+    }
+
+    /// Carries each side's end to the other once everything before it was delivered.
+    fn propagate_ends(&mut self) -> Result<bool, RelayError> {
+        let mut progress = false;
+        if self.client_done && self.to_backend.is_empty() && !self.backend_write_shut {
+            self.backend_write_shut = true;
+            // The backend may already have closed; its reply direction still decides when the session ends.
+            let _ = self.plain.shutdown_write();
+            progress = true;
+        }
+        if self.backend_done && self.to_client.is_empty() && !self.close_notify_sent {
+            self.tls_write_wait = Wait::Nothing;
+            match self.tls.shutdown() {
+                Ok(_) => {
+                    self.close_notify_sent = true;
+                    progress = true;
+                }
+                Err(error) => {
+                    self.note_tls_wait(&error, |pump, wait| pump.tls_write_wait = wait)?;
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    fn note_tls_wait(
+        &mut self,
+        error: &openssl::ssl::Error,
+        record: fn(&mut Self, Wait),
+    ) -> Result<bool, RelayError> {
+        match error.code() {
+            ErrorCode::WANT_WRITE => record(self, Wait::Writable),
+            ErrorCode::WANT_READ => record(self, Wait::Readable),
+            _ => return Err(RelayError::Client(tls_error_reason(error))),
+        }
+        Ok(false)
+    }
+
+    fn wait_for_readiness(&mut self, idle: Option<Duration>) -> Result<(), RelayError> {
+        let client_read = self.tls.get_ref().read_fd();
+        let client_write = self.tls.get_ref().write_fd();
+        let waits = [self.tls_read_wait, self.tls_write_wait];
+        let mut client_read_events = 0;
+        let mut client_write_events = 0;
+        for wait in waits {
+            match wait {
+                Wait::Readable => client_read_events |= sys::POLLIN,
+                Wait::Writable => client_write_events |= sys::POLLOUT,
+                Wait::Nothing => {}
+            }
+        }
+        let mut backend_events = 0;
+        if !self.backend_done && self.to_client.is_empty() {
+            backend_events |= sys::POLLIN;
+        }
+        if !self.to_backend.is_empty() {
+            backend_events |= sys::POLLOUT;
+        }
+        let mut entries = Vec::with_capacity(3);
+        push_entry(&mut entries, client_read, client_read_events);
+        push_entry(&mut entries, client_write, client_write_events);
+        push_entry(&mut entries, self.plain.as_raw_fd(), backend_events);
+        if entries.is_empty() {
+            // Nothing can move any more: only a side that stopped without closing is left.
+            return Err(RelayError::Client(
+                "stalled with nothing to wait for".to_string(),
+            ));
+        }
+        let started = Instant::now();
+        let ready = sys::poll(&mut entries, idle)
+            .map_err(|e| RelayError::Client(format!("poll failed: {e}")))?;
+        if ready == 0 && idle.is_some_and(|limit| started.elapsed() >= limit) {
+            return Err(RelayError::Idle(idle.unwrap_or_default()));
+        }
+        Ok(())
+    }
+}
+
+fn push_entry(entries: &mut Vec<sys::pollfd>, fd: RawFd, events: libc::c_short) {
+    if events == 0 {
+        return;
+    }
+    if let Some(existing) = entries.iter_mut().find(|entry| entry.fd == fd) {
+        existing.events |= events;
+    } else {
+        entries.push(sys::poll_entry(fd, events));
+    }
+}
+
+/// A one-line reason for a failed TLS read or write.
+pub fn tls_error_reason(error: &openssl::ssl::Error) -> String {
+    if let Some(io_error) = error.io_error() {
+        return crate::tls::plain_io_reason(io_error);
+    }
+    match error.ssl_error() {
+        Some(stack) => crate::tls::openssl_reason(stack),
+        None if error.code() == ErrorCode::SYSCALL => "connection closed".to_string(),
+        None => format!("TLS error {}", error.code().as_raw()),
+    }
+}
+
+/// Waits until `fd` is ready for `events` or the deadline passes; Ok(false) on timeout.
+pub fn wait_until(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut entry = [sys::poll_entry(fd, events)];
+        if sys::poll(&mut entry, Some(left))? > 0 {
+            return Ok(true);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
+//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, two OpenSSL context knobs). Each
+//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
+//! this file may use `unsafe`.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+pub use libc::{POLLIN, POLLOUT, pollfd};
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Waits for readiness on the given descriptors; `None` waits without a time limit. Returns how many are ready
+/// (0 = timed out). An interrupted wait reports 0 ready descriptors so callers simply look again.
+pub fn poll(fds: &mut [pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the duration of the call and its length is
+    // passed alongside it.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    match check(ready) {
+        Ok(count) => Ok(count as usize),
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+/// A pollfd entry asking for `events` on `fd`.
+pub fn poll_entry(fd: RawFd, events: libc::c_short) -> pollfd {
+    pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Puts a descriptor in non-blocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL only reads and sets status flags of a descriptor the borrow keeps open.
+    unsafe {
+        let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        check(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Takes ownership of a descriptor inherited from the parent process (inetd's fds 0/1, `-fd N`): a new descriptor
+/// (close-on-exec) is made for it, and the original number is pointed at /dev/null, so no stray write to fd 0/1/2 can
+/// ever reach the client and no child program inherits it by accident.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a fresh descriptor that nothing else owns; we wrap it in OwnedFd right away.
+    let copy = unsafe { check(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3))? };
+    // SAFETY: `copy` was just created by fcntl above and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(copy) };
+    point_at_dev_null(fd)?;
+    Ok(owned)
+}
+
+/// Makes `fd` refer to /dev/null (for fds 0/1/2 once their real file is no longer to be written).
+pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: dup2 atomically replaces `fd` (an inherited descriptor this process owns) with a copy of /dev/null;
+    // `null` stays valid during the call and is closed when dropped.
+    unsafe { check(libc::dup2(null.as_raw_fd(), fd))? };
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor flags; an unopened number just returns EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// The result of fork, as seen by each side.
+pub enum Forked {
+    Child,
+    Parent,
+}
+
+/// Forks the (single-threaded) process.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: sslwrap's daemon parent is single-threaded, so the child may keep running Rust code after fork.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        _ => Ok(Forked::Parent),
+    }
+}
+
+/// Ends the process at once, without running exit handlers shared with the parent (forked children use this).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a reaped child ended.
+pub enum ChildEnd {
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Reaps one ended child without waiting; `None` when no child has ended (or there are none).
+pub fn reap_one_child() -> Option<(libc::pid_t, ChildEnd)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes the status into our local variable only.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
+    }
+    let end = if libc::WIFSIGNALED(status) {
+        ChildEnd::Killed(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
+    };
+    Some((pid, end))
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; zeroed memory is a valid start for it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocks the signals and returns a descriptor on which they arrive instead (signalfd), so the daemon's one poll loop
+/// sees them without handlers or races.
+pub fn signals_to_fd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let set = signal_set(signals);
+    // SAFETY: `set` is an initialised sigset_t; sigprocmask and signalfd only read it.
+    unsafe {
+        check(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = check(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Unblocks every signal again (a forked child serving one session wants default signal behaviour).
+pub fn unblock_all_signals() {
+    let set = signal_set(&[]);
+    // SAFETY: `set` is an initialised empty sigset_t; SIG_SETMASK to it unblocks everything.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Reads the pending signal numbers from a signalfd (non-blocking; empty when none).
+pub fn read_signals(fd: BorrowedFd<'_>) -> Vec<libc::c_int> {
+    let mut signals = Vec::new();
+    loop {
+        // SAFETY: signalfd_siginfo is plain old data; zeroed is a valid value to read into.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: we pass a pointer to `info` and exactly its size; read writes at most that many bytes.
+        let got = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if got != size as isize {
+            return signals;
+        }
+        signals.push(info.ssi_signo as libc::c_int);
+    }
+}
+
+/// A user from the password database.
+pub struct UserEntry {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// Looks a user up by name (through NSS, as the system does).
+pub fn user_by_name(name: &str) -> io::Result<Option<UserEntry>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buffer = vec![0u8; 16384];
+    // SAFETY: passwd is plain old data; zeroed is valid before getpwnam_r fills it.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to memory we own for the whole call, and the buffer length is passed with it.
+    let error = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(UserEntry {
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+    }))
+}
+
+/// Looks a group id up by name.
+pub fn group_by_name(name: &str) -> io::Result<Option<libc::gid_t>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buffer = vec![0u8; 65536];
+    // SAFETY: group is plain old data; zeroed is valid before getgrnam_r fills it.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer refers to memory we own for the whole call, and the buffer length is passed with it.
+    let error = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    Ok((!found.is_null()).then_some(entry.gr_gid))
+}
+
+/// Sets the supplementary groups, then the gid, then the uid: the order in which a root process can still do each.
+pub fn switch_identity(
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    groups: &[libc::gid_t],
+) -> io::Result<()> {
+    // SAFETY: setgroups reads `groups.len()` gids from the slice; setgid/setuid take plain integers.
+    unsafe {
+        if gid.is_some() || uid.is_some() {
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+        }
+        if let Some(gid) = gid {
+            check(libc::setgid(gid))?;
+        }
+        if let Some(uid) = uid {
+            check(libc::setuid(uid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The real, effective and saved uid and gid, to prove a privilege drop took.
+pub fn current_ids() -> ([libc::uid_t; 3], [libc::gid_t; 3]) {
+    let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+    let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+    // SAFETY: getresuid/getresgid write into the six local integers only.
+    unsafe {
+        libc::getresuid(&mut ruid, &mut euid, &mut suid);
+        libc::getresgid(&mut rgid, &mut egid, &mut sgid);
+    }
+    ([ruid, euid, suid], [rgid, egid, sgid])
+}
+
+/// Turns on OpenSSL's automatic Diffie-Hellman group choice (RFC 7919 groups sized to the certificate), which the
+/// `openssl` crate does not expose.
+pub fn enable_automatic_dh(context: &mut openssl::ssl::SslContextBuilder) {
+    // SAFETY: the builder owns a valid SSL_CTX; SSL_CTRL_SET_DH_AUTO takes an integer flag and no pointer.
+    unsafe {
+        openssl_sys::SSL_CTX_set_dh_auto(context.as_ptr(), 1);
+    }
+}
+
+/// Installs a handshake-state callback that hands each state change to `report` (for `-state`).
+pub fn report_handshake_states(
+    context: &mut openssl::ssl::SslContextBuilder,
+    report: fn(&str, &str),
+) {
+    STATE_REPORTER.store(report as *mut (), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the builder owns a valid SSL_CTX; the callback is a plain extern "C" fn that lives for the whole program.
+    unsafe {
+        SSL_CTX_set_info_callback(context.as_ptr(), Some(handshake_state_changed));
+    }
+}
+
+// Values of OpenSSL's SSL_CB_* flags (ssl.h), which openssl-sys does not export.
+const SSL_CB_LOOP: libc::c_int = 0x01;
+const SSL_CB_HANDSHAKE_START: libc::c_int = 0x10;
+const SSL_CB_HANDSHAKE_DONE: libc::c_int = 0x20;
+const SSL_CB_ALERT: libc::c_int = 0x4000;
+
+static STATE_REPORTER: std::sync::atomic::AtomicPtr<()> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+unsafe extern "C" {
+    fn SSL_CTX_set_info_callback(
+        ctx: *mut openssl_sys::SSL_CTX,
+        callback: Option<unsafe extern "C" fn(*const openssl_sys::SSL, libc::c_int, libc::c_int)>,
+    );
+    fn SSL_alert_desc_string_long(value: libc::c_int) -> *const libc::c_char;
+}
+
+unsafe extern "C" fn handshake_state_changed(
+    ssl: *const openssl_sys::SSL,
+    kind: libc::c_int,
+    value: libc::c_int,
+) {
+    let reporter = STATE_REPORTER.load(std::sync::atomic::Ordering::Relaxed);
+    if reporter.is_null() {
+        return;
+    }
+    // SAFETY: STATE_REPORTER only ever holds a `fn(&str, &str)` stored by report_handshake_states.
+    let report: fn(&str, &str) =
+        unsafe { std::mem::transmute::<*mut (), fn(&str, &str)>(reporter) };
+    let what = match kind {
+        k if k & SSL_CB_ALERT != 0 => "alert",
+        k if k & SSL_CB_HANDSHAKE_START != 0 => "handshake start",
+        k if k & SSL_CB_HANDSHAKE_DONE != 0 => "handshake done",
+        k if k & SSL_CB_LOOP != 0 => "state",
+        _ => return,
+    };
+    // SAFETY: OpenSSL calls us with a valid SSL; both functions return static NUL-terminated strings.
+    let detail = unsafe {
+        let text = if what == "alert" {
+            SSL_alert_desc_string_long(value)
+        } else {
+            openssl_sys::SSL_state_string_long(ssl)
+        };
+        if text.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        }
+    };
+    report(what, &detail);
+}

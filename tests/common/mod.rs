@@ -1,0 +1,457 @@
+//! Shared test fixtures: temporary directories, a syslog listener the binary logs to (SSLWRAP_SYSLOG_SOCKET), a
+//! certificate authority with server and client certificates, an inetd stand-in that hands each accepted connection
+//! to a fresh sslwrap as fds 0/1/2 exactly like inetd does, plaintext backends, and TLS clients. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509, X509NameBuilder};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_sslwrap");
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("sslwrap-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Receives what sslwrap logs, as syslogd would.
+pub struct Syslog {
+    socket: UnixDatagram,
+    pub path: PathBuf,
+    pub lines: Vec<String>,
+}
+
+impl Syslog {
+    pub fn new(dir: &TempDir) -> Syslog {
+        let path = dir.path("log.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Syslog {
+            socket,
+            path,
+            lines: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buffer = [0u8; 4096];
+        while let Ok(count) = self.socket.recv(&mut buffer) {
+            self.lines
+                .push(String::from_utf8_lossy(&buffer[..count]).into_owned());
+        }
+    }
+
+    /// Waits up to `limit` for a logged line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.lines.iter().find(|line| line.contains(needle)) {
+                return Some(line.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.drain();
+        }
+    }
+
+    /// Waits for a line or fails the test showing everything logged so far.
+    pub fn expect(&mut self, needle: &str) -> String {
+        match self.wait_for(needle, Duration::from_secs(20)) {
+            Some(line) => line,
+            None => panic!(
+                "no log line containing {needle:?}; logged: {:#?}",
+                self.lines
+            ),
+        }
+    }
+
+    /// Everything logged until now (after a short settle).
+    pub fn settle(&mut self) -> &[String] {
+        std::thread::sleep(Duration::from_millis(200));
+        self.drain();
+        &self.lines
+    }
+}
+
+/// A certificate and its key.
+pub struct Identity {
+    pub cert: X509,
+    pub key: PKey<Private>,
+}
+
+fn new_key() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+/// Issues a certificate for `common_name`, signed by `issuer` (self-signed when None).
+pub fn issue(common_name: &str, issuer: Option<&Identity>, is_ca: bool) -> Identity {
+    let key = new_key();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "sslwrap tests")
+        .unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, common_name)
+        .unwrap();
+    let name = name.build();
+    let mut builder = X509::builder().unwrap();
+    builder.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    builder
+        .set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder
+        .set_issuer_name(issuer.map_or(&name, |ca| ca.cert.subject_name()))
+        .unwrap();
+    builder.set_pubkey(&key).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    if is_ca {
+        builder
+            .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+    } else {
+        let san = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&builder.x509v3_context(None, None))
+            .unwrap();
+        builder.append_extension(san).unwrap();
+    }
+    builder
+        .sign(issuer.map_or(&key, |ca| &ca.key), MessageDigest::sha256())
+        .unwrap();
+    Identity {
+        cert: builder.build(),
+        key,
+    }
+}
+
+/// A CA, a server certificate (CN localhost) and a client certificate, written as PEM files.
+pub struct Pki {
+    pub ca: Identity,
+    pub server: Identity,
+    pub client: Identity,
+    /// server.pem holds certificate and key in one file, as the 2.0.6 manual makes it.
+    pub server_pem: PathBuf,
+    pub ca_pem: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &TempDir) -> Pki {
+        let ca = issue("sslwrap test CA", None, true);
+        let server = issue("localhost", Some(&ca), false);
+        let client = issue("test client", Some(&ca), false);
+        let server_pem = dir.path("server.pem");
+        write_identity(&server_pem, &server);
+        let ca_pem = dir.path("ca.pem");
+        std::fs::write(&ca_pem, ca.cert.to_pem().unwrap()).unwrap();
+        Pki {
+            ca,
+            server,
+            client,
+            server_pem,
+            ca_pem,
+        }
+    }
+}
+
+/// Writes certificate then key into one file, mode 600.
+pub fn write_identity(path: &Path, identity: &Identity) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pem = identity.cert.to_pem().unwrap();
+    pem.extend(identity.key.private_key_to_pem_pkcs8().unwrap());
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// An sslwrap command logging to the test's syslog.
+pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path);
+    command
+}
+
+/// Runs sslwrap to completion with no client (for start-up errors); returns status and stderr.
+pub fn run_to_end(args: &[&str], syslog: &Syslog) -> (ExitStatus, String) {
+    let mut child = sslwrap(args, syslog)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status =
+        wait_with_timeout(&mut child, Duration::from_secs(20)).expect("sslwrap did not exit");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+/// Waits for a child with a bound; kills it (and fails) when it overstays.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What inetd does: listen, and give each accepted connection to a new sslwrap process as fds 0, 1 and 2.
+pub struct Inetd {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    pub children: Arc<Mutex<Vec<Child>>>,
+}
+
+impl Inetd {
+    pub fn start(args: &[&str], syslog: &Syslog) -> Inetd {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let children = Arc::new(Mutex::new(Vec::new()));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let log_path = syslog.path.clone();
+        let (stop_flag, child_list) = (stop.clone(), children.clone());
+        let acceptor = std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let fd = OwnedFd::from(stream);
+                        let child = Command::new(BINARY)
+                            .args(&args)
+                            .env("SSLWRAP_SYSLOG_SOCKET", &log_path)
+                            .stdin(Stdio::from(fd.try_clone().unwrap()))
+                            .stdout(Stdio::from(fd.try_clone().unwrap()))
+                            .stderr(Stdio::from(fd))
+                            .spawn()
+                            .unwrap();
+                        child_list.lock().unwrap().push(child);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Inetd {
+            port,
+            stop,
+            acceptor: Some(acceptor),
+            children,
+        }
+    }
+
+    /// Waits for every sslwrap started so far to exit; returns their statuses.
+    pub fn wait_children(&self) -> Vec<ExitStatus> {
+        let mut children = self.children.lock().unwrap();
+        children
+            .iter_mut()
+            .map(|child| wait_with_timeout(child, Duration::from_secs(30)).expect("sslwrap hung"))
+            .collect()
+    }
+}
+
+impl Drop for Inetd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for child in self.children.lock().unwrap().iter_mut() {
+            let _ = wait_with_timeout(child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// A plaintext backend on 127.0.0.1 serving each connection with `handler` in its own thread.
+pub fn backend(handler: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            std::thread::spawn(move || handler(stream));
+        }
+    });
+    port
+}
+
+/// Echoes every byte back until EOF, then closes.
+pub fn echo(mut stream: TcpStream) {
+    let mut buffer = [0u8; 65536];
+    while let Ok(count) = stream.read(&mut buffer) {
+        if count == 0 || stream.write_all(&buffer[..count]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads to EOF, then answers with the SHA-256 (hex) of what arrived and closes: proves upload and half-close.
+pub fn sink_then_digest(mut stream: TcpStream) {
+    let mut hasher = openssl::sha::Sha256::new();
+    let mut buffer = [0u8; 65536];
+    while let Ok(count) = stream.read(&mut buffer) {
+        if count == 0 {
+            break;
+        }
+        hasher.update(&buffer[..count]);
+    }
+    let _ = stream.write_all(hex(&hasher.finish()).as_bytes());
+}
+
+/// A port on which nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic, incompressible-looking test data.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&openssl::sha::sha256(data))
+}
+
+/// A TLS client that does not verify the server, unless `configure` says otherwise.
+pub fn connector(configure: impl FnOnce(&mut SslConnectorBuilder)) -> SslConnector {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    configure(&mut builder);
+    builder.build()
+}
+
+pub fn tcp(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Connects and completes a handshake, or returns the failure text.
+pub fn try_tls(
+    port: u16,
+    configure: impl FnOnce(&mut SslConnectorBuilder),
+) -> Result<SslStream<TcpStream>, String> {
+    let connector = connector(configure);
+    let mut config = connector.configure().unwrap();
+    config.set_verify_hostname(false);
+    config
+        .connect("localhost", tcp(port))
+        .map_err(|error| error.to_string())
+}
+
+pub fn tls(port: u16) -> SslStream<TcpStream> {
+    try_tls(port, |_| {}).expect("TLS handshake failed")
+}
+
+/// Reads until the TLS peer's close_notify (Ok) or an error.
+pub fn read_to_close_notify(stream: &mut SslStream<TcpStream>) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 65536];
+    loop {
+        match stream.ssl_read(&mut buffer) {
+            Ok(count) => data.extend_from_slice(&buffer[..count]),
+            Err(error) if error.code() == openssl::ssl::ErrorCode::ZERO_RETURN => return Ok(data),
+            Err(error) => return Err(format!("{error} after {} bytes", data.len())),
+        }
+    }
+}
+
+/// Writes everything, then sends close_notify (the client's half-close).
+pub fn write_and_close(stream: &mut SslStream<TcpStream>, data: &[u8]) {
+    stream.write_all(data).unwrap();
+    stream.shutdown().unwrap();
+}
+
+/// Sends a raw TCP payload and returns whatever comes back until the server closes.
+pub fn raw_exchange(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut stream = tcp(port);
+    let _ = stream.write_all(payload);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+/// The local address a socket is bound to (for log assertions).
+pub fn local(stream: &SslStream<TcpStream>) -> SocketAddr {
+    stream.get_ref().local_addr().unwrap()
+}

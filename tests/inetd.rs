@@ -1,0 +1,343 @@
+//! inetd mode end to end: each test starts the built binary the way inetd does (the accepted connection on fds
+//! 0/1/2), with a real plaintext backend, and checks what a TLS client observes and what sslwrap logged.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use openssl::ssl::{SslFiletype, SslVersion};
+
+struct Setup {
+    dir: TempDir,
+    syslog: Syslog,
+    pki: Pki,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = TempDir::new(name);
+    let syslog = Syslog::new(&dir);
+    let pki = Pki::new(&dir);
+    Setup { dir, syslog, pki }
+}
+
+impl Setup {
+    fn inetd(&self, backend_port: u16, extra: &[&str]) -> Inetd {
+        let port = backend_port.to_string();
+        let mut args = vec![
+            "-cert",
+            self.pki.server_pem.to_str().unwrap(),
+            "-port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        Inetd::start(&args, &self.syslog)
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn upload_64_mib_arrives_intact_and_half_close_reaches_the_backend() {
+    let mut s = setup("upload");
+    let inetd = s.inetd(backend(sink_then_digest), &[]);
+    let data = pattern(64 * MIB, 1);
+    let mut client = tls(inetd.port);
+    write_and_close(&mut client, &data);
+    let reply = read_to_close_notify(&mut client).expect("clean close after the digest");
+    assert_eq!(String::from_utf8(reply).unwrap(), sha256_hex(&data));
+    assert!(inetd.wait_children().iter().all(|status| status.success()));
+    assert!(
+        s.syslog.settle().iter().all(|line| !line.contains("error")),
+        "{:?}",
+        s.syslog.lines
+    );
+}
+
+#[test]
+fn download_64_mib_arrives_intact_and_ends_with_close_notify() {
+    fn source(mut stream: std::net::TcpStream) {
+        let _ = stream.write_all(&pattern(64 * MIB, 2));
+    }
+    let s = setup("download");
+    let inetd = s.inetd(backend(source), &[]);
+    let mut client = tls(inetd.port);
+    let received = read_to_close_notify(&mut client).expect("close_notify after the data");
+    assert_eq!(received.len(), 64 * MIB);
+    assert_eq!(sha256_hex(&received), sha256_hex(&pattern(64 * MIB, 2)));
+}
+
+#[test]
+fn backend_half_close_keeps_the_client_direction_flowing() {
+    use std::sync::mpsc;
+    static RESULT: std::sync::Mutex<Option<mpsc::Sender<String>>> = std::sync::Mutex::new(None);
+    let (sender, receiver) = mpsc::channel();
+    *RESULT.lock().unwrap() = Some(sender);
+    fn greet_then_listen(mut stream: std::net::TcpStream) {
+        stream.write_all(b"hello").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received);
+        let sender = RESULT.lock().unwrap().clone().unwrap();
+        sender.send(sha256_hex(&received)).unwrap();
+    }
+    let s = setup("halfclose");
+    let inetd = s.inetd(backend(greet_then_listen), &[]);
+    let mut client = tls(inetd.port);
+    assert_eq!(
+        read_to_close_notify(&mut client).unwrap(),
+        b"hello",
+        "backend EOF must arrive as close_notify"
+    );
+    let data = pattern(MIB, 3);
+    client
+        .write_all(&data)
+        .expect("the client direction is still open after close_notify from sslwrap");
+    client.shutdown().unwrap();
+    let digest = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("backend saw EOF");
+    assert_eq!(digest, sha256_hex(&data));
+}
+
+#[test]
+fn cipher_option_restricts_the_negotiated_cipher() {
+    let s = setup("cipher");
+    let inetd = s.inetd(
+        backend(echo),
+        &["-no_tls1_3", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+    );
+    let client = tls(inetd.port);
+    assert_eq!(
+        client.ssl().current_cipher().unwrap().name(),
+        "ECDHE-ECDSA-CHACHA20-POLY1305"
+    );
+    assert_eq!(client.ssl().version_str(), "TLSv1.2");
+}
+
+#[test]
+fn protocol_flags_change_the_negotiated_version() {
+    let s = setup("versions");
+    let no_tls13 = s.inetd(backend(echo), &["-no_tls1_3"]);
+    assert_eq!(tls(no_tls13.port).ssl().version_str(), "TLSv1.2");
+    let only13 = s.inetd(backend(echo), &["-tls1_3"]);
+    assert_eq!(tls(only13.port).ssl().version_str(), "TLSv1.3");
+    let refused = try_tls(only13.port, |b| {
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap()
+    });
+    assert!(
+        refused.is_err(),
+        "a TLS 1.2-only client must be refused by -tls1_3"
+    );
+    let no_tls12 = s.inetd(backend(echo), &["-no_tls1_2"]);
+    assert_eq!(tls(no_tls12.port).ssl().version_str(), "TLSv1.3");
+}
+
+fn tls10_client(builder: &mut openssl::ssl::SslConnectorBuilder) {
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1))
+        .unwrap();
+    builder
+        .set_max_proto_version(Some(SslVersion::TLS1))
+        .unwrap();
+    builder.set_cipher_list("DEFAULT:@SECLEVEL=0").unwrap();
+}
+
+#[test]
+fn tls1_flag_really_lets_a_tls10_client_in_and_warns() {
+    let mut s = setup("tls1");
+    let legacy = s.inetd(backend(echo), &["-tls1"]);
+    let mut client =
+        try_tls(legacy.port, tls10_client).expect("TLS 1.0 client accepted with -tls1");
+    assert_eq!(client.ssl().version_str(), "TLSv1");
+    client.write_all(b"old client\n").unwrap();
+    let mut echoed = [0u8; 11];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"old client\n");
+    s.syslog.expect("security level lowered to 0");
+    let default = s.inetd(backend(echo), &[]);
+    assert!(
+        try_tls(default.port, tls10_client).is_err(),
+        "default settings must refuse TLS 1.0"
+    );
+}
+
+#[test]
+fn required_client_certificate_refuses_a_client_without_one_and_accepts_a_good_one() {
+    let mut s = setup("verify");
+    let inetd = s.inetd(
+        backend(echo),
+        &["-Verify", "1", "-CAfile", s.pki.ca_pem.to_str().unwrap()],
+    );
+    let without = try_tls(inetd.port, |_| {}).and_then(|mut stream| {
+        // TLS 1.3 reports the refusal on the first read.
+        stream.write_all(b"x").map_err(|e| e.to_string())?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).map_err(|e| e.to_string())
+    });
+    assert!(
+        without.is_err(),
+        "a client without a certificate must be refused"
+    );
+    s.syslog.expect("peer did not return a certificate");
+
+    let cert_path = s.dir.path("client.pem");
+    write_identity(&cert_path, &s.pki.client);
+    let mut with = try_tls(inetd.port, |b| {
+        b.set_certificate_file(&cert_path, SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&cert_path, SslFiletype::PEM)
+            .unwrap();
+    })
+    .expect("a client with a certificate from the CA is accepted");
+    with.write_all(b"ping").unwrap();
+    let mut echoed = [0u8; 4];
+    with.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+}
+
+#[test]
+fn client_certificate_from_another_ca_is_refused_and_logged() {
+    let mut s = setup("verify-rogue");
+    let inetd = s.inetd(
+        backend(echo),
+        &["-verify", "1", "-CAfile", s.pki.ca_pem.to_str().unwrap()],
+    );
+    let rogue_ca = issue("rogue CA", None, true);
+    let rogue = issue("rogue client", Some(&rogue_ca), false);
+    let path = s.dir.path("rogue.pem");
+    write_identity(&path, &rogue);
+    let attempt = try_tls(inetd.port, |b| {
+        b.set_certificate_file(&path, SslFiletype::PEM).unwrap();
+        b.set_private_key_file(&path, SslFiletype::PEM).unwrap();
+    })
+    .and_then(|mut stream| {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).map_err(|e| e.to_string())
+    });
+    assert!(attempt.is_err());
+    s.syslog
+        .expect("client certificate: unable to get local issuer certificate");
+    // -verify (lower case) still lets a client without a certificate in.
+    let mut anonymous = tls(inetd.port);
+    anonymous.write_all(b"ok").unwrap();
+    let mut echoed = [0u8; 2];
+    anonymous.read_exact(&mut echoed).unwrap();
+}
+
+#[test]
+fn nocert_serves_anonymous_suites_and_default_clients() {
+    let s = setup("nocert");
+    let inetd = Inetd::start(&["-nocert", "-port", &backend(echo).to_string()], &s.syslog);
+    let mut anonymous = try_tls(inetd.port, |b| {
+        b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+        b.set_cipher_list("aNULL:@SECLEVEL=0").unwrap();
+    })
+    .expect("anonymous client");
+    let cipher = anonymous.ssl().current_cipher().unwrap().name();
+    assert!(
+        cipher.starts_with("ADH") || cipher.starts_with("AECDH"),
+        "anonymous suite expected, got {cipher}"
+    );
+    assert!(anonymous.ssl().peer_certificate().is_none());
+    anonymous.write_all(b"anon").unwrap();
+    let mut echoed = [0u8; 4];
+    anonymous.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"anon");
+
+    let mut modern = tls(inetd.port);
+    assert_eq!(modern.ssl().version_str(), "TLSv1.3");
+    assert!(
+        modern.ssl().peer_certificate().is_some(),
+        "ephemeral certificate presented"
+    );
+    modern.write_all(b"new!").unwrap();
+    modern.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"new!");
+}
+
+#[test]
+fn a_garbage_client_is_dropped_logged_and_sees_no_log_text() {
+    let mut s = setup("garbage");
+    let inetd = s.inetd(backend(echo), &[]);
+    let reply = raw_exchange(inetd.port, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        !String::from_utf8_lossy(&reply).contains("sslwrap"),
+        "log text leaked to the client: {reply:?}"
+    );
+    let line = s.syslog.expect("TLS handshake with 127.0.0.1:");
+    assert!(line.contains("failed: http request"), "{line}");
+    assert!(inetd.wait_children().iter().all(|status| !status.success()));
+}
+
+#[test]
+fn backend_refused_is_logged_and_the_client_gets_a_clean_close() {
+    let mut s = setup("refused");
+    let port = closed_port();
+    let inetd = s.inetd(port, &[]);
+    let mut client = tls(inetd.port);
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"");
+    let line = s.syslog.expect("cannot connect to backend");
+    assert!(
+        line.contains(&format!("127.0.0.1 port {port}: Connection refused")),
+        "{line}"
+    );
+    assert!(
+        line.starts_with("<11>sslwrap["),
+        "syslog priority user.err and ident sslwrap: {line}"
+    );
+}
+
+#[test]
+fn ipv6_backend_address_is_accepted() {
+    let listener = match std::net::TcpListener::bind("[::1]:0") {
+        Ok(listener) => listener,
+        Err(_) => return, // no IPv6 loopback on this machine
+    };
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || echo(stream));
+        }
+    });
+    let s = setup("ipv6");
+    let inetd = s.inetd(port, &["-addr", "::1"]);
+    let mut client = tls(inetd.port);
+    client.write_all(b"v6").unwrap();
+    let mut echoed = [0u8; 2];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"v6");
+}
+
+#[test]
+fn debug_logs_the_session_and_default_verbosity_does_not() {
+    let mut s = setup("debuglog");
+    let quiet = s.inetd(backend(echo), &[]);
+    let mut client = tls(quiet.port);
+    write_and_close(&mut client, b"abc");
+    read_to_close_notify(&mut client).unwrap();
+    quiet.wait_children();
+    assert!(
+        s.syslog.settle().is_empty(),
+        "a normal session logs nothing by default: {:?}",
+        s.syslog.lines
+    );
+    let verbose = s.inetd(backend(echo), &["-debug"]);
+    let mut client = tls(verbose.port);
+    write_and_close(&mut client, b"abc");
+    read_to_close_notify(&mut client).unwrap();
+    let line = s
+        .syslog
+        .expect("closed, 3 bytes from client, 3 bytes to client");
+    assert!(line.starts_with("<15>sslwrap["), "debug priority: {line}");
+}
+
+#[test]
+fn state_option_logs_handshake_progress() {
+    let mut s = setup("state");
+    let inetd = s.inetd(backend(echo), &["-state"]);
+    let _client = tls(inetd.port);
+    s.syslog.expect("TLS handshake done");
+    s.syslog.expect("SSLv3/TLS write server hello");
+}
