@@ -107,9 +107,12 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Logger>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Non-blocking: a stuck or slow syslog daemon must never stall a session or the accept loop; a message that does
+/// not fit in the socket queue is dropped instead.
 fn connect_syslog(path: &str) -> Option<UnixDatagram> {
     let socket = UnixDatagram::unbound().ok()?;
     socket.connect(path).ok()?;
+    socket.set_nonblocking(true).ok()?;
     Some(socket)
 }
 

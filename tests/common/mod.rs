@@ -52,10 +52,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Receives what sslwrap logs, as syslogd would.
+/// Receives what sslwrap logs, as syslogd would: a thread reads the socket all the time, so the binary never finds
+/// the queue full.
 pub struct Syslog {
-    socket: UnixDatagram,
     pub path: PathBuf,
+    received: Arc<Mutex<Vec<String>>>,
     pub lines: Vec<String>,
 }
 
@@ -63,35 +64,41 @@ impl Syslog {
     pub fn new(dir: &TempDir) -> Syslog {
         let path = dir.path("log.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // Lives as long as the test process; it only ever blocks in recv.
+            while let Ok(count) = socket.recv(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buffer[..count]).into_owned());
+            }
+        });
         Syslog {
-            socket,
             path,
+            received,
             lines: Vec::new(),
         }
     }
 
     fn drain(&mut self) {
-        let mut buffer = [0u8; 4096];
-        while let Ok(count) = self.socket.recv(&mut buffer) {
-            self.lines
-                .push(String::from_utf8_lossy(&buffer[..count]).into_owned());
-        }
+        let mut received = self.received.lock().unwrap();
+        self.lines.append(&mut received);
     }
 
     /// Waits up to `limit` for a logged line containing `needle`; returns it.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         loop {
+            self.drain();
             if let Some(line) = self.lines.iter().find(|line| line.contains(needle)) {
                 return Some(line.clone());
             }
             if Instant::now() >= deadline {
                 return None;
             }
-            self.drain();
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

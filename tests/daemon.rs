@@ -1,0 +1,549 @@
+//! Daemon mode (`-accept`) end to end: the documentation's daemon line, concurrency and sequential load, reaping,
+//! descriptor hygiene, EMFILE back-off, -maxconn, SIGHUP reload, SIGTERM, and the relay's fault cases. Each test
+//! starts its own daemon on a free loopback port and stops it by PID.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+/// A running `sslwrap ... -accept 127.0.0.1:PORT`.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(args: &[&str], syslog: &Syslog) -> Daemon {
+        let port = closed_port();
+        let accept = format!("127.0.0.1:{port}");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-accept", &accept]);
+        let child = sslwrap(&all, syslog)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start listening");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The probe connection above is a session of its own; let it end before measuring anything.
+        std::thread::sleep(Duration::from_millis(100));
+        Daemon { child, port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// CPU seconds (user + system) the parent has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        wait_with_timeout(&mut self.child, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The processes whose parent is `pid`, with their state letters.
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child_pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(pid) {
+            children.push((child_pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    children
+}
+
+fn wait_for_no_children(pid: u32) -> Vec<(u32, char)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let children = children_of(pid);
+        if children.is_empty() || Instant::now() >= deadline {
+            return children;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Setup {
+    dir: TempDir,
+    syslog: Syslog,
+    pki: Pki,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = TempDir::new(name);
+    let syslog = Syslog::new(&dir);
+    let pki = Pki::new(&dir);
+    Setup { dir, syslog, pki }
+}
+
+impl Setup {
+    /// The documentation's line: `sslwrap -cert server.pem -port P -accept L`, plus extras.
+    fn daemon(&self, backend_port: u16, extra: &[&str]) -> Daemon {
+        let port = backend_port.to_string();
+        let mut args = vec![
+            "-cert",
+            self.pki.server_pem.to_str().unwrap(),
+            "-port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args, &self.syslog)
+    }
+}
+
+/// Reads exactly 1 MiB, then answers with its digest followed by 1 MiB of its own, and closes.
+fn digest_then_send(mut stream: TcpStream) {
+    let mut received = vec![0u8; MIB];
+    if stream.read_exact(&mut received).is_err() {
+        return;
+    }
+    let _ = stream.write_all(sha256_hex(&received).as_bytes());
+    let _ = stream.write_all(&pattern(MIB, 7));
+}
+
+fn one_mib_each_way(port: u16, seed: u64) -> Result<(), String> {
+    let mut client = try_tls(port, |_| {})?;
+    let data = pattern(MIB, seed);
+    client.write_all(&data).map_err(|e| e.to_string())?;
+    let reply = read_to_close_notify(&mut client)?;
+    if reply.len() != 64 + MIB
+        || reply[..64] != *sha256_hex(&data).as_bytes()
+        || reply[64..] != pattern(MIB, 7)[..]
+    {
+        return Err(format!("wrong reply of {} bytes", reply.len()));
+    }
+    Ok(())
+}
+
+#[test]
+fn two_hundred_concurrent_sessions_then_no_zombie_and_no_leaked_descriptor() {
+    let s = setup("concurrent");
+    let daemon = s.daemon(backend(digest_then_send), &[]);
+    let descriptors_before = daemon.open_descriptors();
+    let port = daemon.port;
+    let clients: Vec<_> = (0..200)
+        .map(|n| std::thread::spawn(move || one_mib_each_way(port, n)))
+        .collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 200 sessions failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        wait_for_no_children(daemon.pid()),
+        vec![],
+        "children left (zombies show state Z)"
+    );
+    assert_eq!(daemon.open_descriptors(), descriptors_before);
+    assert_eq!(daemon.stop().and_then(|status| status.code()), Some(0));
+}
+
+#[test]
+fn five_thousand_sequential_sessions() {
+    let s = setup("sequential");
+    let daemon = s.daemon(backend(echo), &[]);
+    let descriptors_before = daemon.open_descriptors();
+    let connector = connector(|_| {});
+    for n in 0..5000u32 {
+        let mut config = connector.configure().unwrap();
+        config.set_verify_hostname(false);
+        let mut client = config
+            .connect("localhost", tcp(daemon.port))
+            .unwrap_or_else(|e| panic!("session {n}: {e}"));
+        client.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        client
+            .read_exact(&mut byte)
+            .unwrap_or_else(|e| panic!("session {n}: {e}"));
+        assert_eq!(&byte, b"x");
+    }
+    assert_eq!(wait_for_no_children(daemon.pid()), vec![]);
+    assert_eq!(daemon.open_descriptors(), descriptors_before);
+}
+
+#[test]
+fn out_of_descriptors_does_not_spin_and_recovers() {
+    let s = setup("emfile");
+    let daemon = s.daemon(backend(echo), &[]);
+    // Below every descriptor already open: each accept must now fail with EMFILE.
+    let limit = "--nofile=3:";
+    let pid = daemon.pid().to_string();
+    assert!(
+        std::process::Command::new("prlimit")
+            .args(["--pid", &pid, limit])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let flood: Vec<TcpStream> = (0..50).map(|_| tcp(daemon.port)).collect();
+    let cpu_before = daemon.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu_used = daemon.cpu_seconds() - cpu_before;
+    assert!(
+        cpu_used < 0.5,
+        "the daemon spun on EMFILE: {cpu_used} CPU seconds in 3 s"
+    );
+    drop(flood);
+    let raised = "--nofile=1024:";
+    assert!(
+        std::process::Command::new("prlimit")
+            .args(["--pid", &pid, raised])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut client =
+        try_tls(daemon.port, |_| {}).expect("served again once descriptors are available");
+    client.write_all(b"back").unwrap();
+    let mut echoed = [0u8; 4];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"back");
+    let mut syslog = s.syslog;
+    syslog.expect("accept failed: Too many open files; pausing new connections");
+}
+
+#[test]
+fn maxconn_limits_children_and_still_serves_everyone() {
+    fn slow_echo(mut stream: TcpStream) {
+        let mut buffer = [0u8; 16];
+        if let Ok(count) = stream.read(&mut buffer) {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = stream.write_all(&buffer[..count]);
+        }
+    }
+    let mut s = setup("maxconn");
+    let daemon = s.daemon(backend(slow_echo), &["-maxconn", "5", "-debug"]);
+    let pid = daemon.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = done.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut most = 0;
+        while !watching.load(std::sync::atomic::Ordering::SeqCst) {
+            most = most.max(children_of(pid).len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        most
+    });
+    let port = daemon.port;
+    let clients: Vec<_> = (0..20)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut client = try_tls(port, |_| {})?;
+                let message = format!("client {n:02}");
+                client
+                    .write_all(message.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let mut echoed = vec![0u8; message.len()];
+                client.read_exact(&mut echoed).map_err(|e| e.to_string())?;
+                if echoed == message.as_bytes() {
+                    Ok(())
+                } else {
+                    Err("wrong echo".to_string())
+                }
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{results:?} {:#?}",
+        s.syslog.settle()
+    );
+    assert!(most <= 5, "{most} children at once with -maxconn 5");
+    assert!(
+        most >= 2,
+        "the watcher never saw concurrent children ({most})"
+    );
+}
+
+fn server_common_name(port: u16) -> String {
+    let client = tls(port);
+    let certificate = client.ssl().peer_certificate().unwrap();
+    let entry = certificate
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .unwrap();
+    entry.data().to_string().unwrap()
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_broken() {
+    let mut s = setup("sighup");
+    let daemon = s.daemon(backend(echo), &[]);
+    assert_eq!(server_common_name(daemon.port), "localhost");
+    write_identity(
+        &s.pki.server_pem,
+        &issue("replaced", Some(&s.pki.ca), false),
+    );
+    daemon.signal("HUP");
+    s.syslog.expect("certificate, key and CA files reloaded");
+    assert_eq!(server_common_name(daemon.port), "replaced");
+    std::fs::write(&s.pki.server_pem, b"not a certificate").unwrap();
+    daemon.signal("HUP");
+    let line = s
+        .syslog
+        .expect("reload failed, keeping the previous certificate");
+    assert!(line.contains(s.pki.server_pem.to_str().unwrap()), "{line}");
+    assert_eq!(server_common_name(daemon.port), "replaced");
+    let _ = &s.dir;
+}
+
+#[test]
+fn sigterm_exits_0_and_the_session_in_flight_completes() {
+    fn late_reply(mut stream: TcpStream) {
+        let mut buffer = [0u8; 4];
+        if stream.read_exact(&mut buffer).is_ok() {
+            std::thread::sleep(Duration::from_millis(800));
+            let _ = stream.write_all(b"finished");
+        }
+    }
+    let s = setup("sigterm");
+    let daemon = s.daemon(backend(late_reply), &[]);
+    let port = daemon.port;
+    let mut client = tls(port);
+    client.write_all(b"work").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(daemon.stop().and_then(|status| status.code()), Some(0));
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listening socket is closed"
+    );
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"finished");
+}
+
+#[test]
+fn client_reset_mid_stream_does_not_disturb_the_next_client() {
+    fn source(mut stream: TcpStream) {
+        let chunk = pattern(MIB, 5);
+        for _ in 0..64 {
+            if stream.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    }
+    let mut s = setup("clientreset");
+    let daemon = s.daemon(backend(source), &[]);
+    let mut client = tls(daemon.port);
+    let mut some = vec![0u8; 100_000];
+    client.read_exact(&mut some).unwrap();
+    // Closing a socket with unread data in its receive buffer makes the kernel send a reset.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(client);
+    s.syslog.expect("session ended: client:");
+    let mut next = tls(daemon.port);
+    next.read_exact(&mut some).unwrap();
+    assert_eq!(some[..], pattern(MIB, 5)[..100_000]);
+}
+
+#[test]
+fn backend_reset_mid_stream_ends_the_session_without_close_notify() {
+    fn reset_after_some(mut stream: TcpStream) {
+        let _ = stream.write_all(&pattern(200_000, 6));
+        // The client's bytes stay unread, so closing now sends a reset instead of a FIN.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut s = setup("backendreset");
+    let daemon = s.daemon(backend(reset_after_some), &[]);
+    let mut client = tls(daemon.port);
+    client.write_all(b"never read by the backend").unwrap();
+    let outcome = read_to_close_notify(&mut client);
+    let error = outcome.expect_err("a cut-off transfer must not end with close_notify");
+    assert!(error.contains("after 200000 bytes"), "{error}");
+    let line = s.syslog.expect("session ended: backend:");
+    assert!(line.contains("Connection reset by peer"), "{line}");
+    assert_eq!(
+        tls(daemon.port).ssl().version_str(),
+        "TLSv1.3",
+        "the daemon still serves"
+    );
+}
+
+#[test]
+fn idle_timeout_closes_a_session_whose_backend_never_answers() {
+    fn silent(mut stream: TcpStream) {
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    let mut s = setup("idle");
+    let daemon = s.daemon(backend(silent), &["-timeout", "1"]);
+    let mut client = tls(daemon.port);
+    client.write_all(b"anyone there?").unwrap();
+    let started = Instant::now();
+    let outcome = read_to_close_notify(&mut client);
+    assert!(
+        outcome.is_err(),
+        "an idle timeout is not a clean end: {outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    s.syslog.expect("idle for 1 s, closed");
+}
+
+#[test]
+fn slowloris_connections_are_dropped_at_the_handshake_deadline_while_others_are_served() {
+    let mut s = setup("slowloris");
+    let daemon = s.daemon(backend(echo), &["-handshake_timeout", "2"]);
+    let silent: Vec<TcpStream> = (0..50).map(|_| tcp(daemon.port)).collect();
+    let started = Instant::now();
+    let mut client = tls(daemon.port);
+    client.write_all(b"served").unwrap();
+    let mut echoed = [0u8; 6];
+    client.read_exact(&mut echoed).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a real client waited for the silent ones"
+    );
+    for mut connection in silent {
+        let mut rest = Vec::new();
+        let read = connection.read_to_end(&mut rest);
+        assert!(
+            read.is_ok() && rest.is_empty(),
+            "silent connection not closed cleanly: {read:?}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    s.syslog.expect("failed: not completed within 2 s");
+}
+
+#[test]
+fn a_slow_reader_gets_back_pressure_not_unbounded_memory() {
+    fn flood(mut stream: TcpStream) {
+        let chunk = pattern(MIB, 9);
+        for _ in 0..256 {
+            if stream.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    }
+    let s = setup("backpressure");
+    let daemon = s.daemon(backend(flood), &[]);
+    let mut client = tls(daemon.port);
+    let mut first = [0u8; 1000];
+    client.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (child, _) = children_of(daemon.pid())[0];
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .map(|value| value.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        .unwrap();
+    assert!(
+        rss_kib < 32 * 1024,
+        "the session process holds {rss_kib} KiB while its client does not read"
+    );
+    let mut received = first.len();
+    let mut buffer = vec![0u8; 65536];
+    while received < 256 * MIB {
+        received += client.read(&mut buffer).unwrap();
+    }
+    assert_eq!(received, 256 * MIB);
+}
+
+#[test]
+fn ipv6_listen_address() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return;
+    }
+    let s = setup("listen6");
+    let port = closed_port();
+    let accept = format!("[::1]:{port}");
+    let backend_port = backend(echo).to_string();
+    let mut child = sslwrap(
+        &[
+            "-cert",
+            s.pki.server_pem.to_str().unwrap(),
+            "-port",
+            &backend_port,
+            "-accept",
+            &accept,
+        ],
+        &s.syslog,
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        if let Ok(stream) = TcpStream::connect(("::1", port)) {
+            break stream;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let connector = connector(|_| {});
+    let mut config = connector.configure().unwrap();
+    config.set_verify_hostname(false);
+    let mut client = config.connect("localhost", stream).unwrap();
+    client.write_all(b"six").unwrap();
+    let mut echoed = [0u8; 3];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"six");
+    let _ = child.kill();
+    let _ = child.wait();
+}
