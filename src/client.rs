@@ -71,6 +71,17 @@ impl ClientIo {
         }
     }
 
+    /// Tells the client no more data will come (plaintext sessions only; TLS sends close_notify instead).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let socket = self
+            .writer
+            .as_ref()
+            .unwrap_or(&self.reader)
+            .as_fd()
+            .try_clone_to_owned()?;
+        TcpStream::from(socket).shutdown(std::net::Shutdown::Write)
+    }
+
     fn writer(&mut self) -> &mut File {
         self.writer.as_mut().unwrap_or(&mut self.reader)
     }

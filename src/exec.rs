@@ -10,11 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openssl::ssl::SslStream;
-
-use crate::client::{ClientAddresses, ClientIo};
-use crate::relay::{self, RelayError, Transfer};
-use crate::session::{TlsFacts, close_cleanly};
+use crate::client::ClientAddresses;
+use crate::session::TlsFacts;
 use crate::{log_debug, log_error, log_notice, tls};
 
 /// How long the program may take to exit once the session is over, before it is killed.
@@ -22,36 +19,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Longest stderr line passed to syslog.
 const MAX_STDERR_LINE: usize = 1024;
 
-/// Starts the program and relays the session to it; returns how the relay ended.
-pub fn serve_with_program(
-    stream: &mut SslStream<ClientIo>,
-    program: &Path,
-    args: &[String],
-    addresses: &ClientAddresses,
-    facts: &TlsFacts,
-    idle: Option<Duration>,
-) -> Result<Transfer, RelayError> {
-    let peer = addresses.peer_text();
-    let (mut child, mut plain) = match start_program(program, args, &environment(addresses, facts))
-    {
-        Ok(started) => started,
-        Err(reason) => {
-            log_error!("{peer}: cannot execute {}: {reason}", program.display());
-            close_cleanly(stream);
-            return Err(RelayError::Backend(format!(
-                "{} did not start",
-                program.display()
-            )));
-        }
-    };
-    let outcome = relay::relay_until_closed(stream, &mut plain, None, idle);
-    drop(plain);
-    reap(&mut child, program);
-    outcome
-}
-
 /// The connection facts for the program's environment.
-pub fn environment(addresses: &ClientAddresses, facts: &TlsFacts) -> Vec<(String, String)> {
+/// `facts` is None when the program starts before TLS (STARTTLS sessions): then no SSL_ variable is set.
+pub fn environment(addresses: &ClientAddresses, facts: Option<&TlsFacts>) -> Vec<(String, String)> {
     let mut variables = vec![("PROTO".to_string(), "TCP".to_string())];
     let mut add_address = |prefix: &str, address: Option<SocketAddr>| {
         if let Some(address) = address {
@@ -61,6 +31,9 @@ pub fn environment(addresses: &ClientAddresses, facts: &TlsFacts) -> Vec<(String
     };
     add_address("TCPREMOTE", addresses.peer);
     add_address("TCPLOCAL", addresses.local);
+    let Some(facts) = facts else {
+        return variables;
+    };
     variables.push(("SSL_PROTOCOL".to_string(), facts.protocol.clone()));
     variables.push(("SSL_CIPHER".to_string(), facts.cipher.clone()));
     if let Some(subject) = &facts.client_subject {
@@ -72,7 +45,8 @@ pub fn environment(addresses: &ClientAddresses, facts: &TlsFacts) -> Vec<(String
     variables
 }
 
-fn start_program(
+/// Starts the program on a socketpair; returns it and our end (non-blocking).
+pub fn start_program(
     program: &Path,
     args: &[String],
     variables: &[(String, String)],
@@ -114,7 +88,7 @@ fn log_program_stderr(program: &str, stderr: std::process::ChildStderr) {
 }
 
 /// Waits for the program to end; stops it if it outlives the session by more than the grace period.
-fn reap(child: &mut Child, program: &Path) {
+pub fn reap(child: &mut Child, program: &Path) {
     let deadline = Instant::now() + EXIT_GRACE;
     let status = loop {
         match child.try_wait() {

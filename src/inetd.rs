@@ -6,11 +6,13 @@ use openssl::ssl::SslContext;
 
 use crate::client::ClientIo;
 use crate::options::Config;
+use crate::privs::Identity;
 use crate::session::{self, SessionStatus};
 use crate::{log_error, sys};
 
-/// Serves the one connection on fds 0/1.
-pub fn run(config: &Config, context: &SslContext) -> SessionStatus {
+/// Serves the one connection on fds 0/1. The descriptors are taken (and fds 0-2 pointed at /dev/null) before any
+/// chroot, while /dev/null can still be opened.
+pub fn run(config: &Config, context: &SslContext, identity: Option<Identity>) -> SessionStatus {
     let client = match take_client_from_stdio() {
         Ok(client) => client,
         Err(reason) => {
@@ -18,6 +20,12 @@ pub fn run(config: &Config, context: &SslContext) -> SessionStatus {
             return 1;
         }
     };
+    if let Some(identity) = identity {
+        if let Err(reason) = identity.apply() {
+            log_error!("{reason}");
+            return 1;
+        }
+    }
     session::serve(config, context, client)
 }
 

@@ -8,9 +8,12 @@ mod exec;
 mod inetd;
 mod log;
 mod options;
+mod plaintext_phase;
 mod privs;
+mod proxy_header;
 mod relay;
 mod session;
+mod starttls;
 mod sys;
 mod tls;
 
@@ -78,14 +81,6 @@ fn run(config: &Config) -> i32 {
                 1
             }
         },
-        None => {
-            if let Some(identity) = identity {
-                if let Err(reason) = identity.apply() {
-                    log_error!("{reason}");
-                    return 1;
-                }
-            }
-            inetd::run(config, &context)
-        }
+        None => inetd::run(config, &context, identity),
     }
 }

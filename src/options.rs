@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::proxy_header::ProxyVersion;
+use crate::starttls::StartTlsMode;
+
 /// The version printed by `-version`; 3.x follows the original 2.0.6.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -102,10 +105,10 @@ pub struct Config {
     /// `-timeout`: idle time after which a session is ended; None = no idle timeout (as 2.0.6).
     pub idle_timeout: Option<Duration>,
     pub handshake_timeout: Duration,
-    /// `-starttls PROTO[-]`, checked by the STARTTLS module.
-    pub starttls: Option<String>,
+    /// `-starttls PROTO[-]`: speak the protocol's plaintext start and switch to TLS on STARTTLS.
+    pub starttls: Option<StartTlsMode>,
     /// `-proxy [v1|v2]`: send a PROXY protocol header of this version to the TCP backend.
-    pub proxy: Option<String>,
+    pub proxy: Option<ProxyVersion>,
     pub user: Option<String>,
     pub group: Option<String>,
     pub chroot: Option<PathBuf>,
@@ -138,8 +141,8 @@ struct Draft {
     maxconn: Option<usize>,
     idle_timeout: Option<Duration>,
     handshake_timeout: Option<Duration>,
-    starttls: Option<String>,
-    proxy: Option<String>,
+    starttls: Option<StartTlsMode>,
+    proxy: Option<ProxyVersion>,
     user: Option<String>,
     group: Option<String>,
     chroot: Option<PathBuf>,
@@ -453,7 +456,7 @@ const OPTIONS: &[OptionSpec] = &[
         Value("PROTO"),
         "speak imap, pop3 or smtp in plaintext until STARTTLS (PROTO- : TLS optional)",
         |d, v| {
-            d.starttls = Some(v.to_string());
+            d.starttls = Some(v.parse()?);
             Ok(())
         },
     ),
@@ -462,7 +465,11 @@ const OPTIONS: &[OptionSpec] = &[
         OptionalValue("v1|v2", &["v1", "v2"]),
         "send a PROXY protocol header to the backend (default v2)",
         |d, v| {
-            d.proxy = Some(if v.is_empty() { "v2" } else { v }.to_string());
+            d.proxy = Some(if v.is_empty() {
+                ProxyVersion::V2
+            } else {
+                v.parse()?
+            });
             Ok(())
         },
     ),
@@ -849,8 +856,11 @@ mod tests {
         assert_eq!(config.maxconn, 5);
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(config.handshake_timeout, Duration::from_secs(9));
-        assert_eq!(config.starttls.as_deref(), Some("imap-"));
-        assert_eq!(config.proxy.as_deref(), Some("v1"));
+        assert_eq!(
+            config.starttls.map(|mode| mode.to_string()).as_deref(),
+            Some("imap-")
+        );
+        assert_eq!(config.proxy, Some(ProxyVersion::V1));
         assert_eq!(config.user.as_deref(), Some("nobody"));
         assert_eq!(config.chroot, Some(PathBuf::from("/var/empty")));
     }
@@ -1017,10 +1027,21 @@ mod tests {
 
     #[test]
     fn proxy_takes_an_optional_version() {
-        assert_eq!(config("-port 1 -proxy").proxy.as_deref(), Some("v2"));
-        assert_eq!(config("-port 1 -proxy v1").proxy.as_deref(), Some("v1"));
+        assert_eq!(config("-port 1 -proxy").proxy, Some(ProxyVersion::V2));
+        assert_eq!(config("-port 1 -proxy v1").proxy, Some(ProxyVersion::V1));
         assert_eq!(config("-port 1 -proxy -debug").verbosity, Verbosity::Debug);
         assert!(error("-exec /bin/cat -proxy")[0].contains("-proxy needs a TCP backend"));
+    }
+
+    #[test]
+    fn starttls_protocol_is_checked_when_parsed() {
+        assert!(error("-port 1 -starttls ftp")[0].contains("invalid -starttls protocol \"ftp\""));
+        assert_eq!(
+            config("-port 1 -starttls smtp")
+                .starttls
+                .map(|mode| mode.required),
+            Some(true)
+        );
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub fn resolve(
         gid = Some(resolve_group(group)?);
         description.push(format!("group {group}"));
     }
+    if uid.is_some() && gid.is_none() {
+        // A bare uid names no primary group: going on would keep root's group.
+        return Err(format!(
+            "-user {}: a numeric user needs -group too",
+            user.unwrap_or("")
+        ));
+    }
     if let Some(dir) = chroot {
         if !dir.is_dir() {
             return Err(format!("-chroot: {} is not a directory", dir.display()));

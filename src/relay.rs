@@ -43,6 +43,91 @@ pub trait SessionFilter {
     fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>);
 }
 
+/// What one read, write or close on the client side came to.
+pub enum Io {
+    Done(usize),
+    Eof,
+    Blocked(Wait),
+    Failed(String),
+}
+
+/// The client end of the pump: TLS once the handshake is done, or the raw connection when an optional STARTTLS
+/// session goes on in plaintext.
+pub trait ClientSide {
+    fn read_into(&mut self, buffer: &mut [u8]) -> Io;
+    fn write_from(&mut self, data: &[u8]) -> Io;
+    /// Ends the direction towards the client: close_notify for TLS, shutdown(SHUT_WR) for plaintext.
+    fn finish_writing(&mut self) -> Io;
+    fn client_io(&self) -> &ClientIo;
+}
+
+impl ClientSide for SslStream<ClientIo> {
+    fn read_into(&mut self, buffer: &mut [u8]) -> Io {
+        match self.ssl_read(buffer) {
+            Ok(count) => Io::Done(count),
+            Err(error) => tls_outcome(&error),
+        }
+    }
+
+    fn write_from(&mut self, data: &[u8]) -> Io {
+        match self.ssl_write(data) {
+            Ok(count) => Io::Done(count),
+            Err(error) => tls_outcome(&error),
+        }
+    }
+
+    fn finish_writing(&mut self) -> Io {
+        match self.shutdown() {
+            Ok(_) => Io::Done(0),
+            Err(error) => tls_outcome(&error),
+        }
+    }
+
+    fn client_io(&self) -> &ClientIo {
+        self.get_ref()
+    }
+}
+
+fn tls_outcome(error: &openssl::ssl::Error) -> Io {
+    match error.code() {
+        ErrorCode::ZERO_RETURN => Io::Eof,
+        ErrorCode::WANT_READ => Io::Blocked(Wait::Readable),
+        ErrorCode::WANT_WRITE => Io::Blocked(Wait::Writable),
+        ErrorCode::SYSCALL if error.io_error().is_none() => Io::Eof,
+        _ => Io::Failed(tls_error_reason(error)),
+    }
+}
+
+impl ClientSide for ClientIo {
+    fn read_into(&mut self, buffer: &mut [u8]) -> Io {
+        plain_outcome(self.read(buffer), Wait::Readable)
+    }
+
+    fn write_from(&mut self, data: &[u8]) -> Io {
+        plain_outcome(self.write(data), Wait::Writable)
+    }
+
+    fn finish_writing(&mut self) -> Io {
+        match self.shutdown_write() {
+            Ok(()) => Io::Done(0),
+            Err(error) => Io::Failed(crate::tls::plain_io_reason(&error)),
+        }
+    }
+
+    fn client_io(&self) -> &ClientIo {
+        self
+    }
+}
+
+fn plain_outcome(result: io::Result<usize>, wait: Wait) -> Io {
+    match result {
+        Ok(0) if wait == Wait::Readable => Io::Eof,
+        Ok(count) => Io::Done(count),
+        Err(error) if is_would_block(&error) => Io::Blocked(wait),
+        Err(error) => Io::Failed(crate::tls::plain_io_reason(&error)),
+    }
+}
+
 /// Bytes carried each way, for the end-of-session log line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Transfer {
@@ -68,9 +153,9 @@ impl std::fmt::Display for RelayError {
     }
 }
 
-/// Which readiness an operation on the TLS side is waiting for.
+/// Which readiness an operation on the client side is waiting for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wait {
+pub enum Wait {
     Nothing,
     Readable,
     Writable,
@@ -111,8 +196,8 @@ impl Pending {
 }
 
 /// The state of one session's pump.
-struct Pump<'a, P: Plaintext> {
-    tls: &'a mut SslStream<ClientIo>,
+struct Pump<'a, C: ClientSide, P: Plaintext> {
+    client: &'a mut C,
     plain: &'a mut P,
     filter: Option<&'a mut dyn SessionFilter>,
     to_backend: Pending,
@@ -121,21 +206,21 @@ struct Pump<'a, P: Plaintext> {
     backend_done: bool,
     backend_write_shut: bool,
     close_notify_sent: bool,
-    tls_read_wait: Wait,
-    tls_write_wait: Wait,
+    client_read_wait: Wait,
+    client_write_wait: Wait,
     transfer: Transfer,
 }
 
 /// Relays until both directions have ended (Ok) or one side failed (Err). `idle` ends a session on which nothing
 /// moved for that long.
-pub fn relay_until_closed<'a, P: Plaintext>(
-    tls: &'a mut SslStream<ClientIo>,
+pub fn relay_until_closed<'a, C: ClientSide, P: Plaintext>(
+    client: &'a mut C,
     plain: &'a mut P,
     filter: Option<&'a mut dyn SessionFilter>,
     idle: Option<Duration>,
 ) -> Result<Transfer, RelayError> {
     let mut pump = Pump {
-        tls,
+        client,
         plain,
         filter,
         to_backend: Pending::new(),
@@ -144,8 +229,8 @@ pub fn relay_until_closed<'a, P: Plaintext>(
         backend_done: false,
         backend_write_shut: false,
         close_notify_sent: false,
-        tls_read_wait: Wait::Nothing,
-        tls_write_wait: Wait::Nothing,
+        client_read_wait: Wait::Nothing,
+        client_write_wait: Wait::Nothing,
         transfer: Transfer::default(),
     };
     pump.run(idle)
@@ -158,7 +243,7 @@ fn is_would_block(error: &io::Error) -> bool {
     )
 }
 
-impl<P: Plaintext> Pump<'_, P> {
+impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     fn run(&mut self, idle: Option<Duration>) -> Result<Transfer, RelayError> {
         loop {
             let mut progress = false;
@@ -184,38 +269,31 @@ impl<P: Plaintext> Pump<'_, P> {
         if self.client_done || !self.to_backend.is_empty() {
             return Ok(false);
         }
-        self.tls_read_wait = Wait::Nothing;
-        match self.tls.ssl_read(self.to_backend.space()) {
-            Ok(count) => {
-                self.to_backend.filled(count);
+        self.client_read_wait = Wait::Nothing;
+        let outcome = self.client.read_into(self.to_backend.space());
+        let count = if let Io::Done(count) = outcome {
+            count
+        } else {
+            0
+        };
+        self.to_backend.filled(count);
+        match outcome {
+            Io::Done(count) => {
                 self.transfer.from_client += count as u64;
                 if let Some(filter) = self.filter.as_deref_mut() {
                     filter.client_to_backend(self.to_backend.unwritten());
                 }
                 Ok(true)
             }
-            Err(error) => {
-                self.to_backend.filled(0);
-                match error.code() {
-                    ErrorCode::ZERO_RETURN => {
-                        self.client_done = true;
-                        Ok(true)
-                    }
-                    ErrorCode::WANT_READ => {
-                        self.tls_read_wait = Wait::Readable;
-                        Ok(false)
-                    }
-                    ErrorCode::WANT_WRITE => {
-                        self.tls_read_wait = Wait::Writable;
-                        Ok(false)
-                    }
-                    ErrorCode::SYSCALL if error.io_error().is_none() => {
-                        self.client_done = true;
-                        Ok(true)
-                    }
-                    _ => Err(RelayError::Client(tls_error_reason(&error))),
-                }
+            Io::Eof => {
+                self.client_done = true;
+                Ok(true)
             }
+            Io::Blocked(wait) => {
+                self.client_read_wait = wait;
+                Ok(false)
+            }
+            Io::Failed(reason) => Err(RelayError::Client(reason)),
         }
     }
 
@@ -280,14 +358,14 @@ impl<P: Plaintext> Pump<'_, P> {
         if self.to_client.is_empty() {
             return Ok(false);
         }
-        self.tls_write_wait = Wait::Nothing;
-        match self.tls.ssl_write(self.to_client.unwritten()) {
-            Ok(count) => {
+        self.client_write_wait = Wait::Nothing;
+        match self.client.write_from(self.to_client.unwritten()) {
+            Io::Done(count) => {
                 self.to_client.written += count;
                 self.transfer.to_client += count as u64;
-                Ok(true)
+                Ok(count > 0)
             }
-            Err(error) => self.note_tls_wait(&error, |pump, wait| pump.tls_write_wait = wait),
+            outcome => self.note_client_wait(outcome),
         }
     }
 
@@ -301,37 +379,35 @@ impl<P: Plaintext> Pump<'_, P> {
             progress = true;
         }
         if self.backend_done && self.to_client.is_empty() && !self.close_notify_sent {
-            self.tls_write_wait = Wait::Nothing;
-            match self.tls.shutdown() {
-                Ok(_) => {
+            self.client_write_wait = Wait::Nothing;
+            match self.client.finish_writing() {
+                Io::Done(_) => {
                     self.close_notify_sent = true;
                     progress = true;
                 }
-                Err(error) => {
-                    self.note_tls_wait(&error, |pump, wait| pump.tls_write_wait = wait)?;
+                outcome => {
+                    self.note_client_wait(outcome)?;
                 }
             }
         }
         Ok(progress)
     }
 
-    fn note_tls_wait(
-        &mut self,
-        error: &openssl::ssl::Error,
-        record: fn(&mut Self, Wait),
-    ) -> Result<bool, RelayError> {
-        match error.code() {
-            ErrorCode::WANT_WRITE => record(self, Wait::Writable),
-            ErrorCode::WANT_READ => record(self, Wait::Readable),
-            _ => return Err(RelayError::Client(tls_error_reason(error))),
+    fn note_client_wait(&mut self, outcome: Io) -> Result<bool, RelayError> {
+        match outcome {
+            Io::Blocked(wait) => self.client_write_wait = wait,
+            Io::Failed(reason) => return Err(RelayError::Client(reason)),
+            Io::Done(_) | Io::Eof => {
+                return Err(RelayError::Client("connection closed".to_string()));
+            }
         }
         Ok(false)
     }
 
     fn wait_for_readiness(&mut self, idle: Option<Duration>) -> Result<(), RelayError> {
-        let client_read = self.tls.get_ref().read_fd();
-        let client_write = self.tls.get_ref().write_fd();
-        let waits = [self.tls_read_wait, self.tls_write_wait];
+        let client_read = self.client.client_io().read_fd();
+        let client_write = self.client.client_io().write_fd();
+        let waits = [self.client_read_wait, self.client_write_wait];
         let mut client_read_events = 0;
         let mut client_write_events = 0;
         for wait in waits {

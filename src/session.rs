@@ -1,16 +1,24 @@
 //! One client connection from start to end, the same in inetd and daemon mode: the TLS handshake (bounded by the
-//! handshake deadline), the plaintext side (TCP backend, -exec program or -fd descriptor), the relay, and exactly one
-//! log line for any failure. A normal end is logged only with -debug.
+//! handshake deadline) or, with -starttls, the protocol's plaintext phase and then the handshake; the plaintext side
+//! (TCP backend with an optional PROXY header, -exec program or -fd descriptor); the relay; and exactly one log line
+//! for any failure. A normal end is logged only with -debug.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
+use openssl::ssl::{ErrorCode, NameType, Ssl, SslContext, SslStream};
 
-use crate::client::ClientIo;
+use crate::client::{ClientAddresses, ClientIo};
 use crate::options::{Backend, Config};
-use crate::relay::{self, RelayError, Transfer};
+use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
+use crate::proxy_header::{ProxyVersion, TlsFacts as ProxyTlsFacts, proxy_header};
+use crate::relay::{self, Plaintext, RelayError, Transfer};
+use crate::starttls::{AfterTls, StartTlsMode};
 use crate::{exec, log_debug, log_error, sys, tls};
 
 /// How long a backend may take to accept the TCP connection.
@@ -23,6 +31,20 @@ pub type SessionStatus = i32;
 pub fn serve(config: &Config, context: &SslContext, client: ClientIo) -> SessionStatus {
     let addresses = client.addresses();
     let peer = addresses.peer_text();
+    match config.starttls {
+        None => serve_tls_from_the_start(config, context, client, &addresses, &peer),
+        Some(mode) => serve_with_starttls(config, context, client, mode, &addresses, &peer),
+    }
+}
+
+/// The classic sslwrap session: handshake first, then the plaintext side, then the relay.
+fn serve_tls_from_the_start(
+    config: &Config,
+    context: &SslContext,
+    client: ClientIo,
+    addresses: &ClientAddresses,
+    peer: &str,
+) -> SessionStatus {
     let deadline = Instant::now() + config.handshake_timeout;
     let mut stream = match accept_tls(context, client, deadline, config.handshake_timeout) {
         Ok(stream) => stream,
@@ -33,37 +55,92 @@ pub fn serve(config: &Config, context: &SslContext, client: ClientIo) -> Session
     };
     let facts = TlsFacts::of(&stream);
     log_debug!("{peer}: {} {} established", facts.protocol, facts.cipher);
-    let outcome = match &config.backend {
-        Backend::Tcp { host, port } => match connect_backend(host, *port) {
-            Ok(mut backend) => {
-                relay::relay_until_closed(&mut stream, &mut backend, None, config.idle_timeout)
-            }
-            Err(reason) => {
-                log_error!("{peer}: cannot connect to backend {host} port {port}: {reason}");
-                close_cleanly(&mut stream);
-                return 1;
-            }
-        },
-        Backend::Exec { program, args } => exec::serve_with_program(
-            &mut stream,
-            program,
-            args,
-            &addresses,
-            &facts,
-            config.idle_timeout,
-        ),
-        Backend::Fd(fd) => match plaintext_descriptor(*fd) {
-            Ok(mut plain) => {
-                relay::relay_until_closed(&mut stream, &mut plain, None, config.idle_timeout)
-            }
-            Err(reason) => {
-                log_error!("{peer}: -fd {fd}: {reason}");
-                close_cleanly(&mut stream);
-                return 1;
-            }
-        },
+    let mut backend = match Backside::open(config, addresses, Some(&facts)) {
+        Ok(backend) => backend,
+        Err(reason) => {
+            log_error!("{peer}: {reason}");
+            close_cleanly(&mut stream);
+            return 1;
+        }
     };
-    report_end(&peer, outcome)
+    let outcome = relay::relay_until_closed(&mut stream, &mut backend, None, config.idle_timeout);
+    backend.finish();
+    report_end(peer, outcome)
+}
+
+/// `-starttls`: the backend first (its greeting), the protocol's plaintext phase, then TLS on the same connection.
+fn serve_with_starttls(
+    config: &Config,
+    context: &SslContext,
+    mut client: ClientIo,
+    mode: StartTlsMode,
+    addresses: &ClientAddresses,
+    peer: &str,
+) -> SessionStatus {
+    let mut backend = match Backside::open(config, addresses, None) {
+        Ok(backend) => backend,
+        Err(reason) => {
+            log_error!("{peer}: {reason}");
+            return 1;
+        }
+    };
+    let limits = PhaseLimits {
+        greeting: config.handshake_timeout,
+        idle: config.idle_timeout,
+    };
+    let outcome = match plaintext_phase::run(&mut client, &mut backend, mode, peer, &limits) {
+        PhaseEnd::Closed { failed } => {
+            backend.finish();
+            return i32::from(failed);
+        }
+        PhaseEnd::PlainRelay => {
+            relay::relay_until_closed(&mut client, &mut backend, None, config.idle_timeout)
+        }
+        PhaseEnd::BeginTls { backend_pending } => {
+            match upgrade(config, context, client, mode, &backend_pending, peer) {
+                Ok((mut stream, mut filter)) => relay::relay_until_closed(
+                    &mut stream,
+                    &mut backend,
+                    Some(&mut filter),
+                    config.idle_timeout,
+                ),
+                Err(reason) => {
+                    log_error!("{reason}");
+                    backend.finish();
+                    return 1;
+                }
+            }
+        }
+    };
+    backend.finish();
+    report_end(peer, outcome)
+}
+
+/// The switch: the handshake on the raw connection (never a fallback to plaintext once STARTTLS was accepted), then
+/// the backend bytes held back during the switch, filtered, inside TLS.
+fn upgrade(
+    config: &Config,
+    context: &SslContext,
+    client: ClientIo,
+    mode: StartTlsMode,
+    backend_pending: &[u8],
+    peer: &str,
+) -> Result<(SslStream<ClientIo>, AfterTls), String> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut stream = accept_tls(context, client, deadline, config.handshake_timeout)
+        .map_err(|reason| format!("TLS handshake with {peer} after STARTTLS failed: {reason}"))?;
+    let facts = TlsFacts::of(&stream);
+    log_debug!(
+        "{peer}: STARTTLS done, {} {} established",
+        facts.protocol,
+        facts.cipher
+    );
+    let mut filter = AfterTls::new(mode.proto);
+    let mut pending = Vec::new();
+    filter.backend_to_client(backend_pending, &mut pending);
+    plaintext_phase::write_all_within(&mut stream, &pending, deadline)
+        .map_err(|reason| format!("{peer}: {reason}"))?;
+    Ok((stream, filter))
 }
 
 /// Logs how the relay ended and turns it into the exit status.
@@ -144,8 +221,130 @@ fn handshake_failure_reason(stream: &SslStream<ClientIo>, error: &openssl::ssl::
     reason
 }
 
-/// Connects to the backend: an IPv4 or IPv6 literal, or a host name tried address by address.
-pub fn connect_backend(host: &str, port: u16) -> Result<TcpStream, String> {
+/// The plaintext side of a session, whichever kind the command line chose.
+pub enum Backside {
+    Tcp(TcpStream),
+    Program {
+        stream: UnixStream,
+        child: Child,
+        program: PathBuf,
+    },
+    Descriptor(UnixStream),
+}
+
+impl Backside {
+    /// Opens the plaintext side: connects (sending the PROXY header first when asked), starts the program, or takes
+    /// the inherited descriptor. `facts` is None before TLS (STARTTLS sessions).
+    pub fn open(
+        config: &Config,
+        addresses: &ClientAddresses,
+        facts: Option<&TlsFacts>,
+    ) -> Result<Backside, String> {
+        match &config.backend {
+            Backend::Tcp { host, port } => {
+                let preamble = match config.proxy {
+                    Some(version) => proxy_preamble(version, addresses, facts)?,
+                    None => Vec::new(),
+                };
+                connect_backend(host, *port, &preamble)
+                    .map(Backside::Tcp)
+                    .map_err(|reason| {
+                        format!("cannot connect to backend {host} port {port}: {reason}")
+                    })
+            }
+            Backend::Exec { program, args } => {
+                let variables = exec::environment(addresses, facts);
+                exec::start_program(program, args, &variables)
+                    .map(|(child, stream)| Backside::Program {
+                        stream,
+                        child,
+                        program: program.clone(),
+                    })
+                    .map_err(|reason| format!("cannot execute {}: {reason}", program.display()))
+            }
+            Backend::Fd(fd) => plaintext_descriptor(*fd)
+                .map(Backside::Descriptor)
+                .map_err(|reason| format!("-fd {fd}: {reason}")),
+        }
+    }
+
+    /// Closes the plaintext side; a program is given a moment to exit and is reaped.
+    pub fn finish(self) {
+        if let Backside::Program {
+            stream,
+            mut child,
+            program,
+        } = self
+        {
+            drop(stream);
+            exec::reap(&mut child, &program);
+        }
+    }
+
+    fn stream(&mut self) -> &mut dyn StreamLike {
+        match self {
+            Backside::Tcp(stream) => stream,
+            Backside::Program { stream, .. } | Backside::Descriptor(stream) => stream,
+        }
+    }
+}
+
+/// What the relay needs of a plaintext stream, object-safe so `Backside` can delegate.
+trait StreamLike: Read + Write + AsRawFd + Plaintext {}
+impl<T: Read + Write + AsRawFd + Plaintext> StreamLike for T {}
+
+impl Read for Backside {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.stream().read(buffer)
+    }
+}
+
+impl Write for Backside {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.stream().write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for Backside {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Backside::Tcp(stream) => stream.as_raw_fd(),
+            Backside::Program { stream, .. } | Backside::Descriptor(stream) => stream.as_raw_fd(),
+        }
+    }
+}
+
+impl Plaintext for Backside {
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        match self {
+            Backside::Tcp(stream) => stream.shutdown_write(),
+            Backside::Program { stream, .. } | Backside::Descriptor(stream) => {
+                stream.shutdown_write()
+            }
+        }
+    }
+}
+
+/// The PROXY protocol header for this client, with the TLS facts when the handshake is already done.
+fn proxy_preamble(
+    version: ProxyVersion,
+    addresses: &ClientAddresses,
+    facts: Option<&TlsFacts>,
+) -> Result<Vec<u8>, String> {
+    let (Some(source), Some(destination)) = (addresses.peer, addresses.local) else {
+        return Err("cannot send a PROXY header: the client is not on a TCP socket".to_string());
+    };
+    let tls = facts.map(TlsFacts::for_proxy_header);
+    Ok(proxy_header(version, source, destination, tls.as_ref()))
+}
+
+/// Connects to the backend (an IPv4 or IPv6 literal, or a host name tried address by address) and sends the
+/// preamble before any other byte.
+fn connect_backend(host: &str, port: u16, preamble: &[u8]) -> Result<TcpStream, String> {
     let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => (host, port)
@@ -156,8 +355,14 @@ pub fn connect_backend(host: &str, port: u16) -> Result<TcpStream, String> {
     let mut last_error = format!("no address found for {host}");
     for address in addresses {
         match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
-            Ok(stream) => {
+            Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
+                stream
+                    .set_write_timeout(Some(CONNECT_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .write_all(preamble)
+                    .map_err(|e| format!("sending the PROXY header: {e}"))?;
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 return Ok(stream);
             }
@@ -167,7 +372,7 @@ pub fn connect_backend(host: &str, port: u16) -> Result<TcpStream, String> {
     Err(last_error)
 }
 
-/// The `-fd N` plaintext side: an inherited socket (usually a socketpair end from a helper like makesock).
+/// The `-fd N` plaintext side: an inherited socket (usually a socketpair end given by a helper like makesock).
 fn plaintext_descriptor(fd: i32) -> Result<UnixStream, String> {
     if !sys::is_open(fd) {
         return Err("descriptor is not open".to_string());
@@ -182,28 +387,49 @@ fn plaintext_descriptor(fd: i32) -> Result<UnixStream, String> {
 pub struct TlsFacts {
     pub protocol: String,
     pub cipher: String,
+    pub client_cert_presented: bool,
     pub client_subject: Option<String>,
     pub client_issuer: Option<String>,
+    pub client_common_name: Option<String>,
+    pub server_name: Option<String>,
 }
 
 impl TlsFacts {
     pub fn of(stream: &SslStream<ClientIo>) -> TlsFacts {
         let ssl = stream.ssl();
+        let presented = ssl.peer_certificate();
         let verified = ssl.verify_result() == openssl::x509::X509VerifyResult::OK;
-        let certificate = ssl.peer_certificate().filter(|_| verified);
+        let certificate = presented.as_ref().filter(|_| verified);
         TlsFacts {
             protocol: ssl.version_str().to_string(),
             cipher: ssl
                 .current_cipher()
                 .map_or_else(String::new, |cipher| cipher.name().to_string()),
-            client_subject: certificate
-                .as_ref()
-                .map(|c| distinguished_name(c.subject_name())),
-            client_issuer: certificate
-                .as_ref()
-                .map(|c| distinguished_name(c.issuer_name())),
+            client_cert_presented: presented.is_some(),
+            client_subject: certificate.map(|c| distinguished_name(c.subject_name())),
+            client_issuer: certificate.map(|c| distinguished_name(c.issuer_name())),
+            client_common_name: certificate.and_then(|c| common_name(c.subject_name())),
+            server_name: ssl.servername(NameType::HOST_NAME).map(str::to_string),
         }
     }
+
+    /// The facts in the shape of the PROXY v2 TLS TLVs.
+    fn for_proxy_header(&self) -> ProxyTlsFacts {
+        ProxyTlsFacts {
+            version: self.protocol.clone(),
+            cipher: self.cipher.clone(),
+            client_cert_presented: self.client_cert_presented,
+            client_cert_verified: self.client_subject.is_some(),
+            client_cn: self.client_common_name.clone(),
+            sni: self.server_name.clone(),
+            ..ProxyTlsFacts::default()
+        }
+    }
+}
+
+fn common_name(name: &openssl::x509::X509NameRef) -> Option<String> {
+    let entry = name.entries_by_nid(openssl::nid::Nid::COMMONNAME).next()?;
+    entry.data().to_string().ok()
 }
 
 /// A name in the classic one-line form `/C=US/O=Example/CN=client`, as ucspi-ssl and mod_ssl users know it.

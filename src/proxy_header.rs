@@ -1,0 +1,881 @@
+//! Builds the PROXY protocol header (HAProxy's v1 text line or v2 binary block) that sslwrap
+//! sends to a TCP backend before any other byte, so the backend learns the real client address
+//! and, with v2, the facts of the client's TLS session.
+//!
+//! Pure: addresses and TLS facts in, bytes out. It must never do I/O, never panic, never
+//! produce a header larger than receivers accept, never cut a value short (an optional TLV that
+//! does not fit is left out whole: a truncated name could be somebody else's name), and never
+//! pass on a client certificate CN that was not verified.
+//!
+//! Decisions, each explained where it is implemented:
+//! - IPv4-mapped IPv6 addresses, as a dual-stack `[::]` listener reports IPv4 clients, are sent
+//!   as the IPv4 addresses they stand for (TCP4, AF_INET).
+//! - Ends that still differ in family are both sent as IPv6, the IPv4 end IPv4-mapped; never
+//!   `UNKNOWN`, which would make the backend use the wrapper's own address.
+//! - v1 writes IPv6 in hex groups with RFC 5952 `::` compression, never with a dotted IPv4 tail.
+//! - IPv6 scope ids and flow labels have no field in either format and are dropped.
+//! - v1 carries no TLS facts; v2 always carries PP2_TYPE_SSL when TLS facts are given.
+//! - The v2 header is kept within 536 bytes; optional TLVs are admitted by priority.
+//! - No PP2_TYPE_CRC32C: the hop to the backend is a TCP connection whose own checksum covers
+//!   it, and a receiver with a faulty CRC check would refuse every connection.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::str::FromStr;
+
+/// Which PROXY protocol format to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// Human-readable line: addresses and ports only.
+    V1,
+    /// Binary block: addresses, ports and the TLS TLVs.
+    V2,
+}
+
+impl FromStr for ProxyVersion {
+    type Err = String;
+
+    fn from_str(word: &str) -> Result<Self, Self::Err> {
+        match word {
+            "v1" => Ok(Self::V1),
+            "v2" => Ok(Self::V2),
+            other => Err(format!(
+                "unknown PROXY protocol version '{other}' (expected v1 or v2)"
+            )),
+        }
+    }
+}
+
+/// TLS facts of the client connection, for the v2 PP2_TYPE_SSL TLV and friends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// Protocol version, e.g. "TLSv1.3" (PP2_SUBTYPE_SSL_VERSION).
+    pub version: String,
+    /// OpenSSL cipher name (PP2_SUBTYPE_SSL_CIPHER).
+    pub cipher: String,
+    /// The client sent a certificate (PP2_CLIENT_CERT_CONN and PP2_CLIENT_CERT_SESS).
+    pub client_cert_presented: bool,
+    /// The presented certificate was verified; the verify field is 0 only when both are true.
+    pub client_cert_verified: bool,
+    /// Common Name of the client certificate (PP2_SUBTYPE_SSL_CN), sent only when verified.
+    pub client_cn: Option<String>,
+    /// Signature algorithm of the server certificate (PP2_SUBTYPE_SSL_SIG_ALG), if known.
+    pub sig_alg: Option<String>,
+    /// Key algorithm of the server certificate (PP2_SUBTYPE_SSL_KEY_ALG), if known.
+    pub key_alg: Option<String>,
+    /// Negotiated ALPN protocol (PP2_TYPE_ALPN).
+    pub alpn: Option<Vec<u8>>,
+    /// Server name the client asked for (PP2_TYPE_AUTHORITY).
+    pub sni: Option<String>,
+}
+
+/// The PROXY protocol header announcing a client connection.
+///
+/// `source` is the client as seen by the wrapper, `destination` the address the client
+/// connected to. `tls` is used by v2 only.
+pub fn proxy_header(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+    tls: Option<&TlsFacts>,
+) -> Vec<u8> {
+    let endpoints = Endpoints::of(source, destination);
+    match version {
+        ProxyVersion::V1 => v1_line(&endpoints).into_bytes(),
+        ProxyVersion::V2 => v2_header(&endpoints, tls),
+    }
+}
+
+/// Both ends of the connection in the one address family the header can state.
+enum AddressPair {
+    V4 {
+        source: Ipv4Addr,
+        destination: Ipv4Addr,
+    },
+    V6 {
+        source: Ipv6Addr,
+        destination: Ipv6Addr,
+    },
+}
+
+struct Endpoints {
+    addresses: AddressPair,
+    source_port: u16,
+    destination_port: u16,
+}
+
+impl Endpoints {
+    fn of(source: SocketAddr, destination: SocketAddr) -> Self {
+        Self {
+            addresses: common_family(source.ip(), destination.ip()),
+            source_port: source.port(),
+            destination_port: destination.port(),
+        }
+    }
+}
+
+/// Unmapping first means an IPv4 client of a dual-stack listener is announced as the IPv4
+/// client it is, which is what the backend's IPv4 access rules expect. A real IPv4/IPv6 mix
+/// is then stated as IPv6, the only family holding both ends.
+fn common_family(source: IpAddr, destination: IpAddr) -> AddressPair {
+    match (source.to_canonical(), destination.to_canonical()) {
+        (IpAddr::V4(source), IpAddr::V4(destination)) => AddressPair::V4 {
+            source,
+            destination,
+        },
+        (source, destination) => AddressPair::V6 {
+            source: as_ipv6(source),
+            destination: as_ipv6(destination),
+        },
+    }
+}
+
+fn as_ipv6(address: IpAddr) -> Ipv6Addr {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// "PROXY TCP4|TCP6 source destination sport dport\r\n": at most 104 bytes (two full
+/// IPv6 addresses), inside the 107 a receiver must accept.
+fn v1_line(endpoints: &Endpoints) -> String {
+    let (protocol, source, destination) = match endpoints.addresses {
+        AddressPair::V4 {
+            source,
+            destination,
+        } => ("TCP4", source.to_string(), destination.to_string()),
+        AddressPair::V6 {
+            source,
+            destination,
+        } => ("TCP6", ipv6_hex_text(source), ipv6_hex_text(destination)),
+    };
+    format!(
+        "PROXY {protocol} {source} {destination} {} {}\r\n",
+        endpoints.source_port, endpoints.destination_port
+    )
+}
+
+/// RFC 5952 text in hex groups only. `Ipv6Addr`'s own Display writes IPv4-mapped addresses
+/// with a dotted tail (`::ffff:192.0.2.1`), which the v1 grammar does not allow.
+fn ipv6_hex_text(address: Ipv6Addr) -> String {
+    let groups = address.segments();
+    let hex = |groups: &[u16]| {
+        groups
+            .iter()
+            .map(|group| format!("{group:x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match longest_zero_run(&groups) {
+        Some(run) => format!("{}::{}", hex(&groups[..run.start]), hex(&groups[run.end..])),
+        None => hex(&groups),
+    }
+}
+
+/// The first longest run of at least two zero groups: the one RFC 5952 shortens to `::`.
+fn longest_zero_run(groups: &[u16]) -> Option<Range<usize>> {
+    let mut longest: Option<Range<usize>> = None;
+    let mut start = 0;
+    while start < groups.len() {
+        if groups[start] != 0 {
+            start += 1;
+            continue;
+        }
+        let end = (start..groups.len())
+            .find(|&index| groups[index] != 0)
+            .unwrap_or(groups.len());
+        if end - start >= 2 && longest.as_ref().is_none_or(|run| end - start > run.len()) {
+            longest = Some(start..end);
+        }
+        start = end;
+    }
+    longest
+}
+
+const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// High nibble: protocol version 2; low nibble: command PROXY (relayed on behalf of a client).
+const V2_VERSION_AND_PROXY_COMMAND: u8 = 0x21;
+/// High nibble: address family; low nibble: transport (1 = stream).
+const V2_TCP_OVER_IPV4: u8 = 0x11;
+const V2_TCP_OVER_IPV6: u8 = 0x21;
+/// Signature, version/command, family/transport and the u16 length.
+const V2_FIXED_PART_LEN: usize = 16;
+/// The spec designs both formats to fit the smallest TCP segment every host must accept
+/// (576 - 40 bytes), so the header arrives in the one read receivers such as Dovecot do;
+/// it is also far below the u16 length field's limit.
+const MAX_V2_HEADER_LEN: usize = 536;
+
+const PP2_TYPE_ALPN: u8 = 0x01;
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+const PP2_SUBTYPE_SSL_SIG_ALG: u8 = 0x24;
+const PP2_SUBTYPE_SSL_KEY_ALG: u8 = 0x25;
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+/// Type byte and u16 length in front of every TLV value.
+const TLV_HEAD_LEN: usize = 3;
+/// PP2_TYPE_SSL before its sub-TLVs: TLV head, client flags byte, u32 verify result.
+const SSL_TLV_FIXED_LEN: usize = TLV_HEAD_LEN + 1 + 4;
+
+fn v2_header(endpoints: &Endpoints, tls: Option<&TlsFacts>) -> Vec<u8> {
+    let (family_and_transport, address_block) = v2_address_block(endpoints);
+    let tlv_room = MAX_V2_HEADER_LEN - V2_FIXED_PART_LEN - address_block.len();
+    let tlvs = tls.map_or_else(Vec::new, |facts| tls_tlvs(facts, tlv_room));
+
+    let mut header = Vec::with_capacity(V2_FIXED_PART_LEN + address_block.len() + tlvs.len());
+    header.extend_from_slice(&V2_SIGNATURE);
+    header.push(V2_VERSION_AND_PROXY_COMMAND);
+    header.push(family_and_transport);
+    header.extend_from_slice(&length_field(address_block.len() + tlvs.len()));
+    header.extend_from_slice(&address_block);
+    header.extend_from_slice(&tlvs);
+    header
+}
+
+/// Source address, destination address, source port, destination port, all big-endian.
+fn v2_address_block(endpoints: &Endpoints) -> (u8, Vec<u8>) {
+    let (family_and_transport, mut block) = match endpoints.addresses {
+        AddressPair::V4 {
+            source,
+            destination,
+        } => (
+            V2_TCP_OVER_IPV4,
+            [source.octets(), destination.octets()].concat(),
+        ),
+        AddressPair::V6 {
+            source,
+            destination,
+        } => (
+            V2_TCP_OVER_IPV6,
+            [source.octets(), destination.octets()].concat(),
+        ),
+    };
+    block.extend_from_slice(&endpoints.source_port.to_be_bytes());
+    block.extend_from_slice(&endpoints.destination_port.to_be_bytes());
+    (family_and_transport, block)
+}
+
+/// Every length written is bounded by MAX_V2_HEADER_LEN, so it always fits the u16 field.
+fn length_field(len: usize) -> [u8; 2] {
+    u16::try_from(len)
+        .expect("lengths are bounded by MAX_V2_HEADER_LEN")
+        .to_be_bytes()
+}
+
+/// A type-length-value entry, at the top level or inside PP2_TYPE_SSL.
+struct Tlv {
+    kind: u8,
+    value: Vec<u8>,
+}
+
+impl Tlv {
+    fn encoded_len(&self) -> usize {
+        TLV_HEAD_LEN + self.value.len()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind);
+        out.extend_from_slice(&length_field(self.value.len()));
+        out.extend_from_slice(&self.value);
+    }
+}
+
+/// Which TLV list an optional fact belongs to.
+enum Level {
+    Top,
+    InsideSsl,
+}
+
+/// The TLS TLVs within `room` bytes. PP2_TYPE_SSL with its flags and verify result always
+/// fits (the fixed part plus an IPv6 address block leaves 484 bytes); optional facts are
+/// admitted most important first, each whole or not at all, then written in type order.
+fn tls_tlvs(facts: &TlsFacts, room: usize) -> Vec<u8> {
+    let mut room = room - SSL_TLV_FIXED_LEN;
+    let mut top_level = Vec::new();
+    let mut inside_ssl = Vec::new();
+    for (level, tlv) in optional_tlvs_by_priority(facts) {
+        if tlv.encoded_len() > room {
+            continue;
+        }
+        room -= tlv.encoded_len();
+        match level {
+            Level::Top => top_level.push(tlv),
+            Level::InsideSsl => inside_ssl.push(tlv),
+        }
+    }
+    top_level.push(ssl_tlv(facts, inside_ssl));
+    encode_in_type_order(top_level)
+}
+
+/// Most important first: the version the spec expects with PP2_CLIENT_SSL, the CN a backend
+/// may authenticate with, the cipher, then what the application protocol needs (ALPN, SNI),
+/// and last the merely informative server certificate algorithms.
+fn optional_tlvs_by_priority(facts: &TlsFacts) -> Vec<(Level, Tlv)> {
+    let top = |kind, value: Option<Vec<u8>>| value.map(|value| (Level::Top, Tlv { kind, value }));
+    let inside_ssl =
+        |kind, value: Option<Vec<u8>>| value.map(|value| (Level::InsideSsl, Tlv { kind, value }));
+    let optional_text = |text: &Option<String>| text.as_deref().and_then(text_value);
+    let verified_cn = facts
+        .client_cn
+        .as_deref()
+        .filter(|_| client_cert_verified(facts));
+    [
+        inside_ssl(PP2_SUBTYPE_SSL_VERSION, text_value(&facts.version)),
+        inside_ssl(PP2_SUBTYPE_SSL_CN, verified_cn.and_then(text_value)),
+        inside_ssl(PP2_SUBTYPE_SSL_CIPHER, text_value(&facts.cipher)),
+        top(PP2_TYPE_ALPN, bytes_value(facts.alpn.as_deref())),
+        top(PP2_TYPE_AUTHORITY, optional_text(&facts.sni)),
+        inside_ssl(PP2_SUBTYPE_SSL_SIG_ALG, optional_text(&facts.sig_alg)),
+        inside_ssl(PP2_SUBTYPE_SSL_KEY_ALG, optional_text(&facts.key_alg)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Empty text says nothing, and text holding a NUL would be cut short by receivers that copy
+/// it as a C string (Dovecot does, for the CN), so they would read a different, shorter name.
+fn text_value(text: &str) -> Option<Vec<u8>> {
+    (!text.is_empty() && !text.contains('\0')).then(|| text.as_bytes().to_vec())
+}
+
+/// ALPN is an opaque byte string: only an empty one is left out.
+fn bytes_value(bytes: Option<&[u8]>) -> Option<Vec<u8>> {
+    bytes.filter(|bytes| !bytes.is_empty()).map(<[u8]>::to_vec)
+}
+
+fn ssl_tlv(facts: &TlsFacts, sub_tlvs: Vec<Tlv>) -> Tlv {
+    let mut value = vec![client_flags(facts)];
+    value.extend_from_slice(&verify_result(facts).to_be_bytes());
+    value.extend(encode_in_type_order(sub_tlvs));
+    Tlv {
+        kind: PP2_TYPE_SSL,
+        value,
+    }
+}
+
+/// A certificate shown on this connection was also shown in its TLS session, hence both flags.
+fn client_flags(facts: &TlsFacts) -> u8 {
+    if facts.client_cert_presented {
+        PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+    } else {
+        PP2_CLIENT_SSL
+    }
+}
+
+/// The spec's rule: 0 only for a presented and verified certificate. (HAProxy sends 0 when no
+/// certificate was presented at all; a receiver trusting 0 alone would be misled by that.)
+fn verify_result(facts: &TlsFacts) -> u32 {
+    if client_cert_verified(facts) { 0 } else { 1 }
+}
+
+fn client_cert_verified(facts: &TlsFacts) -> bool {
+    facts.client_cert_presented && facts.client_cert_verified
+}
+
+fn encode_in_type_order(mut tlvs: Vec<Tlv>) -> Vec<u8> {
+    tlvs.sort_by_key(|tlv| tlv.kind);
+    let mut out = Vec::with_capacity(tlvs.iter().map(Tlv::encoded_len).sum());
+    for tlv in &tlvs {
+        tlv.encode_into(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddrV6;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    fn v1(source: &str, destination: &str) -> String {
+        let header = proxy_header(ProxyVersion::V1, addr(source), addr(destination), None);
+        String::from_utf8(header).expect("v1 is text")
+    }
+
+    fn v2(source: &str, destination: &str, tls: Option<&TlsFacts>) -> Vec<u8> {
+        proxy_header(ProxyVersion::V2, addr(source), addr(destination), tls)
+    }
+
+    fn tls13() -> TlsFacts {
+        TlsFacts {
+            version: "TLSv1.3".to_string(),
+            cipher: "TLS_AES_128_GCM_SHA256".to_string(),
+            ..TlsFacts::default()
+        }
+    }
+
+    fn verified_client(cn: &str) -> TlsFacts {
+        TlsFacts {
+            client_cert_presented: true,
+            client_cert_verified: true,
+            client_cn: Some(cn.to_string()),
+            ..tls13()
+        }
+    }
+
+    /// A v2 header read back by an independent walker, to prove the structure.
+    #[derive(Debug)]
+    struct ParsedV2 {
+        family_and_transport: u8,
+        address_block: Vec<u8>,
+        tlvs: Vec<(u8, Vec<u8>)>,
+    }
+
+    #[derive(Debug)]
+    struct ParsedSsl {
+        client: u8,
+        verify: u32,
+        sub_tlvs: Vec<(u8, Vec<u8>)>,
+    }
+
+    fn parse_v2(header: &[u8]) -> ParsedV2 {
+        assert_eq!(header[..12], V2_SIGNATURE, "signature");
+        assert_eq!(header[12], 0x21, "version 2, command PROXY");
+        let length = usize::from(u16::from_be_bytes([header[14], header[15]]));
+        assert_eq!(
+            header.len(),
+            16 + length,
+            "length field covers the rest exactly"
+        );
+        let address_len = match header[13] {
+            0x11 => 12,
+            0x21 => 36,
+            other => panic!("unexpected family/transport {other:#04x}"),
+        };
+        ParsedV2 {
+            family_and_transport: header[13],
+            address_block: header[16..16 + address_len].to_vec(),
+            tlvs: walk_tlvs(&header[16 + address_len..]),
+        }
+    }
+
+    fn walk_tlvs(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut tlvs = Vec::new();
+        while !bytes.is_empty() {
+            assert!(bytes.len() >= 3, "truncated TLV head");
+            let length = usize::from(u16::from_be_bytes([bytes[1], bytes[2]]));
+            assert!(
+                bytes.len() >= 3 + length,
+                "TLV value runs past its container"
+            );
+            tlvs.push((bytes[0], bytes[3..3 + length].to_vec()));
+            bytes = &bytes[3 + length..];
+        }
+        tlvs
+    }
+
+    fn parse_ssl(parsed: &ParsedV2) -> ParsedSsl {
+        let ssl: Vec<_> = parsed
+            .tlvs
+            .iter()
+            .filter(|(kind, _)| *kind == 0x20)
+            .collect();
+        assert_eq!(ssl.len(), 1, "exactly one PP2_TYPE_SSL");
+        let value = &ssl[0].1;
+        ParsedSsl {
+            client: value[0],
+            verify: u32::from_be_bytes([value[1], value[2], value[3], value[4]]),
+            sub_tlvs: walk_tlvs(&value[5..]),
+        }
+    }
+
+    fn find(tlvs: &[(u8, Vec<u8>)], kind: u8) -> Option<&[u8]> {
+        tlvs.iter()
+            .find(|(found, _)| *found == kind)
+            .map(|(_, value)| value.as_slice())
+    }
+
+    fn kinds(tlvs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        tlvs.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    const SIGNATURE_AND_PROXY: [u8; 13] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21,
+    ];
+
+    #[test]
+    fn version_words_parse_and_a_bad_word_is_named() {
+        assert_eq!("v1".parse(), Ok(ProxyVersion::V1));
+        assert_eq!("v2".parse(), Ok(ProxyVersion::V2));
+        let error = "v3".parse::<ProxyVersion>().unwrap_err();
+        assert!(error.contains("'v3'"), "{error}");
+        assert!("V2".parse::<ProxyVersion>().is_err());
+        assert!("".parse::<ProxyVersion>().is_err());
+    }
+
+    #[test]
+    fn v1_matches_the_specification_example() {
+        assert_eq!(
+            v1("192.168.0.1:56324", "192.168.0.11:443"),
+            "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
+        );
+    }
+
+    #[test]
+    fn v1_longest_ipv4_line_is_the_specification_maximum() {
+        let line = v1("255.255.255.255:65535", "255.255.255.255:65535");
+        assert_eq!(
+            line,
+            "PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"
+        );
+        assert_eq!(line.len(), 56);
+    }
+
+    #[test]
+    fn v1_ipv6() {
+        assert_eq!(
+            v1("[2001:db8::1]:51000", "[2001:db8::2]:993"),
+            "PROXY TCP6 2001:db8::1 2001:db8::2 51000 993\r\n"
+        );
+        assert_eq!(
+            v1("[::1]:40000", "[::1]:143"),
+            "PROXY TCP6 ::1 ::1 40000 143\r\n"
+        );
+    }
+
+    #[test]
+    fn v1_longest_ipv6_line_fits_the_receiver_limit() {
+        let full = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        let line = v1(full, full);
+        assert_eq!(
+            line,
+            "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff \
+             ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"
+        );
+        assert_eq!(line.len(), 104);
+        assert!(line.len() <= 107);
+    }
+
+    #[test]
+    fn v1_ignores_tls_facts() {
+        let facts = verified_client("alice");
+        let with = proxy_header(
+            ProxyVersion::V1,
+            addr("192.0.2.7:1234"),
+            addr("192.0.2.1:993"),
+            Some(&facts),
+        );
+        assert_eq!(with, b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 993\r\n");
+    }
+
+    #[test]
+    fn v1_dual_stack_ipv4_client_is_announced_as_ipv4() {
+        assert_eq!(
+            v1("[::ffff:127.0.0.5]:40000", "[::ffff:127.0.0.1]:993"),
+            "PROXY TCP4 127.0.0.5 127.0.0.1 40000 993\r\n"
+        );
+        assert_eq!(
+            v1("[::ffff:127.0.0.5]:40000", "127.0.0.1:993"),
+            "PROXY TCP4 127.0.0.5 127.0.0.1 40000 993\r\n"
+        );
+    }
+
+    #[test]
+    fn v1_mixed_families_become_tcp6_with_the_ipv4_end_mapped_in_hex() {
+        assert_eq!(
+            v1("[2001:db8::1]:51000", "192.0.2.1:993"),
+            "PROXY TCP6 2001:db8::1 ::ffff:c000:201 51000 993\r\n"
+        );
+        assert_eq!(
+            v1("192.0.2.7:1234", "[2001:db8::2]:993"),
+            "PROXY TCP6 ::ffff:c000:207 2001:db8::2 1234 993\r\n"
+        );
+    }
+
+    #[test]
+    fn v1_drops_the_ipv6_scope_id() {
+        let source = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 5000, 0, 3));
+        let destination = SocketAddr::V6(SocketAddrV6::new("fe80::2".parse().unwrap(), 25, 7, 3));
+        let header = proxy_header(ProxyVersion::V1, source, destination, None);
+        assert_eq!(header, b"PROXY TCP6 fe80::1 fe80::2 5000 25\r\n");
+    }
+
+    #[test]
+    fn ipv6_text_follows_rfc_5952() {
+        for (address, text) in [
+            ("::", "::"),
+            ("::1", "::1"),
+            ("1::", "1::"),
+            ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+            ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),
+            ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"),
+            ("2001:DB8::ABCD", "2001:db8::abcd"),
+            ("::ffff:192.0.2.1", "::ffff:c000:201"),
+            ("::192.0.2.1", "::c000:201"),
+        ] {
+            let parsed: Ipv6Addr = address.parse().unwrap();
+            assert_eq!(ipv6_hex_text(parsed), text, "{address}");
+        }
+    }
+
+    #[test]
+    fn ipv6_text_agrees_with_std_outside_ipv4_mapped_addresses() {
+        for address in [
+            "::2",
+            "fe80::1:2",
+            "2001:db8:85a3::8a2e:370:7334",
+            "0:0:1::",
+            "1:2:3:4:5:6:7:8",
+            "1:0:1:0:1:0:1:0",
+            "ff02::1:ff00:0",
+        ] {
+            let parsed: Ipv6Addr = address.parse().unwrap();
+            assert_eq!(ipv6_hex_text(parsed), parsed.to_string(), "{address}");
+        }
+    }
+
+    #[test]
+    fn v2_ipv4_without_tls() {
+        let mut expected = SIGNATURE_AND_PROXY.to_vec();
+        expected.extend_from_slice(&[
+            0x11, 0x00, 0x0C, // TCP over IPv4, 12 bytes follow
+            0xC0, 0xA8, 0x00, 0x01, // 192.168.0.1
+            0xC0, 0xA8, 0x00, 0x0B, // 192.168.0.11
+            0xDC, 0x04, // 56324
+            0x01, 0xBB, // 443
+        ]);
+        assert_eq!(v2("192.168.0.1:56324", "192.168.0.11:443", None), expected);
+    }
+
+    #[test]
+    fn v2_ipv6_without_tls() {
+        let mut expected = SIGNATURE_AND_PROXY.to_vec();
+        expected.extend_from_slice(&[0x21, 0x00, 0x24]); // TCP over IPv6, 36 bytes follow
+        expected.extend_from_slice(&[
+            0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ]);
+        expected.extend_from_slice(&[0; 15]);
+        expected.push(0x01); // ::1
+        expected.extend_from_slice(&[0xC7, 0x38, 0x03, 0xE1]); // 51000, 993
+        assert_eq!(v2("[2001:db8::1]:51000", "[::1]:993", None), expected);
+    }
+
+    #[test]
+    fn v2_ipv4_with_tls_and_no_client_certificate() {
+        let expected = [
+            &SIGNATURE_AND_PROXY[..],
+            &[0x11, 0x00, 0x37], // 12 address bytes + 43 TLV bytes
+            &[192, 0, 2, 7, 192, 0, 2, 1, 0x04, 0xD2, 0x03, 0xE1],
+            &[0x20, 0x00, 0x28],       // PP2_TYPE_SSL, 40 bytes
+            &[0x01],                   // PP2_CLIENT_SSL only
+            &[0x00, 0x00, 0x00, 0x01], // verify: no certificate, so not success
+            &[0x21, 0x00, 0x07],
+            b"TLSv1.3",
+            &[0x23, 0x00, 0x16],
+            b"TLS_AES_128_GCM_SHA256",
+        ]
+        .concat();
+        assert_eq!(
+            v2("192.0.2.7:1234", "192.0.2.1:993", Some(&tls13())),
+            expected
+        );
+    }
+
+    #[test]
+    fn v2_ipv6_with_every_tls_fact() {
+        let facts = TlsFacts {
+            sig_alg: Some("RSA-SHA256".to_string()),
+            key_alg: Some("RSA2048".to_string()),
+            alpn: Some(b"imap".to_vec()),
+            sni: Some("mail.example.org".to_string()),
+            ..verified_client("alice")
+        };
+        let expected = [
+            &SIGNATURE_AND_PROXY[..],
+            &[0x21, 0x00, 0x88], // 36 address bytes + 100 TLV bytes
+            &[
+                0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
+            ],
+            &[
+                0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+            ],
+            &[0xC3, 0x50, 0x03, 0xE1], // 50000, 993
+            &[0x01, 0x00, 0x04],
+            b"imap",
+            &[0x02, 0x00, 0x10],
+            b"mail.example.org",
+            &[0x20, 0x00, 0x47],       // PP2_TYPE_SSL, 71 bytes
+            &[0x07],                   // SSL, CERT_CONN, CERT_SESS
+            &[0x00, 0x00, 0x00, 0x00], // verified
+            &[0x21, 0x00, 0x07],
+            b"TLSv1.3",
+            &[0x22, 0x00, 0x05],
+            b"alice",
+            &[0x23, 0x00, 0x16],
+            b"TLS_AES_128_GCM_SHA256",
+            &[0x24, 0x00, 0x0A],
+            b"RSA-SHA256",
+            &[0x25, 0x00, 0x07],
+            b"RSA2048",
+        ]
+        .concat();
+        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
+        assert_eq!(header, expected);
+
+        let parsed = parse_v2(&header);
+        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x02, 0x20]);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23, 0x24, 0x25]);
+        assert_eq!(find(&ssl.sub_tlvs, 0x22), Some(&b"alice"[..]));
+    }
+
+    #[test]
+    fn v2_presented_but_unverified_certificate_sends_no_cn() {
+        let facts = TlsFacts {
+            client_cert_verified: false,
+            ..verified_client("mallory")
+        };
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(ssl.client, 0x07);
+        assert_eq!(ssl.verify, 1);
+        assert_eq!(find(&ssl.sub_tlvs, 0x22), None);
+        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x23]);
+    }
+
+    #[test]
+    fn v2_verified_without_a_presented_certificate_is_not_success() {
+        let facts = TlsFacts {
+            client_cert_presented: false,
+            ..verified_client("nobody")
+        };
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(ssl.client, 0x01);
+        assert_eq!(ssl.verify, 1);
+        assert_eq!(find(&ssl.sub_tlvs, 0x22), None);
+    }
+
+    #[test]
+    fn v2_leaves_out_empty_values_and_text_with_nul() {
+        let facts = TlsFacts {
+            version: String::new(),
+            cipher: "AES\0".to_string(),
+            client_cn: Some("admin\0.evil.example".to_string()),
+            alpn: Some(Vec::new()),
+            sni: Some(String::new()),
+            sig_alg: Some(String::new()),
+            key_alg: None,
+            ..verified_client("unused")
+        };
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
+        assert_eq!(kinds(&parsed.tlvs), [0x20]);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!((ssl.client, ssl.verify), (0x07, 0));
+        assert!(ssl.sub_tlvs.is_empty(), "{ssl:?}");
+    }
+
+    #[test]
+    fn v2_alpn_is_sent_as_opaque_bytes() {
+        let facts = TlsFacts {
+            alpn: Some(vec![0x00, 0xFF, b'x']),
+            ..tls13()
+        };
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
+        assert_eq!(find(&parsed.tlvs, 0x01), Some(&[0x00, 0xFF, b'x'][..]));
+    }
+
+    #[test]
+    fn v2_mixed_families_become_tcp_over_ipv6_with_the_ipv4_end_mapped() {
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "[2001:db8::1]:993", None));
+        assert_eq!(parsed.family_and_transport, 0x21);
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 192, 0, 2, 7];
+        assert_eq!(parsed.address_block[..16], mapped);
+    }
+
+    #[test]
+    fn v2_dual_stack_ipv4_client_is_announced_as_ipv4() {
+        let header = v2("[::ffff:127.0.0.5]:40000", "[::ffff:127.0.0.1]:993", None);
+        let parsed = parse_v2(&header);
+        assert_eq!(parsed.family_and_transport, 0x11);
+        assert_eq!(
+            parsed.address_block,
+            [127, 0, 0, 5, 127, 0, 0, 1, 0x9C, 0x40, 0x03, 0xE1]
+        );
+    }
+
+    #[test]
+    fn v2_over_long_optional_tlvs_are_left_out_whole() {
+        let facts = TlsFacts {
+            alpn: Some(vec![b'a'; 70_000]),
+            sni: Some("s".repeat(1_000)),
+            ..verified_client("alice")
+        };
+        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
+        assert!(header.len() <= MAX_V2_HEADER_LEN, "{}", header.len());
+        let parsed = parse_v2(&header);
+        assert_eq!(kinds(&parsed.tlvs), [0x20]);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23]);
+    }
+
+    #[test]
+    fn v2_a_value_that_exactly_fills_the_limit_is_kept_and_one_byte_more_is_not() {
+        // IPv4: 16 fixed + 12 addresses + 8 SSL fixed + 10 version + 25 cipher = 71 bytes,
+        // leaving 465 for the authority TLV: 3 head bytes and 462 of name.
+        let with_sni = |length: usize| TlsFacts {
+            sni: Some("n".repeat(length)),
+            ..tls13()
+        };
+        let fitting = v2("192.0.2.7:1234", "192.0.2.1:993", Some(&with_sni(462)));
+        assert_eq!(fitting.len(), MAX_V2_HEADER_LEN);
+        assert_eq!(
+            find(&parse_v2(&fitting).tlvs, 0x02).map(<[u8]>::len),
+            Some(462)
+        );
+
+        let too_long = v2("192.0.2.7:1234", "192.0.2.1:993", Some(&with_sni(463)));
+        assert_eq!(too_long.len(), 71);
+        assert_eq!(find(&parse_v2(&too_long).tlvs, 0x02), None);
+    }
+
+    #[test]
+    fn v2_keeps_the_more_important_facts_when_room_runs_out() {
+        let facts = TlsFacts {
+            alpn: Some(vec![b'p'; 300]),
+            sni: Some("h".repeat(200)),
+            sig_alg: Some("RSA-SHA256".to_string()),
+            key_alg: Some("RSA2048".to_string()),
+            ..verified_client("alice")
+        };
+        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
+        assert!(header.len() <= MAX_V2_HEADER_LEN);
+        let parsed = parse_v2(&header);
+        // ALPN (303 bytes) fits first; the authority (203) no longer does; the short
+        // algorithm names still do.
+        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x20]);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23, 0x24, 0x25]);
+    }
+
+    #[test]
+    fn v2_huge_everything_still_gives_a_valid_header() {
+        let huge = "x".repeat(100_000);
+        let facts = TlsFacts {
+            version: huge.clone(),
+            cipher: huge.clone(),
+            client_cert_presented: true,
+            client_cert_verified: true,
+            client_cn: Some(huge.clone()),
+            sig_alg: Some(huge.clone()),
+            key_alg: Some(huge.clone()),
+            alpn: Some(huge.clone().into_bytes()),
+            sni: Some(huge),
+        };
+        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
+        let parsed = parse_v2(&header);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!((ssl.client, ssl.verify), (0x07, 0));
+        assert!(ssl.sub_tlvs.is_empty());
+        assert_eq!(header.len(), 16 + 36 + SSL_TLV_FIXED_LEN);
+    }
+}

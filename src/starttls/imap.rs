@@ -1,0 +1,1118 @@
+//! IMAP (RFC 3501, RFC 9051, STARTTLS per RFC 2595): the plaintext phase up to STARTTLS, and the filter that strips
+//! STARTTLS from capability lists after TLS.
+//! It must never forward STARTTLS, nor LOGIN/AUTHENTICATE while TLS is required, never advertise a capability the
+//! plaintext phase cannot honour, never send a `+` continuation before TLS, and never alter bytes inside a server
+//! literal.
+
+use std::ops::Range;
+
+use super::lines::{
+    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
+    strip_prefix_ignore_case,
+};
+use super::{Dialect, Farewells, Session};
+
+static FAREWELLS: Farewells = Farewells {
+    line_too_long: b"* BYE Command line too long\r\n",
+    flooded: b"* BYE Too much pipelined input before STARTTLS\r\n",
+    too_many_commands: b"* BYE Too many commands without STARTTLS\r\n",
+    backend_lost: b"* BYE Server unavailable\r\n",
+};
+
+const PREAUTH_REFUSAL: &[u8] = b"* BYE Refusing a pre-authenticated session without TLS\r\n";
+
+/// The plaintext phase of an IMAP session.
+///
+/// CAPABILITY, NOOP, ID and (when TLS is required) LOGOUT go to the backend one at a time, and its replies come back
+/// with the capability lists rewritten. A command that carries a literal is refused rather than forwarded: a
+/// synchronising literal gets its tagged refusal at once, without a `+`, so the client never sends the literal; the
+/// bytes of a non-synchronising literal are skipped unread and the refusal follows the end of the command.
+#[derive(Debug)]
+pub(super) struct ImapPrelude {
+    required: bool,
+    scanner: ResponseScanner,
+    waiting: Waiting,
+    /// The refusal owed to a command whose non-synchronising literals are still arriving.
+    owed_reply: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Greeting,
+    Nothing,
+    Completion { tag: Vec<u8>, logout: bool },
+}
+
+/// What to do with one well-formed client command.
+enum Decision {
+    StartTls,
+    Forward { logout: bool },
+    Plain,
+    Refuse(Vec<u8>),
+}
+
+#[derive(Clone, Copy)]
+struct Command<'a> {
+    tag: &'a [u8],
+    name: &'a [u8],
+    args: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Literal {
+    size: u64,
+    synchronising: bool,
+}
+
+impl ImapPrelude {
+    pub(super) fn new(required: bool) -> Self {
+        ImapPrelude {
+            required,
+            scanner: ResponseScanner::default(),
+            waiting: Waiting::Greeting,
+            owed_reply: None,
+        }
+    }
+
+    fn decide(&self, command: &Command) -> Decision {
+        let Command { tag, name, args } = *command;
+        if is_word(name, "STARTTLS") {
+            return if args.is_empty() {
+                Decision::StartTls
+            } else {
+                Decision::Refuse(tagged(tag, "BAD STARTTLS takes no arguments"))
+            };
+        }
+        let answered_by_backend = ["CAPABILITY", "NOOP", "ID"]
+            .iter()
+            .any(|known| is_word(name, known))
+            || (self.required && is_word(name, "LOGOUT"));
+        if answered_by_backend {
+            return if literal_at_end(args).is_some() {
+                Decision::Refuse(tagged(tag, "BAD Literals are not accepted before STARTTLS"))
+            } else {
+                Decision::Forward {
+                    logout: is_word(name, "LOGOUT"),
+                }
+            };
+        }
+        if !self.required {
+            Decision::Plain
+        } else if is_word(name, "LOGIN") || is_word(name, "AUTHENTICATE") {
+            Decision::Refuse(tagged(
+                tag,
+                "NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS",
+            ))
+        } else {
+            Decision::Refuse(tagged(tag, "BAD Command not available before STARTTLS"))
+        }
+    }
+
+    /// Sends a refusal, or owes it until the command's non-synchronising literal and the rest of the command are in.
+    fn refuse(&mut self, reply: Vec<u8>, command_text: &[u8], session: &mut Session) {
+        match literal_at_end(command_text) {
+            Some(Literal {
+                size,
+                synchronising: false,
+            }) => {
+                session.client.skip(size);
+                self.owed_reply = Some(reply);
+            }
+            _ => session.send_to_client(&reply),
+        }
+    }
+
+    fn greeting(&mut self, line: &[u8], session: &mut Session) {
+        let (tag, status, _) = response_parts(line);
+        let untagged_status = if tag == b"*" { status } else { b"" };
+        if is_word(untagged_status, "OK") {
+            session.send_to_client(&self.advertise(line));
+            self.waiting = Waiting::Nothing;
+        } else if is_word(untagged_status, "PREAUTH") && self.required {
+            let reason = "backend greeted with PREAUTH, which leaves no room for STARTTLS";
+            session.say_and_close(PREAUTH_REFUSAL, reason, true);
+        } else if is_word(untagged_status, "PREAUTH") {
+            session.send_to_client(line);
+            session.go_plain();
+        } else if is_word(untagged_status, "BYE") {
+            session.send_to_client(line);
+            let reason = format!("backend refused the session: {}", printable(line));
+            session.close(reason, true);
+        } else {
+            let reason = "backend sent an invalid IMAP greeting";
+            session.say_and_close(FAREWELLS.backend_lost, reason, true);
+        }
+    }
+
+    fn response(&mut self, line: &[u8], session: &mut Session) {
+        session.send_to_client(&self.advertise(line));
+        let (tag, status, _) = response_parts(line);
+        if tag == b"*" && is_word(status, "BYE") {
+            session.expect_backend_close();
+        }
+        if let Waiting::Completion {
+            tag: awaited,
+            logout,
+        } = &self.waiting
+        {
+            if tag == awaited.as_slice() {
+                let logged_out = *logout && is_word(status, "OK");
+                self.waiting = Waiting::Nothing;
+                if logged_out {
+                    session.close("client logged out before TLS", false);
+                }
+            }
+        }
+    }
+
+    /// The line with any capability list rewritten for a plaintext client.
+    fn advertise(&self, line: &[u8]) -> Vec<u8> {
+        let required = self.required;
+        let rewritten = rewrite_capability_list(line, |capabilities| {
+            let mut shown: Vec<&[u8]> = capabilities
+                .into_iter()
+                .filter(|capability| !hidden_before_tls(capability, required))
+                .collect();
+            shown.push(b"STARTTLS");
+            if required {
+                shown.push(b"LOGINDISABLED");
+            }
+            Some(shown)
+        });
+        rewritten.unwrap_or_else(|| line.to_vec())
+    }
+}
+
+impl Dialect for ImapPrelude {
+    fn greeting_received(&self) -> bool {
+        !matches!(self.waiting, Waiting::Greeting)
+    }
+
+    fn awaiting_backend(&self) -> bool {
+        // Inside a response with a literal, part of it has reached the client already: a reply of ours now would
+        // land in the middle of it.
+        !matches!(self.waiting, Waiting::Nothing) || self.scanner.within_response
+    }
+
+    fn command(&mut self, line: &[u8], session: &mut Session) {
+        if let Some(reply) = self.owed_reply.take() {
+            self.refuse(reply, strip_eol(line), session);
+            return;
+        }
+        let text = strip_eol(line);
+        let command = match parse_command(text) {
+            Ok(command) => command,
+            Err(reply) => {
+                if session.admit_command(&FAREWELLS) {
+                    self.refuse(reply, text, session);
+                }
+                return;
+            }
+        };
+        let exempt = is_word(command.name, "STARTTLS") || is_word(command.name, "LOGOUT");
+        if !exempt && !session.admit_command(&FAREWELLS) {
+            return;
+        }
+        match self.decide(&command) {
+            Decision::StartTls => {
+                session.send_to_client(&tagged(command.tag, "OK Begin TLS negotiation now"));
+                session.start_tls();
+            }
+            Decision::Forward { logout } => {
+                session.send_to_backend(line);
+                if logout {
+                    session.expect_backend_close();
+                }
+                self.waiting = Waiting::Completion {
+                    tag: command.tag.to_vec(),
+                    logout,
+                };
+            }
+            Decision::Plain => {
+                session.send_to_backend(line);
+                session.go_plain();
+            }
+            Decision::Refuse(reply) => self.refuse(reply, text, session),
+        }
+    }
+
+    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
+        let (used, piece) = self.scanner.next(input);
+        match piece {
+            None => {}
+            Some(ServerPiece::Response(line)) if matches!(self.waiting, Waiting::Greeting) => {
+                self.greeting(&line, session)
+            }
+            Some(ServerPiece::Response(line)) => self.response(&line, session),
+            Some(ServerPiece::Inner(bytes)) => session.send_to_client(&bytes),
+            Some(ServerPiece::Overlong(_)) => session.say_and_close(
+                FAREWELLS.backend_lost,
+                "backend sent an over-long line before TLS",
+                true,
+            ),
+        }
+        used
+    }
+
+    fn take_backend_held(&mut self) -> Vec<u8> {
+        self.scanner.lines.take_held()
+    }
+
+    fn farewells(&self) -> &'static Farewells {
+        &FAREWELLS
+    }
+}
+
+/// After TLS: relays server output, taking STARTTLS out of capability lists.
+#[derive(Debug, Default)]
+pub(super) struct ImapFilter {
+    scanner: ResponseScanner,
+}
+
+impl ImapFilter {
+    pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (used, piece) = self.scanner.next(rest);
+            rest = &rest[used..];
+            match piece {
+                None => {}
+                Some(ServerPiece::Response(line)) => match without_starttls(&line) {
+                    Some(stripped) => out.extend_from_slice(&stripped),
+                    None => out.extend_from_slice(&line),
+                },
+                Some(ServerPiece::Inner(bytes) | ServerPiece::Overlong(bytes)) => {
+                    out.extend_from_slice(&bytes)
+                }
+            }
+        }
+    }
+}
+
+/// A piece of IMAP server output.
+#[derive(Debug, PartialEq, Eq)]
+enum ServerPiece {
+    /// A whole line that begins a response, so it may be read as one.
+    Response(Vec<u8>),
+    /// Bytes that belong to a response already begun: literal contents and the line parts after a literal.
+    Inner(Vec<u8>),
+    /// Part of a line too long to hold, passed on unread.
+    Overlong(Vec<u8>),
+}
+
+/// Cuts IMAP server output into pieces, following literals (`{n}` at a line's end: n bytes of anything follow, then
+/// the same response goes on), so that literal bytes are never mistaken for a response.
+#[derive(Debug, Default)]
+struct ResponseScanner {
+    lines: LineSplitter,
+    literal_left: u64,
+    within_response: bool,
+}
+
+impl ResponseScanner {
+    /// Takes bytes from the front of `input` up to one complete piece; returns how many it took and the piece.
+    fn next(&mut self, input: &[u8]) -> (usize, Option<ServerPiece>) {
+        if self.literal_left > 0 {
+            let taken = input
+                .len()
+                .min(usize::try_from(self.literal_left).unwrap_or(usize::MAX));
+            self.literal_left -= taken as u64;
+            return (taken, Some(ServerPiece::Inner(input[..taken].to_vec())));
+        }
+        let (used, piece) = self.lines.next(input);
+        let Some(piece) = piece else {
+            return (used, None);
+        };
+        let ends_line = piece.ends_line();
+        let classified = match piece {
+            Piece::Line(line) if self.within_response => ServerPiece::Inner(line),
+            Piece::Line(line) => ServerPiece::Response(line),
+            Piece::LongStart(bytes) | Piece::LongMore { bytes, .. } => ServerPiece::Overlong(bytes),
+        };
+        if ends_line {
+            let literal = literal_at_end(strip_eol(self.lines.line_ending()));
+            self.literal_left = literal.map_or(0, |literal| literal.size);
+            self.within_response = literal.is_some();
+        }
+        (used, Some(classified))
+    }
+}
+
+/// `tag SP name [SP args]`, or the reply that refuses the line.
+fn parse_command(text: &[u8]) -> Result<Command<'_>, Vec<u8>> {
+    if text.is_empty() {
+        return Err(b"* BAD Empty command line\r\n".to_vec());
+    }
+    if has_smuggling_bytes(text) {
+        return Err(b"* BAD Invalid characters in command line\r\n".to_vec());
+    }
+    let (tag, rest) = split_word(text);
+    if !is_valid_tag(tag) {
+        return Err(b"* BAD Invalid tag\r\n".to_vec());
+    }
+    let (name, args) = split_word(rest);
+    if name.is_empty() {
+        return Err(tagged(tag, "BAD Missing command"));
+    }
+    Ok(Command { tag, name, args })
+}
+
+/// RFC 3501 tag: printable ASCII without atom-specials other than `]`, and no `+`.
+fn is_valid_tag(tag: &[u8]) -> bool {
+    !tag.is_empty()
+        && tag
+            .iter()
+            .all(|&byte| (0x21..0x7f).contains(&byte) && !b"(){%*\"\\+".contains(&byte))
+}
+
+fn tagged(tag: &[u8], text: &str) -> Vec<u8> {
+    [tag, b" ", text.as_bytes(), b"\r\n"].concat()
+}
+
+/// A literal marker ending a line: `{n}` (synchronising) or `{n+}` (not).
+fn literal_at_end(text: &[u8]) -> Option<Literal> {
+    let inner = text.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&byte| byte == b'{')?;
+    let (digits, synchronising) = match inner[open + 1..].strip_suffix(b"+") {
+        Some(digits) => (digits, false),
+        None => (&inner[open + 1..], true),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let size = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(Literal {
+        size,
+        synchronising,
+    })
+}
+
+/// Tag, status word and the text after them.
+fn response_parts(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (tag, rest) = split_word(strip_eol(line));
+    let (status, text) = split_word(rest);
+    (tag, status, text)
+}
+
+/// Where a response line's capability list lies: the untagged CAPABILITY response, or a `[CAPABILITY ...]` code after
+/// the status of OK, NO, BAD, PREAUTH or BYE. The range starts right after the word CAPABILITY.
+fn capability_list_span(line: &[u8]) -> Option<Range<usize>> {
+    let text = strip_eol(line);
+    if let Some(list) = strip_prefix_ignore_case(text, "* CAPABILITY") {
+        let start = text.len() - list.len();
+        return (list.is_empty() || list[0] == b' ').then_some(start..text.len());
+    }
+    let (_, status, after_status) = response_parts(line);
+    if !["OK", "NO", "BAD", "PREAUTH", "BYE"]
+        .iter()
+        .any(|known| is_word(status, known))
+    {
+        return None;
+    }
+    let code = strip_prefix_ignore_case(after_status, "[CAPABILITY")?;
+    let start = text.len() - code.len();
+    let end = start + code.iter().position(|&byte| byte == b']')?;
+    (code[0] == b' ' || code[0] == b']').then_some(start..end)
+}
+
+/// Rebuilds the line around the list `edit` makes of its capabilities; `None` when there is no list or `edit`
+/// leaves it alone.
+fn rewrite_capability_list<'a>(
+    line: &'a [u8],
+    edit: impl FnOnce(Vec<&'a [u8]>) -> Option<Vec<&'a [u8]>>,
+) -> Option<Vec<u8>> {
+    let span = capability_list_span(line)?;
+    let capabilities = line[span.clone()]
+        .split(|&byte| byte == b' ')
+        .filter(|word| !word.is_empty())
+        .collect();
+    let edited = edit(capabilities)?;
+    let mut rebuilt = line[..span.start].to_vec();
+    for capability in edited {
+        rebuilt.push(b' ');
+        rebuilt.extend_from_slice(capability);
+    }
+    rebuilt.extend_from_slice(&line[span.end..]);
+    Some(rebuilt)
+}
+
+/// Capabilities the plaintext phase must not pass on: the backend's own STARTTLS (ours replaces it) and the literal
+/// extensions (literals are refused before TLS); when TLS is required, also the backend's LOGINDISABLED (ours replaces
+/// it) and everything about authenticating or compressing, which only makes sense once TLS is up.
+fn hidden_before_tls(capability: &[u8], required: bool) -> bool {
+    let always = ["STARTTLS", "LITERAL+", "LITERAL-"];
+    let when_required = ["LOGINDISABLED", "SASL-IR", "LOGIN-REFERRALS"];
+    let prefixes_when_required = ["AUTH=", "COMPRESS="];
+    let hidden_when_required = when_required.iter().any(|word| is_word(capability, word))
+        || prefixes_when_required
+            .iter()
+            .any(|prefix| strip_prefix_ignore_case(capability, prefix).is_some());
+    always.iter().any(|word| is_word(capability, word)) || (required && hidden_when_required)
+}
+
+/// The line without STARTTLS in its capability list; `None` if there was nothing to take out.
+fn without_starttls(line: &[u8]) -> Option<Vec<u8>> {
+    rewrite_capability_list(line, |capabilities| {
+        let before = capabilities.len();
+        let kept: Vec<&[u8]> = capabilities
+            .into_iter()
+            .filter(|word| !is_word(word, "STARTTLS"))
+            .collect();
+        (kept.len() < before).then_some(kept)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lines::MAX_LINE;
+    use super::super::testing::*;
+    use super::super::{Proto, Step};
+    use super::*;
+
+    const GREETING: &[u8] =
+        b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN] Dovecot ready.\r\n";
+    const GREETING_REQUIRED: &[u8] =
+        b"* OK [CAPABILITY IMAP4rev1 ID ENABLE IDLE STARTTLS LOGINDISABLED] Dovecot ready.\r\n";
+    const GREETING_OPTIONAL: &[u8] =
+        b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN STARTTLS] Dovecot ready.\r\n";
+
+    fn close(reason: &str, error: bool) -> Step {
+        Step::Close {
+            reason: reason.into(),
+            error,
+        }
+    }
+
+    #[test]
+    fn greeting_capabilities_are_rewritten_for_required_tls() {
+        assert_eq!(
+            run_both("imap", &[Feed::Backend(GREETING)]),
+            [to_client(GREETING_REQUIRED)]
+        );
+    }
+
+    #[test]
+    fn greeting_capabilities_keep_authentication_when_tls_is_optional() {
+        assert_eq!(
+            run_both("imap-", &[Feed::Backend(GREETING)]),
+            [to_client(GREETING_OPTIONAL)]
+        );
+    }
+
+    #[test]
+    fn a_greeting_without_capabilities_is_relayed_as_is() {
+        assert_eq!(
+            run_both("imap", &[Feed::Backend(b"* OK ready\r\n")]),
+            [to_client(b"* OK ready\r\n")]
+        );
+    }
+
+    #[test]
+    fn preauth_greeting_is_refused_when_tls_is_required() {
+        let steps = run_both(
+            "imap",
+            &[Feed::Backend(
+                b"* PREAUTH [CAPABILITY IMAP4rev1] Logged in as joe\r\n",
+            )],
+        );
+        let reason = "backend greeted with PREAUTH, which leaves no room for STARTTLS";
+        assert_eq!(steps, [to_client(PREAUTH_REFUSAL), close(reason, true)]);
+    }
+
+    #[test]
+    fn preauth_greeting_becomes_a_plain_relay_when_tls_is_optional() {
+        let greeting = b"* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] Logged in as joe\r\n";
+        assert_eq!(
+            run_both("imap-", &[Feed::Backend(greeting)]),
+            [to_client(greeting), Step::PlainRelay]
+        );
+    }
+
+    #[test]
+    fn bye_greeting_is_relayed_and_closes() {
+        let steps = run_both("imap", &[Feed::Backend(b"* BYE Too many connections\r\n")]);
+        let reason = "backend refused the session: * BYE Too many connections";
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* BYE Too many connections\r\n"),
+                close(reason, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_greeting_that_is_not_imap_closes_with_an_error() {
+        let steps = run_both("imap", &[Feed::Backend(b"220 smtp.example ESMTP\r\n")]);
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* BYE Server unavailable\r\n"),
+                close("backend sent an invalid IMAP greeting", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn capability_goes_to_the_backend_and_its_answer_is_rewritten() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a1 capability\r\n"),
+                Feed::Backend(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE\r\na1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] done\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a1 capability\r\n"),
+                to_client(
+                    b"* CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED\r\na1 OK [CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED] done\r\n"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn capability_three_times_noop_and_id_then_starttls_works() {
+        let mut feeds = vec![Feed::Backend(b"* OK ready\r\n")];
+        for (command, reply) in [
+            (
+                &b"1 CAPABILITY\r\n"[..],
+                &b"* CAPABILITY IMAP4rev1\r\n1 OK done\r\n"[..],
+            ),
+            (
+                b"2 CAPABILITY\r\n",
+                b"* CAPABILITY IMAP4rev1\r\n2 OK done\r\n",
+            ),
+            (
+                b"3 CAPABILITY\r\n",
+                b"* CAPABILITY IMAP4rev1\r\n3 OK done\r\n",
+            ),
+            (b"4 NOOP\r\n", b"4 OK NOOP completed\r\n"),
+            (
+                b"5 ID NIL\r\n",
+                b"* ID (\"name\" \"Dovecot\")\r\n5 OK ID completed\r\n",
+            ),
+        ] {
+            feeds.push(Feed::Client(command));
+            feeds.push(Feed::Backend(reply));
+        }
+        feeds.push(Feed::Client(b"6 STARTTLS\r\n"));
+        let steps = run_both("imap", &feeds);
+        let caps = b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\n";
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"1 CAPABILITY\r\n"),
+                to_client(&[&caps[..], b"1 OK done\r\n"].concat()),
+                to_backend(b"2 CAPABILITY\r\n"),
+                to_client(&[&caps[..], b"2 OK done\r\n"].concat()),
+                to_backend(b"3 CAPABILITY\r\n"),
+                to_client(&[&caps[..], b"3 OK done\r\n"].concat()),
+                to_backend(b"4 NOOP\r\n"),
+                to_client(b"4 OK NOOP completed\r\n"),
+                to_backend(b"5 ID NIL\r\n"),
+                to_client(b"* ID (\"name\" \"Dovecot\")\r\n5 OK ID completed\r\n6 OK Begin TLS negotiation now\r\n"),
+                begin_tls(0, b""),
+            ]
+        );
+    }
+
+    #[test]
+    fn starttls_with_an_argument_is_bad() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a STARTTLS now\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [to_client(
+                b"* OK ready\r\na BAD STARTTLS takes no arguments\r\n"
+            )]
+        );
+    }
+
+    #[test]
+    fn login_and_authenticate_are_refused_before_tls_and_never_forwarded() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a LOGIN joe secret\r\nb authenticate PLAIN\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [to_client(
+                b"* OK ready\r\n\
+                  a NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS\r\n\
+                  b NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS\r\n"
+            )]
+        );
+    }
+
+    #[test]
+    fn other_commands_get_bad_and_the_session_goes_on() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a SELECT INBOX\r\nb LOGOUT\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\na BAD Command not available before STARTTLS\r\n"),
+                to_backend(b"b LOGOUT\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn logout_is_forwarded_and_closes_after_its_reply() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"z LOGOUT\r\n"),
+                Feed::Backend(b"* BYE Logging out\r\nz OK Logout completed.\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"z LOGOUT\r\n"),
+                to_client(b"* BYE Logging out\r\nz OK Logout completed.\r\n"),
+                close("client logged out before TLS", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn optional_mode_forwards_login_and_everything_after_it_then_relays() {
+        let steps = run(
+            "imap-",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a CAPABILITY\r\n"),
+                Feed::Backend(b"* CAPABILITY IMAP4rev1 LITERAL+\r\na OK done\r\n* OK still\r\n"),
+                Feed::Client(b"b LOGIN joe secret\r\nc SELECT INBOX\r\n"),
+            ],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a CAPABILITY\r\n"),
+                to_client(b"* CAPABILITY IMAP4rev1 STARTTLS\r\na OK done\r\n* OK still\r\n"),
+                to_backend(b"b LOGIN joe secret\r\nc SELECT INBOX\r\n"),
+                Step::PlainRelay,
+            ]
+        );
+    }
+
+    #[test]
+    fn optional_mode_relays_logout_plainly() {
+        let steps = run_both(
+            "imap-",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a LOGOUT\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a LOGOUT\r\n"),
+                Step::PlainRelay
+            ]
+        );
+    }
+
+    #[test]
+    fn a_command_injected_after_starttls_is_discarded() {
+        let steps = run(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a STARTTLS\r\nb LOGIN u p\r\n"),
+            ],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\na OK Begin TLS negotiation now\r\n"),
+                begin_tls(b"b LOGIN u p\r\n".len(), b""),
+            ]
+        );
+        assert_eq!(b"b LOGIN u p\r\n".len(), 13);
+    }
+
+    #[test]
+    fn pipelined_capability_and_starttls_are_answered_in_order_and_the_rest_dropped() {
+        let steps = run(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a CAPABILITY\r\nb STARTTLS\r\nc LOGIN u p\r\n"),
+                Feed::Backend(
+                    b"* CAPABILITY IMAP4rev1\r\na OK done\r\n* OK [ALERT] late\r\n* partial",
+                ),
+            ],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a CAPABILITY\r\n"),
+                to_client(
+                    b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\na OK done\r\nb OK Begin TLS negotiation now\r\n"
+                ),
+                begin_tls(b"c LOGIN u p\r\n".len(), b"* OK [ALERT] late\r\n* partial"),
+            ]
+        );
+    }
+
+    #[test]
+    fn commands_sent_before_the_greeting_wait_for_it() {
+        let steps = run_both(
+            "imap",
+            &[Feed::Client(b"a STARTTLS\r\n"), Feed::Backend(GREETING)],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(&[GREETING_REQUIRED, b"a OK Begin TLS negotiation now\r\n"].concat()),
+                begin_tls(0, b"")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partial_backend_line_is_kept_for_tls() {
+        let steps = run(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n* 3 EXI"),
+                Feed::Client(b"a starttls\n"),
+            ],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\na OK Begin TLS negotiation now\r\n"),
+                begin_tls(0, b"* 3 EXI")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_synchronising_literal_is_refused_without_a_continuation() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a LOGIN {3}\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [to_client(b"* OK ready\r\na NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS\r\n")]
+        );
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a ID ({4}\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [to_client(
+                b"* OK ready\r\na BAD Literals are not accepted before STARTTLS\r\n"
+            )]
+        );
+    }
+
+    #[test]
+    fn non_synchronising_literals_are_skipped_unread_and_refused_at_the_end() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(
+                    b"a ID (\"x\" {12+}\r\nb STARTTLS\r\n \"y\" {3+}\r\n\r\n\n)\r\nc STARTTLS\r\n",
+                ),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\na BAD Literals are not accepted before STARTTLS\r\nc OK Begin TLS negotiation now\r\n"),
+                begin_tls(0, b""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_literal_in_a_backend_response_is_relayed_untouched_and_does_not_end_the_wait() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"a ID NIL\r\nb STARTTLS\r\n"),
+                Feed::Backend(b"* ID (\"name\" {35}\r\n\r\na OK [CAPABILITY STARTTLS] fake\r\n)\r\na OK ID completed\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a ID NIL\r\n"),
+                to_client(
+                    b"* ID (\"name\" {35}\r\n\r\na OK [CAPABILITY STARTTLS] fake\r\n)\r\na OK ID completed\r\nb OK Begin TLS negotiation now\r\n"
+                ),
+                begin_tls(0, b""),
+            ]
+        );
+    }
+
+    #[test]
+    fn starttls_waits_until_an_unasked_response_with_a_literal_is_complete() {
+        let steps = run(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n* 1 FETCH (BODY[] {10}\r\n01234"),
+                Feed::Client(b"a STARTTLS\r\n"),
+                Feed::Backend(b"56789)\r\n* 2 EXISTS\r\n"),
+            ],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(
+                    b"* OK ready\r\n* 1 FETCH (BODY[] {10}\r\n0123456789)\r\na OK Begin TLS negotiation now\r\n"
+                ),
+                begin_tls(0, b"* 2 EXISTS\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_lines_get_untagged_or_tagged_bad() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"\r\n* CAPABILITY\r\na\r\na NOOP\rb LOGIN\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [to_client(
+                b"* OK ready\r\n* BAD Empty command line\r\n* BAD Invalid tag\r\na BAD Missing command\r\n\
+                  * BAD Invalid characters in command line\r\n"
+            )]
+        );
+    }
+
+    #[test]
+    fn an_over_long_command_line_closes_the_session() {
+        let mut long = b"a LOGIN ".to_vec();
+        long.resize(MAX_LINE + 1, b'x');
+        let steps = run(
+            "imap",
+            &[Feed::Backend(b"* OK ready\r\n"), Feed::Client(&long)],
+            false,
+        );
+        let reason = format!("client sent a line longer than {MAX_LINE} bytes");
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n* BYE Command line too long\r\n"),
+                close(&reason, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_hundred_and_first_command_without_starttls_closes() {
+        let commands = b"a SELECT INBOX\r\n".repeat(101);
+        let steps = run(
+            "imap",
+            &[Feed::Backend(b"* OK ready\r\n"), Feed::Client(&commands)],
+            false,
+        );
+        let bad = b"a BAD Command not available before STARTTLS\r\n".repeat(100);
+        assert_eq!(
+            steps,
+            [
+                to_client(
+                    &[
+                        &b"* OK ready\r\n"[..],
+                        &bad,
+                        b"* BYE Too many commands without STARTTLS\r\n"
+                    ]
+                    .concat()
+                ),
+                close(
+                    "client sent more than 100 commands without starting TLS",
+                    false
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn backend_eof_is_an_error_unless_announced() {
+        let steps = run_both("imap", &[Feed::BackendEof]);
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* BYE Server unavailable\r\n"),
+                close(
+                    "backend closed the connection before sending its greeting",
+                    true
+                ),
+            ]
+        );
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n* BYE Autologout\r\n"),
+                Feed::BackendEof,
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n* BYE Autologout\r\n"),
+                close("backend closed the connection", false)
+            ]
+        );
+        let steps = run_both(
+            "imap",
+            &[Feed::Backend(b"* OK ready\r\n"), Feed::BackendEof],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n* BYE Server unavailable\r\n"),
+                close("backend closed the connection unexpectedly", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn literal_markers_are_recognised_at_the_end_only() {
+        assert_eq!(
+            literal_at_end(b"a LOGIN {5}"),
+            Some(Literal {
+                size: 5,
+                synchronising: true
+            })
+        );
+        assert_eq!(
+            literal_at_end(b"a APPEND x ~{12+}"),
+            Some(Literal {
+                size: 12,
+                synchronising: false
+            })
+        );
+        assert_eq!(literal_at_end(b"a LOGIN {}"), None);
+        assert_eq!(literal_at_end(b"a LOGIN {5} x"), None);
+        assert_eq!(literal_at_end(b"a LOGIN {99999999999999999999}"), None);
+        assert_eq!(literal_at_end(b"a LOGIN {-5}"), None);
+    }
+
+    #[test]
+    fn capability_lists_are_found_only_where_imap_puts_them() {
+        assert_eq!(
+            without_starttls(b"* CAPABILITY IMAP4rev1 STARTTLS\r\n"),
+            Some(b"* CAPABILITY IMAP4rev1\r\n".to_vec())
+        );
+        assert_eq!(
+            without_starttls(b"a OK [CAPABILITY starttls IMAP4rev1] Logged in\r\n"),
+            Some(b"a OK [CAPABILITY IMAP4rev1] Logged in\r\n".to_vec())
+        );
+        assert_eq!(without_starttls(b"* OK [CAPABILITYX STARTTLS] x\r\n"), None);
+        assert_eq!(without_starttls(b"* CAPABILITYSTARTTLS\r\n"), None);
+        assert_eq!(without_starttls(b"* 3 FETCH (FLAGS (STARTTLS))\r\n"), None);
+        assert_eq!(
+            without_starttls(b"* LIST () \"/\" [CAPABILITY STARTTLS]\r\n"),
+            None
+        );
+        assert_eq!(without_starttls(b"* CAPABILITY  IMAP4rev1  IDLE\r\n"), None);
+    }
+
+    #[test]
+    fn after_tls_starttls_is_stripped_from_capability_lists() {
+        let out = filter_both(
+            Proto::Imap,
+            &[Feed::Backend(
+                b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] Logged in\r\n\
+                  * CAPABILITY  IMAP4rev1  IDLE\r\n",
+            )],
+        );
+        assert_eq!(
+            out,
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n\
+              * CAPABILITY  IMAP4rev1  IDLE\r\n"
+        );
+    }
+
+    #[test]
+    fn after_tls_literal_contents_are_never_altered() {
+        let body = b"* CAPABILITY IMAP4rev1 STARTTLS\r\n";
+        let response = [
+            &b"* 1 FETCH (BODY[] {33}\r\n"[..],
+            body,
+            b" BODY[1] {0}\r\n)\r\n* CAPABILITY STARTTLS IDLE\r\n",
+        ]
+        .concat();
+        let out = filter_both(Proto::Imap, &[Feed::Backend(&response)]);
+        let expected = [
+            &b"* 1 FETCH (BODY[] {33}\r\n"[..],
+            body,
+            b" BODY[1] {0}\r\n)\r\n* CAPABILITY IDLE\r\n",
+        ]
+        .concat();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn after_tls_a_literal_after_an_over_long_line_is_still_followed() {
+        let mut line = b"* 1 FETCH (ENVELOPE (\"".to_vec();
+        line.resize(MAX_LINE + 100, b'x');
+        line.extend_from_slice(
+            b"\") BODY[] {33}\r\n* CAPABILITY IMAP4rev1 STARTTLS\r\n)\r\n* CAPABILITY STARTTLS\r\n",
+        );
+        let out = filter_both(Proto::Imap, &[Feed::Backend(&line)]);
+        let mut expected = line[..line.len() - b"* CAPABILITY STARTTLS\r\n".len()].to_vec();
+        expected.extend_from_slice(b"* CAPABILITY\r\n");
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn after_tls_literal_bytes_pass_through_without_waiting_for_a_line_end() {
+        let mut after = super::super::AfterTls::new(Proto::Imap);
+        let mut out = Vec::new();
+        after.backend_to_client(b"* 1 FETCH (BODY[] {100}\r\nhalf of", &mut out);
+        assert_eq!(out, b"* 1 FETCH (BODY[] {100}\r\nhalf of");
+    }
+}
