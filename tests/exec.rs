@@ -1,0 +1,242 @@
+//! `-exec PROG [ARGS]` end to end, in inetd and daemon mode: the program's stdin/stdout carry the session, its
+//! arguments follow the legacy rules, the connection facts are in its environment, a client certificate's names are
+//! passed on, and a program that cannot run is one log line and a clean close for the client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use openssl::ssl::SslFiletype;
+
+fn setup(name: &str) -> (TempDir, Syslog, Pki) {
+    let dir = TempDir::new(name);
+    let syslog = Syslog::new(&dir);
+    let pki = Pki::new(&dir);
+    (dir, syslog, pki)
+}
+
+fn script(dir: &TempDir, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn cat_echoes_and_half_close_ends_the_program() {
+    let (_dir, _syslog, pki) = setup("cat");
+    let inetd = Inetd::start(
+        &[
+            "-cert",
+            pki.server_pem.to_str().unwrap(),
+            "-exec",
+            "/bin/cat",
+        ],
+        &_syslog,
+    );
+    let mut client = tls(inetd.port);
+    let data = pattern(64 * 1024, 11);
+    client.write_all(&data).unwrap();
+    let mut echoed = vec![0u8; data.len()];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, data);
+    client.shutdown().unwrap();
+    assert_eq!(
+        read_to_close_notify(&mut client).unwrap(),
+        b"",
+        "cat exits on EOF, sslwrap sends close_notify"
+    );
+    assert!(inetd.wait_children().iter().all(|status| status.success()));
+}
+
+#[test]
+fn arguments_one_word_then_words_and_after_double_dash() {
+    let (dir, syslog, pki) = setup("args");
+    let program = script(
+        &dir,
+        "args.sh",
+        "for a in \"$@\"; do printf '[%s]' \"$a\"; done; echo",
+    );
+    let cert = pki.server_pem.to_str().unwrap();
+    let plain = Inetd::start(
+        &["-cert", cert, "-exec", &program, "one", "two", "-debug"],
+        &syslog,
+    );
+    assert_eq!(
+        read_to_close_notify(&mut tls(plain.port)).unwrap(),
+        b"[one][two]\n"
+    );
+    let dashed = Inetd::start(
+        &[
+            "-cert", cert, "-exec", &program, "x", "--", "-cert", "-debug",
+        ],
+        &syslog,
+    );
+    assert_eq!(
+        read_to_close_notify(&mut tls(dashed.port)).unwrap(),
+        b"[x][-cert][-debug]\n"
+    );
+}
+
+#[test]
+fn environment_carries_the_connection_facts_and_client_names() {
+    let (dir, syslog, pki) = setup("env");
+    let program = script(
+        &dir,
+        "env.sh",
+        "env | grep -E '^(PROTO|TCPREMOTE|TCPLOCAL|SSL_)' | sort",
+    );
+    let ca = pki.ca_pem.to_str().unwrap();
+    let inetd = Inetd::start(
+        &[
+            "-cert",
+            pki.server_pem.to_str().unwrap(),
+            "-verify",
+            "2",
+            "-CAfile",
+            ca,
+            "-exec",
+            &program,
+        ],
+        &syslog,
+    );
+    let client_pem = dir.path("client.pem");
+    write_identity(&client_pem, &pki.client);
+    let mut client = try_tls(inetd.port, |b| {
+        b.set_certificate_file(&client_pem, SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&client_pem, SslFiletype::PEM)
+            .unwrap();
+    })
+    .unwrap();
+    let local = local(&client);
+    let text = String::from_utf8(read_to_close_notify(&mut client).unwrap()).unwrap();
+    for expected in [
+        "PROTO=TCP".to_string(),
+        "TCPREMOTEIP=127.0.0.1".to_string(),
+        format!("TCPREMOTEPORT={}", local.port()),
+        "TCPLOCALIP=127.0.0.1".to_string(),
+        format!("TCPLOCALPORT={}", inetd.port),
+        "SSL_PROTOCOL=TLSv1.3".to_string(),
+        "SSL_CIPHER=TLS_AES_256_GCM_SHA384".to_string(),
+        "SSL_CLIENT_S_DN=/O=sslwrap tests/CN=test client".to_string(),
+        "SSL_CLIENT_I_DN=/O=sslwrap tests/CN=sslwrap test CA".to_string(),
+    ] {
+        assert!(
+            text.lines().any(|line| line == expected),
+            "{expected} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_program_is_logged_and_the_client_closed_cleanly() {
+    let (dir, mut syslog, pki) = setup("missing");
+    let missing = dir.path("no-such-program");
+    let inetd = Inetd::start(
+        &[
+            "-cert",
+            pki.server_pem.to_str().unwrap(),
+            "-exec",
+            missing.to_str().unwrap(),
+        ],
+        &syslog,
+    );
+    let mut client = tls(inetd.port);
+    assert_eq!(
+        read_to_close_notify(&mut client).unwrap(),
+        b"",
+        "clean close_notify"
+    );
+    let line = syslog.expect("cannot execute");
+    assert!(
+        line.contains(&format!(
+            "cannot execute {}: No such file or directory",
+            missing.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn program_stderr_goes_to_syslog_never_to_the_client() {
+    let (dir, mut syslog, pki) = setup("stderr");
+    let program = script(
+        &dir,
+        "noisy.sh",
+        "echo 'complaint on stderr' >&2; echo 'data on stdout'",
+    );
+    let inetd = Inetd::start(
+        &["-cert", pki.server_pem.to_str().unwrap(), "-exec", &program],
+        &syslog,
+    );
+    assert_eq!(
+        read_to_close_notify(&mut tls(inetd.port)).unwrap(),
+        b"data on stdout\n"
+    );
+    syslog.expect("noisy.sh: complaint on stderr");
+}
+
+#[test]
+fn exec_in_daemon_mode_reaps_every_program() {
+    let (_dir, syslog, pki) = setup("daemon-exec");
+    let port = closed_port();
+    let accept = format!("127.0.0.1:{port}");
+    let mut daemon = sslwrap(
+        &[
+            "-cert",
+            pki.server_pem.to_str().unwrap(),
+            "-accept",
+            &accept,
+            "-exec",
+            "/bin/cat",
+        ],
+        &syslog,
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in 0..20u8 {
+        let mut client = tls(port);
+        client.write_all(&[n; 10]).unwrap();
+        let mut echoed = [0u8; 10];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, [n; 10]);
+        client.shutdown().unwrap();
+        read_to_close_notify(&mut client).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        zombie_children_of(daemon.id()),
+        0,
+        "zombie processes left behind"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// Ended but unreaped children of `pid`.
+fn zombie_children_of(pid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_string()))
+        .filter(|rest| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str())
+        })
+        .count()
+}
