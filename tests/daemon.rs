@@ -31,11 +31,7 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start listening");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        drop(wait_for_listener("127.0.0.1", port));
         // The probe connection above is a session of its own; let it end before measuring anything.
         std::thread::sleep(Duration::from_millis(100));
         Daemon { child, port }
@@ -117,31 +113,13 @@ fn wait_for_no_children(pid: u32) -> Vec<(u32, char)> {
     }
 }
 
-struct Setup {
-    dir: TempDir,
-    syslog: Syslog,
-    pki: Pki,
-}
-
-fn setup(name: &str) -> Setup {
-    let dir = TempDir::new(name);
-    let syslog = Syslog::new(&dir);
-    let pki = Pki::new(&dir);
-    Setup { dir, syslog, pki }
-}
-
 impl Setup {
     /// The documentation's line: `sslwrap -cert server.pem -port P -accept L`, plus extras.
     fn daemon(&self, backend_port: u16, extra: &[&str]) -> Daemon {
-        let port = backend_port.to_string();
-        let mut args = vec![
-            "-cert",
-            self.pki.server_pem.to_str().unwrap(),
-            "-port",
-            &port,
-        ];
-        args.extend_from_slice(extra);
-        Daemon::start(&args, &self.syslog)
+        Daemon::start(
+            &as_strs(&self.legacy_line(backend_port, extra)),
+            &self.syslog,
+        )
     }
 }
 
@@ -528,14 +506,7 @@ fn ipv6_listen_address() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stream = loop {
-        if let Ok(stream) = TcpStream::connect(("::1", port)) {
-            break stream;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let stream = wait_for_listener("::1", port);
     let connector = connector(|_| {});
     let mut config = connector.configure().unwrap();
     config.set_verify_hostname(false);

@@ -5,9 +5,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use openssl::ssl::SslFiletype;
@@ -203,11 +202,7 @@ fn exec_in_daemon_mode_reaps_every_program() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    drop(wait_for_listener("127.0.0.1", port));
     for n in 0..20u8 {
         let mut client = tls(port);
         client.write_all(&[n; 10]).unwrap();

@@ -9,30 +9,12 @@ use std::time::Duration;
 use common::*;
 use openssl::ssl::{SslFiletype, SslVersion};
 
-struct Setup {
-    dir: TempDir,
-    syslog: Syslog,
-    pki: Pki,
-}
-
-fn setup(name: &str) -> Setup {
-    let dir = TempDir::new(name);
-    let syslog = Syslog::new(&dir);
-    let pki = Pki::new(&dir);
-    Setup { dir, syslog, pki }
-}
-
 impl Setup {
     fn inetd(&self, backend_port: u16, extra: &[&str]) -> Inetd {
-        let port = backend_port.to_string();
-        let mut args = vec![
-            "-cert",
-            self.pki.server_pem.to_str().unwrap(),
-            "-port",
-            &port,
-        ];
-        args.extend_from_slice(extra);
-        Inetd::start(&args, &self.syslog)
+        Inetd::start(
+            &as_strs(&self.legacy_line(backend_port, extra)),
+            &self.syslog,
+        )
     }
 }
 

@@ -218,6 +218,53 @@ pub fn write_identity(path: &Path, identity: &Identity) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// What most tests start from: a directory, a syslog listener and certificates.
+pub struct Setup {
+    pub dir: TempDir,
+    pub syslog: Syslog,
+    pub pki: Pki,
+}
+
+pub fn setup(name: &str) -> Setup {
+    let dir = TempDir::new(name);
+    let syslog = Syslog::new(&dir);
+    let pki = Pki::new(&dir);
+    Setup { dir, syslog, pki }
+}
+
+impl Setup {
+    /// The documentation's command line, `-cert server.pem -port P`, followed by `extra`.
+    pub fn legacy_line(&self, backend_port: u16, extra: &[&str]) -> Vec<String> {
+        let mut words = vec![
+            "-cert".to_string(),
+            self.pki.server_pem.to_str().unwrap().to_string(),
+        ];
+        words.extend(["-port".to_string(), backend_port.to_string()]);
+        words.extend(extra.iter().map(|word| word.to_string()));
+        words
+    }
+}
+
+/// Borrowed views of owned words, for the start functions.
+pub fn as_strs(words: &[String]) -> Vec<&str> {
+    words.iter().map(String::as_str).collect()
+}
+
+/// Waits until something accepts connections on the port (a daemon that just started), bounded.
+pub fn wait_for_listener(host: &str, port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(stream) = TcpStream::connect((host, port)) {
+            return stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {host} port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// An sslwrap command logging to the test's syslog.
 pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
     let mut command = Command::new(BINARY);
