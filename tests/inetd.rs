@@ -323,3 +323,48 @@ fn state_option_logs_handshake_progress() {
     s.syslog.expect("TLS handshake done");
     s.syslog.expect("SSLv3/TLS write server hello");
 }
+
+#[test]
+fn capath_directory_of_hashed_cas_verifies_clients() {
+    let s = setup("capath");
+    let ca_dir = s.dir.path("cas");
+    std::fs::create_dir(&ca_dir).unwrap();
+    std::fs::copy(&s.pki.ca_pem, ca_dir.join("ca.pem")).unwrap();
+    let rehash = std::process::Command::new("openssl")
+        .arg("rehash")
+        .arg(&ca_dir)
+        .status()
+        .unwrap();
+    assert!(rehash.success());
+    let inetd = s.inetd(
+        backend(echo),
+        &["-Verify", "1", "-CApath", ca_dir.to_str().unwrap()],
+    );
+    let cert_path = s.dir.path("client.pem");
+    write_identity(&cert_path, &s.pki.client);
+    let mut client = try_tls(inetd.port, |b| {
+        b.set_certificate_file(&cert_path, SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&cert_path, SslFiletype::PEM)
+            .unwrap();
+    })
+    .expect("a client certificate from a CA in -CApath is accepted");
+    client.write_all(b"dir").unwrap();
+    let mut echoed = [0u8; 3];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"dir");
+    let rogue_ca = issue("rogue CA", None, true);
+    let rogue_path = s.dir.path("rogue.pem");
+    write_identity(&rogue_path, &issue("rogue", Some(&rogue_ca), false));
+    let refused = try_tls(inetd.port, |b| {
+        b.set_certificate_file(&rogue_path, SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(&rogue_path, SslFiletype::PEM)
+            .unwrap();
+    })
+    .and_then(|mut stream| stream.read_exact(&mut echoed).map_err(|e| e.to_string()));
+    assert!(
+        refused.is_err(),
+        "a certificate from a CA outside -CApath must be refused"
+    );
+}
