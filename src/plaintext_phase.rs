@@ -288,6 +288,10 @@ impl crate::relay::SessionFilter for crate::starttls::AfterTls {
     fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
         crate::starttls::AfterTls::backend_to_client(self, data, out);
     }
+
+    fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        crate::starttls::AfterTls::backend_finished(self, out);
+    }
 }
 
 /// Writes all of `data` to the client side within the deadline (the switch's last plaintext reply, or backend bytes

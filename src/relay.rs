@@ -41,6 +41,9 @@ impl Plaintext for UnixStream {
 pub trait SessionFilter {
     fn client_to_backend(&mut self, data: &[u8]);
     fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>);
+    /// The backend has closed: appends whatever the filter still holds (an unfinished line), which must reach the
+    /// client before the close_notify.
+    fn backend_finished(&mut self, out: &mut Vec<u8>);
 }
 
 /// What one read, write or close on the client side came to.
@@ -338,6 +341,11 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         match result {
             Ok(0) => {
                 self.backend_done = true;
+                // to_client is empty here (nothing is read before it is), so what the filter held back goes out
+                // first, and propagate_ends sends close_notify only once it is written.
+                if let Some(filter) = self.filter.as_deref_mut() {
+                    filter.backend_finished(&mut self.to_client.bytes);
+                }
                 Ok(true)
             }
             Ok(_) => Ok(true),

@@ -10,9 +10,9 @@ use super::lines::{
     LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
     strip_prefix_ignore_case,
 };
-use super::{Dialect, Farewells, Session};
+use super::{AwaitedReply, Decision, Dialect, Farewells, Session};
 
-static FAREWELLS: Farewells = Farewells {
+pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"* BYE Command line too long\r\n",
     flooded: b"* BYE Too much pipelined input before STARTTLS\r\n",
     too_many_commands: b"* BYE Too many commands without STARTTLS\r\n",
@@ -43,12 +43,10 @@ enum Waiting {
     Completion { tag: Vec<u8>, logout: bool },
 }
 
-/// What to do with one well-formed client command.
-enum Decision {
-    StartTls,
-    Forward { logout: bool },
-    Plain,
-    Refuse(Vec<u8>),
+impl AwaitedReply for Waiting {
+    fn ends_session(&self) -> bool {
+        matches!(self, Waiting::Completion { logout: true, .. })
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -74,11 +72,12 @@ impl ImapPrelude {
         }
     }
 
-    fn decide(&self, command: &Command) -> Decision {
+    /// What to do with one well-formed client command; the replies carry its tag.
+    fn decide(&self, command: &Command) -> Decision<Waiting, Vec<u8>> {
         let Command { tag, name, args } = *command;
         if is_word(name, "STARTTLS") {
             return if args.is_empty() {
-                Decision::StartTls
+                Decision::StartTls(tagged(tag, "OK Begin TLS negotiation now"))
             } else {
                 Decision::Refuse(tagged(tag, "BAD STARTTLS takes no arguments"))
             };
@@ -91,9 +90,10 @@ impl ImapPrelude {
             return if literal_at_end(args).is_some() {
                 Decision::Refuse(tagged(tag, "BAD Literals are not accepted before STARTTLS"))
             } else {
-                Decision::Forward {
+                Decision::Forward(Waiting::Completion {
+                    tag: tag.to_vec(),
                     logout: is_word(name, "LOGOUT"),
-                }
+                })
             };
         }
         if !self.required {
@@ -139,8 +139,7 @@ impl ImapPrelude {
             let reason = format!("backend refused the session: {}", printable(line));
             session.close(reason, true);
         } else {
-            let reason = "backend sent an invalid IMAP greeting";
-            session.say_and_close(FAREWELLS.backend_lost, reason, true);
+            session.backend_failed("backend sent an invalid IMAP greeting");
         }
     }
 
@@ -203,36 +202,24 @@ impl Dialect for ImapPrelude {
         let command = match parse_command(text) {
             Ok(command) => command,
             Err(reply) => {
-                if session.admit_command(&FAREWELLS) {
+                if session.admit_command() {
                     self.refuse(reply, text, session);
                 }
                 return;
             }
         };
         let exempt = is_word(command.name, "STARTTLS") || is_word(command.name, "LOGOUT");
-        if !exempt && !session.admit_command(&FAREWELLS) {
+        if !exempt && !session.admit_command() {
             return;
         }
         match self.decide(&command) {
-            Decision::StartTls => {
-                session.send_to_client(&tagged(command.tag, "OK Begin TLS negotiation now"));
-                session.start_tls();
-            }
-            Decision::Forward { logout } => {
-                session.send_to_backend(line);
-                if logout {
-                    session.expect_backend_close();
-                }
-                self.waiting = Waiting::Completion {
-                    tag: command.tag.to_vec(),
-                    logout,
-                };
-            }
-            Decision::Plain => {
-                session.send_to_backend(line);
-                session.go_plain();
-            }
+            // The refusal may have to wait for a literal the command still carries.
             Decision::Refuse(reply) => self.refuse(reply, text, session),
+            decision => {
+                if let Some(waiting) = session.act_on(decision, line) {
+                    self.waiting = waiting;
+                }
+            }
         }
     }
 
@@ -245,21 +232,13 @@ impl Dialect for ImapPrelude {
             }
             Some(ServerPiece::Response(line)) => self.response(&line, session),
             Some(ServerPiece::Inner(bytes)) => session.send_to_client(&bytes),
-            Some(ServerPiece::Overlong(_)) => session.say_and_close(
-                FAREWELLS.backend_lost,
-                "backend sent an over-long line before TLS",
-                true,
-            ),
+            Some(ServerPiece::Overlong(_)) => session.refuse_overlong_backend_line(),
         }
         used
     }
 
     fn take_backend_held(&mut self) -> Vec<u8> {
         self.scanner.lines.take_held()
-    }
-
-    fn farewells(&self) -> &'static Farewells {
-        &FAREWELLS
     }
 }
 
@@ -286,6 +265,11 @@ impl ImapFilter {
                 }
             }
         }
+    }
+
+    /// Appends the unfinished line held for filtering, unchanged: the backend has closed, so no line end will come.
+    pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.scanner.lines.take_held());
     }
 }
 
@@ -476,11 +460,9 @@ mod tests {
     const GREETING_OPTIONAL: &[u8] =
         b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN STARTTLS] Dovecot ready.\r\n";
 
-    fn close(reason: &str, error: bool) -> Step {
-        Step::Close {
-            reason: reason.into(),
-            error,
-        }
+    /// A conversation after a greeting without capabilities.
+    fn after_ready(mode: &str, client: &[u8], backend: &[u8]) -> Vec<Step> {
+        after_greeting(mode, b"* OK ready\r\n", client, backend)
     }
 
     #[test]
@@ -555,13 +537,10 @@ mod tests {
 
     #[test]
     fn capability_goes_to_the_backend_and_its_answer_is_rewritten() {
-        let steps = run_both(
+        let steps = after_ready(
             "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a1 capability\r\n"),
-                Feed::Backend(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE\r\na1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] done\r\n"),
-            ],
+            b"a1 capability\r\n",
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE\r\na1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE] done\r\n",
         );
         assert_eq!(
             steps,
@@ -624,13 +603,7 @@ mod tests {
 
     #[test]
     fn starttls_with_an_argument_is_bad() {
-        let steps = run_both(
-            "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a STARTTLS now\r\n"),
-            ],
-        );
+        let steps = after_ready("imap", b"a STARTTLS now\r\n", b"");
         assert_eq!(
             steps,
             [to_client(
@@ -641,12 +614,10 @@ mod tests {
 
     #[test]
     fn login_and_authenticate_are_refused_before_tls_and_never_forwarded() {
-        let steps = run_both(
+        let steps = after_ready(
             "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a LOGIN joe secret\r\nb authenticate PLAIN\r\n"),
-            ],
+            b"a LOGIN joe secret\r\nb authenticate PLAIN\r\n",
+            b"",
         );
         assert_eq!(
             steps,
@@ -660,13 +631,7 @@ mod tests {
 
     #[test]
     fn other_commands_get_bad_and_the_session_goes_on() {
-        let steps = run_both(
-            "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a SELECT INBOX\r\nb LOGOUT\r\n"),
-            ],
-        );
+        let steps = after_ready("imap", b"a SELECT INBOX\r\nb LOGOUT\r\n", b"");
         assert_eq!(
             steps,
             [
@@ -678,13 +643,10 @@ mod tests {
 
     #[test]
     fn logout_is_forwarded_and_closes_after_its_reply() {
-        let steps = run_both(
+        let steps = after_ready(
             "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"z LOGOUT\r\n"),
-                Feed::Backend(b"* BYE Logging out\r\nz OK Logout completed.\r\n"),
-            ],
+            b"z LOGOUT\r\n",
+            b"* BYE Logging out\r\nz OK Logout completed.\r\n",
         );
         assert_eq!(
             steps,
@@ -723,13 +685,7 @@ mod tests {
 
     #[test]
     fn optional_mode_relays_logout_plainly() {
-        let steps = run_both(
-            "imap-",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a LOGOUT\r\n"),
-            ],
-        );
+        let steps = after_ready("imap-", b"a LOGOUT\r\n", b"");
         assert_eq!(
             steps,
             [
@@ -822,24 +778,12 @@ mod tests {
 
     #[test]
     fn a_synchronising_literal_is_refused_without_a_continuation() {
-        let steps = run_both(
-            "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a LOGIN {3}\r\n"),
-            ],
-        );
+        let steps = after_ready("imap", b"a LOGIN {3}\r\n", b"");
         assert_eq!(
             steps,
             [to_client(b"* OK ready\r\na NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS\r\n")]
         );
-        let steps = run_both(
-            "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a ID ({4}\r\n"),
-            ],
-        );
+        let steps = after_ready("imap", b"a ID ({4}\r\n", b"");
         assert_eq!(
             steps,
             [to_client(
@@ -850,14 +794,10 @@ mod tests {
 
     #[test]
     fn non_synchronising_literals_are_skipped_unread_and_refused_at_the_end() {
-        let steps = run_both(
+        let steps = after_ready(
             "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(
-                    b"a ID (\"x\" {12+}\r\nb STARTTLS\r\n \"y\" {3+}\r\n\r\n\n)\r\nc STARTTLS\r\n",
-                ),
-            ],
+            b"a ID (\"x\" {12+}\r\nb STARTTLS\r\n \"y\" {3+}\r\n\r\n\n)\r\nc STARTTLS\r\n",
+            b"",
         );
         assert_eq!(
             steps,
@@ -870,13 +810,10 @@ mod tests {
 
     #[test]
     fn a_literal_in_a_backend_response_is_relayed_untouched_and_does_not_end_the_wait() {
-        let steps = run_both(
+        let steps = after_ready(
             "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"a ID NIL\r\nb STARTTLS\r\n"),
-                Feed::Backend(b"* ID (\"name\" {35}\r\n\r\na OK [CAPABILITY STARTTLS] fake\r\n)\r\na OK ID completed\r\n"),
-            ],
+            b"a ID NIL\r\nb STARTTLS\r\n",
+            b"* ID (\"name\" {35}\r\n\r\na OK [CAPABILITY STARTTLS] fake\r\n)\r\na OK ID completed\r\n",
         );
         assert_eq!(
             steps,
@@ -915,13 +852,7 @@ mod tests {
 
     #[test]
     fn malformed_lines_get_untagged_or_tagged_bad() {
-        let steps = run_both(
-            "imap",
-            &[
-                Feed::Backend(b"* OK ready\r\n"),
-                Feed::Client(b"\r\n* CAPABILITY\r\na\r\na NOOP\rb LOGIN\r\n"),
-            ],
-        );
+        let steps = after_ready("imap", b"\r\n* CAPABILITY\r\na\r\na NOOP\rb LOGIN\r\n", b"");
         assert_eq!(
             steps,
             [to_client(
@@ -1114,5 +1045,22 @@ mod tests {
         let mut out = Vec::new();
         after.backend_to_client(b"* 1 FETCH (BODY[] {100}\r\nhalf of", &mut out);
         assert_eq!(out, b"* 1 FETCH (BODY[] {100}\r\nhalf of");
+    }
+
+    #[test]
+    fn after_tls_an_unfinished_line_is_delivered_when_the_backend_closes() {
+        let response = b"* CAPABILITY IMAP4rev1 STARTTLS\r\n* BYE Autologout; idle for too long";
+        let filtered = b"* CAPABILITY IMAP4rev1\r\n* BYE Autologout; idle for too long";
+        let open = filter_both(Proto::Imap, &[Feed::Backend(response)]);
+        assert_eq!(open, b"* CAPABILITY IMAP4rev1\r\n");
+        let closed = filter_both(Proto::Imap, &[Feed::Backend(response), Feed::BackendEof]);
+        assert_eq!(closed, filtered);
+    }
+
+    #[test]
+    fn after_tls_a_response_without_a_final_crlf_is_delivered_when_the_backend_closes() {
+        let response = b"* OK [ALERT] shutting down";
+        let out = filter_both(Proto::Imap, &[Feed::Backend(response), Feed::BackendEof]);
+        assert_eq!(out, response);
     }
 }

@@ -11,7 +11,10 @@ mod smtp;
 use std::fmt;
 use std::str::FromStr;
 
-use lines::{ClientInput, LineTooLong, MAX_LINE};
+use lines::{
+    ClientInput, LineSplitter, LineTooLong, MAX_LINE, Piece, has_smuggling_bytes, is_word,
+    split_word, strip_eol,
+};
 
 /// Commands a client may send before TLS (STARTTLS, LOGOUT and QUIT aside) before the session is closed.
 const MAX_PLAINTEXT_COMMANDS: u32 = 100;
@@ -102,6 +105,7 @@ enum Ending {
 }
 
 /// What the protocol says when the engine itself ends a session.
+#[derive(Debug)]
 struct Farewells {
     line_too_long: &'static [u8],
     flooded: &'static [u8],
@@ -109,10 +113,37 @@ struct Farewells {
     backend_lost: &'static [u8],
 }
 
+/// How a line-based protocol (POP3, SMTP) screens a command line before deciding what to do with it.
+struct Screening {
+    /// The commands that do not count against [`MAX_PLAINTEXT_COMMANDS`]: the switch itself and leaving.
+    exempt: [&'static str; 2],
+    invalid_characters: &'static [u8],
+    empty: &'static [u8],
+}
+
+/// What a dialect decided to do with one readable client command; `R` is a reply to the client.
+enum Decision<W, R = &'static [u8]> {
+    /// Accept STARTTLS/STLS: send the go-ahead, then switch to TLS.
+    StartTls(R),
+    /// Forward the line; its reply is then awaited in state `W`.
+    Forward(W),
+    /// Optional mode only: forward the line, then relay both ways untouched.
+    Plain,
+    /// Answer with the refusal; nothing reaches the backend.
+    Refuse(R),
+}
+
+/// A dialect's state while the reply to a forwarded command is awaited.
+trait AwaitedReply {
+    /// The command ends the session (QUIT, LOGOUT), so the backend closing after its reply is no error.
+    fn ends_session(&self) -> bool;
+}
+
 /// The state every protocol's plaintext phase shares: the steps produced so far, the client bytes not yet acted on,
 /// and how the phase is to end.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
+    farewells: &'static Farewells,
     steps: Vec<Step>,
     client: ClientInput,
     ending: Option<Ending>,
@@ -121,6 +152,17 @@ struct Session {
 }
 
 impl Session {
+    fn new(farewells: &'static Farewells) -> Session {
+        Session {
+            farewells,
+            steps: Vec::new(),
+            client: ClientInput::default(),
+            ending: None,
+            commands: 0,
+            backend_close_expected: false,
+        }
+    }
+
     fn send_to_client(&mut self, bytes: &[u8]) {
         if let Some(Step::ToClient(pending)) = self.steps.last_mut() {
             pending.extend_from_slice(bytes);
@@ -157,16 +199,81 @@ impl Session {
         self.close(reason, error);
     }
 
+    /// Ends the session as an error, telling the client the server is unavailable.
+    fn backend_failed(&mut self, reason: impl Into<String>) {
+        self.say_and_close(self.farewells.backend_lost, reason, true);
+    }
+
     /// Counts one more plaintext command; past the limit the session is closed and the command must be ignored.
-    fn admit_command(&mut self, farewells: &Farewells) -> bool {
+    fn admit_command(&mut self) -> bool {
         self.commands += 1;
         if self.commands <= MAX_PLAINTEXT_COMMANDS {
             return true;
         }
         let reason =
             format!("client sent more than {MAX_PLAINTEXT_COMMANDS} commands without starting TLS");
-        self.say_and_close(farewells.too_many_commands, reason, false);
+        self.say_and_close(self.farewells.too_many_commands, reason, false);
         false
+    }
+
+    /// Counts a line-based protocol's command line and answers it here if it cannot be read; otherwise returns its
+    /// verb and arguments for the dialect to decide on.
+    fn screen_command<'a>(
+        &mut self,
+        line: &'a [u8],
+        screening: &Screening,
+    ) -> Option<(&'a [u8], &'a [u8])> {
+        let text = strip_eol(line);
+        let (verb, args) = split_word(text);
+        let exempt = screening.exempt.iter().any(|word| is_word(verb, word));
+        if !exempt && !self.admit_command() {
+            return None;
+        }
+        if has_smuggling_bytes(text) {
+            self.send_to_client(screening.invalid_characters);
+            return None;
+        }
+        if verb.is_empty() {
+            self.send_to_client(screening.empty);
+            return None;
+        }
+        Some((verb, args))
+    }
+
+    /// Carries out what was decided for the client's `line`; returns the state to wait in when it was forwarded.
+    fn act_on<W: AwaitedReply, R: AsRef<[u8]>>(
+        &mut self,
+        decision: Decision<W, R>,
+        line: &[u8],
+    ) -> Option<W> {
+        match decision {
+            Decision::StartTls(go_ahead) => {
+                self.send_to_client(go_ahead.as_ref());
+                self.start_tls();
+                None
+            }
+            Decision::Forward(waiting) => {
+                if waiting.ends_session() {
+                    self.expect_backend_close();
+                }
+                self.send_to_backend(line);
+                Some(waiting)
+            }
+            Decision::Plain => {
+                self.send_to_backend(line);
+                self.go_plain();
+                None
+            }
+            Decision::Refuse(reply) => {
+                self.send_to_client(reply.as_ref());
+                None
+            }
+        }
+    }
+
+    /// Before TLS every backend line is read, so one too long to hold ends the session.
+    fn refuse_overlong_backend_line(&mut self) {
+        self.backend_failed("backend sent an over-long line before TLS");
     }
 
     /// The backend announced (or was asked for) the end of the session, so its EOF is no error.
@@ -199,7 +306,75 @@ trait Dialect: Send + fmt::Debug {
     fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize;
     /// Backend bytes taken but not yet relayed: the start of an unfinished line.
     fn take_backend_held(&mut self) -> Vec<u8>;
-    fn farewells(&self) -> &'static Farewells;
+}
+
+/// A protocol spoken one command line and one reply at a time before TLS (POP3, SMTP), driven by [`LinePrelude`]:
+/// it only decides on commands and reads whole reply lines.
+trait LineProtocol: Send + fmt::Debug {
+    /// What the protocol waits for after forwarding a command.
+    type Waiting: AwaitedReply;
+    const SCREENING: Screening;
+    fn greeting_received(&self) -> bool;
+    /// See [`Dialect::awaiting_backend`].
+    fn awaiting_backend(&self) -> bool;
+    /// What to do with a command that passed [`Session::screen_command`].
+    fn decide(&self, verb: &[u8], args: &[u8]) -> Decision<Self::Waiting>;
+    fn await_reply(&mut self, waiting: Self::Waiting);
+    /// Handles one whole backend line, terminator included.
+    fn reply_line(&mut self, line: &[u8], session: &mut Session);
+}
+
+/// The [`Dialect`] of a [`LineProtocol`]: client lines are screened, decided on and acted on here, and backend output
+/// is cut into whole lines for the protocol to read.
+#[derive(Debug)]
+struct LinePrelude<P> {
+    protocol: P,
+    lines: LineSplitter,
+}
+
+impl<P: LineProtocol> LinePrelude<P> {
+    fn new(protocol: P) -> Self {
+        LinePrelude {
+            protocol,
+            lines: LineSplitter::default(),
+        }
+    }
+}
+
+impl<P: LineProtocol> Dialect for LinePrelude<P> {
+    fn greeting_received(&self) -> bool {
+        self.protocol.greeting_received()
+    }
+
+    fn awaiting_backend(&self) -> bool {
+        self.protocol.awaiting_backend()
+    }
+
+    fn command(&mut self, line: &[u8], session: &mut Session) {
+        let Some((verb, args)) = session.screen_command(line, &P::SCREENING) else {
+            return;
+        };
+        let decision = self.protocol.decide(verb, args);
+        if let Some(waiting) = session.act_on(decision, line) {
+            self.protocol.await_reply(waiting);
+        }
+    }
+
+    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
+        let (used, piece) = self.lines.next(input);
+        match piece {
+            None => {}
+            Some(Piece::Line(line)) => self.protocol.reply_line(&line, session),
+            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
+                session.refuse_overlong_backend_line()
+            }
+        }
+        used
+    }
+
+    fn take_backend_held(&mut self) -> Vec<u8> {
+        self.lines.take_held()
+    }
 }
 
 /// The plaintext phase, from connect to BeginTls/PlainRelay/Close.
@@ -212,14 +387,23 @@ pub struct Prelude {
 
 impl Prelude {
     pub fn new(mode: StartTlsMode) -> Prelude {
-        let dialect: Box<dyn Dialect> = match mode.proto {
-            Proto::Imap => Box::new(imap::ImapPrelude::new(mode.required)),
-            Proto::Pop3 => Box::new(pop3::Pop3Prelude::new(mode.required)),
-            Proto::Smtp => Box::new(smtp::SmtpPrelude::new(mode.required)),
+        let (dialect, farewells): (Box<dyn Dialect>, _) = match mode.proto {
+            Proto::Imap => (
+                Box::new(imap::ImapPrelude::new(mode.required)),
+                &imap::FAREWELLS,
+            ),
+            Proto::Pop3 => (
+                Box::new(LinePrelude::new(pop3::Pop3Prelude::new(mode.required))),
+                &pop3::FAREWELLS,
+            ),
+            Proto::Smtp => (
+                Box::new(LinePrelude::new(smtp::SmtpPrelude::new(mode.required))),
+                &smtp::FAREWELLS,
+            ),
         };
         Prelude {
             dialect,
-            session: Session::default(),
+            session: Session::new(farewells),
             finished: false,
         }
     }
@@ -234,8 +418,8 @@ impl Prelude {
             let reason = format!(
                 "client sent more than {MAX_HELD_CLIENT_BYTES} bytes without waiting for replies"
             );
-            self.session
-                .say_and_close(self.dialect.farewells().flooded, reason, false);
+            let farewell = self.session.farewells.flooded;
+            self.session.say_and_close(farewell, reason, false);
         }
         self.conclude(&[])
     }
@@ -276,8 +460,7 @@ impl Prelude {
             } else {
                 "backend closed the connection before sending its greeting"
             };
-            self.session
-                .say_and_close(self.dialect.farewells().backend_lost, reason, true);
+            self.session.backend_failed(reason);
         }
         self.conclude(&[])
     }
@@ -289,11 +472,8 @@ impl Prelude {
                 Some(Ok(line)) => self.dialect.command(&line, &mut self.session),
                 Some(Err(LineTooLong)) => {
                     let reason = format!("client sent a line longer than {MAX_LINE} bytes");
-                    self.session.say_and_close(
-                        self.dialect.farewells().line_too_long,
-                        reason,
-                        false,
-                    );
+                    let farewell = self.session.farewells.line_too_long;
+                    self.session.say_and_close(farewell, reason, false);
                 }
             }
         }
@@ -371,6 +551,16 @@ impl AfterTls {
             Filter::Smtp(filter) => filter.backend_to_client(data, out),
         }
     }
+
+    /// The backend has closed: appends to `out` whatever was held back waiting for the rest of a line, so it reaches
+    /// the client before the session's end does.
+    pub fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        match &mut self.filter {
+            Filter::Imap(filter) => filter.backend_finished(out),
+            Filter::Pop3(filter) => filter.backend_finished(out),
+            Filter::Smtp(filter) => filter.backend_finished(out),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +591,30 @@ mod testing {
         }
     }
 
+    pub(super) fn close(reason: &str, error: bool) -> Step {
+        Step::Close {
+            reason: reason.into(),
+            error,
+        }
+    }
+
+    /// The backend greets, the client sends, the backend answers: the start of most conversations under test.
+    pub(super) fn after_greeting(
+        mode: &str,
+        greeting: &[u8],
+        client: &[u8],
+        backend: &[u8],
+    ) -> Vec<Step> {
+        run_both(
+            mode,
+            &[
+                Feed::Backend(greeting),
+                Feed::Client(client),
+                Feed::Backend(backend),
+            ],
+        )
+    }
+
     /// Runs the feeds through a fresh [`Prelude`] and returns every step, adjacent same-direction bytes merged.
     pub(super) fn run(mode: &str, feeds: &[Feed], byte_by_byte: bool) -> Vec<Step> {
         let mut prelude = Prelude::new(mode.parse().unwrap());
@@ -422,24 +636,19 @@ mod testing {
 
     /// Runs the feeds whole and byte by byte, checks both give the same steps, and returns them.
     pub(super) fn run_both(mode: &str, feeds: &[Feed]) -> Vec<Step> {
-        let whole = run(mode, feeds, false);
-        assert_eq!(
-            run(mode, feeds, true),
-            whole,
-            "byte-by-byte input changed the outcome"
-        );
-        whole
+        whole_and_byte_by_byte(|byte_by_byte| run(mode, feeds, byte_by_byte))
     }
 
     /// Runs a relayed session through [`AfterTls`], whole and byte by byte, checks both agree, and returns what the
     /// client receives.
     pub(super) fn filter_both(proto: Proto, feeds: &[Feed]) -> Vec<u8> {
-        let whole = filter(proto, feeds, false);
-        assert_eq!(
-            filter(proto, feeds, true),
-            whole,
-            "byte-by-byte input changed the output"
-        );
+        whole_and_byte_by_byte(|byte_by_byte| filter(proto, feeds, byte_by_byte))
+    }
+
+    /// How input is cut into reads must never change what comes out.
+    fn whole_and_byte_by_byte<T: PartialEq + fmt::Debug>(run: impl Fn(bool) -> T) -> T {
+        let whole = run(false);
+        assert_eq!(run(true), whole, "byte-by-byte input changed the result");
         whole
     }
 
@@ -454,7 +663,8 @@ mod testing {
                 Feed::Backend(data) => each_chunk(data, byte_by_byte, |chunk| {
                     after.backend_to_client(chunk, &mut out)
                 }),
-                Feed::ClientEof | Feed::BackendEof => {}
+                Feed::BackendEof => after.backend_finished(&mut out),
+                Feed::ClientEof => {}
             }
         }
         out

@@ -5,13 +5,10 @@
 
 use std::collections::VecDeque;
 
-use super::lines::{
-    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
-    trim_spaces,
-};
-use super::{Dialect, Farewells, Session};
+use super::lines::{LineSplitter, Piece, is_word, printable, split_word, strip_eol, trim_spaces};
+use super::{AwaitedReply, Decision, Farewells, LineProtocol, Screening, Session};
 
-static FAREWELLS: Farewells = Farewells {
+pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"-ERR Command line too long\r\n",
     flooded: b"-ERR Too much pipelined input before STLS\r\n",
     too_many_commands: b"-ERR Too many commands without STLS\r\n",
@@ -26,12 +23,11 @@ const OWN_CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nSTLS\r\n.\r\n";
 #[derive(Debug)]
 pub(super) struct Pop3Prelude {
     required: bool,
-    lines: LineSplitter,
     waiting: Waiting,
 }
 
 #[derive(Debug)]
-enum Waiting {
+pub(super) enum Waiting {
     Greeting,
     Nothing,
     CapaStatus,
@@ -39,26 +35,51 @@ enum Waiting {
     QuitReply,
 }
 
-enum Decision {
-    StartTls,
-    Forward(Waiting),
-    Plain,
-    Refuse(&'static [u8]),
+impl AwaitedReply for Waiting {
+    fn ends_session(&self) -> bool {
+        matches!(self, Waiting::QuitReply)
+    }
 }
 
 impl Pop3Prelude {
     pub(super) fn new(required: bool) -> Self {
         Pop3Prelude {
             required,
-            lines: LineSplitter::default(),
             waiting: Waiting::Greeting,
         }
     }
 
-    fn decide(&self, name: &[u8], args: &[u8]) -> Decision {
+    /// Whether a CAPA line is passed on before TLS: never the backend's own STLS (ours is added), and when TLS is
+    /// required no USER and no SASL line at all, since every AUTH is refused until then.
+    fn shown_before_tls(&self, line: &[u8]) -> bool {
+        let (capability, _) = split_word(strip_eol(line));
+        let hidden = is_word(capability, "STLS")
+            || (self.required && (is_word(capability, "USER") || is_word(capability, "SASL")));
+        !hidden
+    }
+}
+
+impl LineProtocol for Pop3Prelude {
+    type Waiting = Waiting;
+
+    const SCREENING: Screening = Screening {
+        exempt: ["STLS", "QUIT"],
+        invalid_characters: b"-ERR Invalid characters in command\r\n",
+        empty: b"-ERR Empty command\r\n",
+    };
+
+    fn greeting_received(&self) -> bool {
+        !matches!(self.waiting, Waiting::Greeting)
+    }
+
+    fn awaiting_backend(&self) -> bool {
+        !matches!(self.waiting, Waiting::Nothing)
+    }
+
+    fn decide(&self, name: &[u8], args: &[u8]) -> Decision<Waiting> {
         if is_word(name, "STLS") {
             return if args.is_empty() {
-                Decision::StartTls
+                Decision::StartTls(b"+OK Begin TLS negotiation\r\n")
             } else {
                 Decision::Refuse(b"-ERR STLS takes no arguments\r\n")
             };
@@ -81,6 +102,10 @@ impl Pop3Prelude {
         }
     }
 
+    fn await_reply(&mut self, waiting: Waiting) {
+        self.waiting = waiting;
+    }
+
     fn reply_line(&mut self, line: &[u8], session: &mut Session) {
         match self.waiting {
             Waiting::Greeting if is_positive(line) => {
@@ -94,13 +119,7 @@ impl Pop3Prelude {
                     true,
                 );
             }
-            Waiting::Greeting => {
-                session.say_and_close(
-                    FAREWELLS.backend_lost,
-                    "backend sent an invalid POP3 greeting",
-                    true,
-                );
-            }
+            Waiting::Greeting => session.backend_failed("backend sent an invalid POP3 greeting"),
             Waiting::Nothing => session.send_to_client(line),
             Waiting::CapaStatus if is_positive(line) => {
                 session.send_to_client(line);
@@ -125,82 +144,6 @@ impl Pop3Prelude {
                 session.close("client quit before TLS", false);
             }
         }
-    }
-
-    /// Whether a CAPA line is passed on before TLS: never the backend's own STLS (ours is added), and when TLS is
-    /// required no USER and no SASL line at all, since every AUTH is refused until then.
-    fn shown_before_tls(&self, line: &[u8]) -> bool {
-        let (capability, _) = split_word(strip_eol(line));
-        let hidden = is_word(capability, "STLS")
-            || (self.required && (is_word(capability, "USER") || is_word(capability, "SASL")));
-        !hidden
-    }
-}
-
-impl Dialect for Pop3Prelude {
-    fn greeting_received(&self) -> bool {
-        !matches!(self.waiting, Waiting::Greeting)
-    }
-
-    fn awaiting_backend(&self) -> bool {
-        !matches!(self.waiting, Waiting::Nothing)
-    }
-
-    fn command(&mut self, line: &[u8], session: &mut Session) {
-        let text = strip_eol(line);
-        let (name, args) = split_word(text);
-        let exempt = is_word(name, "STLS") || is_word(name, "QUIT");
-        if !exempt && !session.admit_command(&FAREWELLS) {
-            return;
-        }
-        if has_smuggling_bytes(text) {
-            session.send_to_client(b"-ERR Invalid characters in command\r\n");
-            return;
-        }
-        if name.is_empty() {
-            session.send_to_client(b"-ERR Empty command\r\n");
-            return;
-        }
-        match self.decide(name, args) {
-            Decision::StartTls => {
-                session.send_to_client(b"+OK Begin TLS negotiation\r\n");
-                session.start_tls();
-            }
-            Decision::Forward(waiting) => {
-                if matches!(waiting, Waiting::QuitReply) {
-                    session.expect_backend_close();
-                }
-                session.send_to_backend(line);
-                self.waiting = waiting;
-            }
-            Decision::Plain => {
-                session.send_to_backend(line);
-                session.go_plain();
-            }
-            Decision::Refuse(reply) => session.send_to_client(reply),
-        }
-    }
-
-    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
-        let (used, piece) = self.lines.next(input);
-        match piece {
-            None => {}
-            Some(Piece::Line(line)) => self.reply_line(&line, session),
-            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => session.say_and_close(
-                FAREWELLS.backend_lost,
-                "backend sent an over-long line before TLS",
-                true,
-            ),
-        }
-        used
-    }
-
-    fn take_backend_held(&mut self) -> Vec<u8> {
-        self.lines.take_held()
-    }
-
-    fn farewells(&self) -> &'static Farewells {
-        &FAREWELLS
     }
 }
 
@@ -293,9 +236,14 @@ impl Pop3Filter {
             rest = &rest[used..];
         }
         if !self.tracking {
-            out.extend_from_slice(&self.lines.take_held());
+            self.backend_finished(out);
             out.extend_from_slice(rest);
         }
+    }
+
+    /// Appends the unfinished line held for filtering, unchanged: the backend has closed, or filtering has stopped.
+    pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.lines.take_held());
     }
 
     fn expect(&mut self, expect: Expect) {
@@ -449,22 +397,8 @@ mod tests {
     const GREETING: &[u8] = b"+OK Dovecot ready. <1896.697170952@dbc.mtview.ca.us>\r\n";
     const CAPA_REPLY: &[u8] = b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nSTLS\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n";
 
-    fn close(reason: &str, error: bool) -> Step {
-        Step::Close {
-            reason: reason.into(),
-            error,
-        }
-    }
-
     fn after_greeting(mode: &str, client: &[u8], backend: &[u8]) -> Vec<Step> {
-        run_both(
-            mode,
-            &[
-                Feed::Backend(GREETING),
-                Feed::Client(client),
-                Feed::Backend(backend),
-            ],
-        )
+        super::super::testing::after_greeting(mode, GREETING, client, backend)
     }
 
     #[test]
@@ -737,6 +671,37 @@ mod tests {
             &[Feed::Client(b"TOP 1 0\r\nCAPA\r\n"), Feed::Backend(&reply)],
         );
         assert_eq!(out, [&status[..], b"STLS\r\n.\r\n+OK\r\n.\r\n"].concat());
+    }
+
+    #[test]
+    fn after_tls_a_reply_without_a_final_crlf_is_delivered_when_the_backend_closes() {
+        let out = filter_both(
+            Proto::Pop3,
+            &[
+                Feed::Client(b"QUIT\r\n"),
+                Feed::Backend(b"+OK bye"),
+                Feed::BackendEof,
+            ],
+        );
+        assert_eq!(out, b"+OK bye");
+    }
+
+    #[test]
+    fn after_tls_an_unfinished_capa_line_is_delivered_when_the_backend_closes() {
+        let feeds = [
+            Feed::Client(b"CAPA\r\n"),
+            Feed::Backend(b"+OK\r\nSTLS\r\nUS"),
+        ];
+        assert_eq!(filter_both(Proto::Pop3, &feeds), b"+OK\r\n");
+        let closed = filter_both(
+            Proto::Pop3,
+            &[
+                Feed::Client(b"CAPA\r\n"),
+                Feed::Backend(b"+OK\r\nSTLS\r\nUS"),
+                Feed::BackendEof,
+            ],
+        );
+        assert_eq!(closed, b"+OK\r\nUS");
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! it must never change a reply line other than a STARTTLS keyword line and the continuation mark before it.
 
 use super::lines::{
-    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
-    strip_prefix_ignore_case, trim_spaces,
+    LineSplitter, Piece, is_word, printable, split_word, strip_eol, strip_prefix_ignore_case,
+    trim_spaces,
 };
-use super::{Dialect, Farewells, Session};
+use super::{AwaitedReply, Decision, Farewells, LineProtocol, Screening, Session};
 
-static FAREWELLS: Farewells = Farewells {
+pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"500 5.5.2 Line too long\r\n",
     flooded: b"421 4.7.0 Too much pipelined input before STARTTLS, closing connection\r\n",
     too_many_commands: b"421 4.7.0 Too many commands without STARTTLS, closing connection\r\n",
@@ -21,12 +21,11 @@ static FAREWELLS: Farewells = Farewells {
 #[derive(Debug)]
 pub(super) struct SmtpPrelude {
     required: bool,
-    lines: LineSplitter,
     waiting: Waiting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
+pub(super) enum Waiting {
     Greeting,
     Nothing,
     /// A reply the backend is in the middle of, whether to a forwarded command or unasked.
@@ -38,11 +37,10 @@ enum Waiting {
     QuitReply,
 }
 
-enum Decision {
-    StartTls,
-    Forward(Waiting),
-    Plain,
-    Refuse(&'static [u8]),
+impl AwaitedReply for Waiting {
+    fn ends_session(&self) -> bool {
+        *self == Waiting::QuitReply
+    }
 }
 
 /// One line of a reply: the code, whether it is the reply's last line, and the text after the code.
@@ -56,15 +54,60 @@ impl SmtpPrelude {
     pub(super) fn new(required: bool) -> Self {
         SmtpPrelude {
             required,
-            lines: LineSplitter::default(),
             waiting: Waiting::Greeting,
         }
     }
 
-    fn decide(&self, verb: &[u8], args: &[u8]) -> Decision {
+    /// Relays one line of a positive EHLO reply, dropping keywords the plaintext phase must not offer and ending the
+    /// reply with our own STARTTLS line, so every line relayed before it carries the `250-` continuation mark.
+    fn ehlo_line(&mut self, line: &[u8], reply: &ReplyLine, named: bool, session: &mut Session) {
+        if !named {
+            if reply.last {
+                session.send_to_client(&continued_250(reply.text));
+            } else {
+                session.send_to_client(line);
+            }
+        } else if self.offered_before_tls(reply.text) {
+            session.send_to_client(&continued_250(reply.text));
+        }
+        if reply.last {
+            session.send_to_client(b"250 STARTTLS\r\n");
+            self.waiting = Waiting::Nothing;
+        } else {
+            self.waiting = Waiting::EhloReply { named: true };
+        }
+    }
+
+    /// The backend's own STARTTLS is replaced by ours; AUTH is only offered once TLS is up when TLS is required.
+    fn offered_before_tls(&self, keyword_line: &[u8]) -> bool {
+        let (keyword, _) = split_word(keyword_line);
+        let is_auth =
+            is_word(keyword, "AUTH") || strip_prefix_ignore_case(keyword, "AUTH=").is_some();
+        !(is_word(keyword, "STARTTLS") || (self.required && is_auth))
+    }
+}
+
+impl LineProtocol for SmtpPrelude {
+    type Waiting = Waiting;
+
+    const SCREENING: Screening = Screening {
+        exempt: ["STARTTLS", "QUIT"],
+        invalid_characters: b"500 5.5.2 Invalid characters in command\r\n",
+        empty: b"500 5.5.2 Syntax error, command unrecognized\r\n",
+    };
+
+    fn greeting_received(&self) -> bool {
+        self.waiting != Waiting::Greeting
+    }
+
+    fn awaiting_backend(&self) -> bool {
+        self.waiting != Waiting::Nothing
+    }
+
+    fn decide(&self, verb: &[u8], args: &[u8]) -> Decision<Waiting> {
         if is_word(verb, "STARTTLS") {
             return if args.is_empty() {
-                Decision::StartTls
+                Decision::StartTls(b"220 2.0.0 Ready to start TLS\r\n")
             } else {
                 Decision::Refuse(b"501 5.5.4 Syntax error (no parameters allowed)\r\n")
             };
@@ -83,6 +126,10 @@ impl SmtpPrelude {
         } else {
             Decision::Plain
         }
+    }
+
+    fn await_reply(&mut self, waiting: Waiting) {
+        self.waiting = waiting;
     }
 
     fn reply_line(&mut self, line: &[u8], session: &mut Session) {
@@ -121,101 +168,6 @@ impl SmtpPrelude {
                 };
             }
         }
-    }
-
-    /// Relays one line of a positive EHLO reply, dropping keywords the plaintext phase must not offer and ending the
-    /// reply with our own STARTTLS line, so every line relayed before it carries the `250-` continuation mark.
-    fn ehlo_line(&mut self, line: &[u8], reply: &ReplyLine, named: bool, session: &mut Session) {
-        if !named {
-            if reply.last {
-                session.send_to_client(&continued_250(reply.text));
-            } else {
-                session.send_to_client(line);
-            }
-        } else if self.offered_before_tls(reply.text) {
-            session.send_to_client(&continued_250(reply.text));
-        }
-        if reply.last {
-            session.send_to_client(b"250 STARTTLS\r\n");
-            self.waiting = Waiting::Nothing;
-        } else {
-            self.waiting = Waiting::EhloReply { named: true };
-        }
-    }
-
-    /// The backend's own STARTTLS is replaced by ours; AUTH is only offered once TLS is up when TLS is required.
-    fn offered_before_tls(&self, keyword_line: &[u8]) -> bool {
-        let (keyword, _) = split_word(keyword_line);
-        let is_auth =
-            is_word(keyword, "AUTH") || strip_prefix_ignore_case(keyword, "AUTH=").is_some();
-        !(is_word(keyword, "STARTTLS") || (self.required && is_auth))
-    }
-}
-
-impl Dialect for SmtpPrelude {
-    fn greeting_received(&self) -> bool {
-        self.waiting != Waiting::Greeting
-    }
-
-    fn awaiting_backend(&self) -> bool {
-        self.waiting != Waiting::Nothing
-    }
-
-    fn command(&mut self, line: &[u8], session: &mut Session) {
-        let text = strip_eol(line);
-        let (verb, args) = split_word(text);
-        let exempt = is_word(verb, "STARTTLS") || is_word(verb, "QUIT");
-        if !exempt && !session.admit_command(&FAREWELLS) {
-            return;
-        }
-        if has_smuggling_bytes(text) {
-            session.send_to_client(b"500 5.5.2 Invalid characters in command\r\n");
-            return;
-        }
-        if verb.is_empty() {
-            session.send_to_client(b"500 5.5.2 Syntax error, command unrecognized\r\n");
-            return;
-        }
-        match self.decide(verb, args) {
-            Decision::StartTls => {
-                session.send_to_client(b"220 2.0.0 Ready to start TLS\r\n");
-                session.start_tls();
-            }
-            Decision::Forward(waiting) => {
-                if waiting == Waiting::QuitReply {
-                    session.expect_backend_close();
-                }
-                session.send_to_backend(line);
-                self.waiting = waiting;
-            }
-            Decision::Plain => {
-                session.send_to_backend(line);
-                session.go_plain();
-            }
-            Decision::Refuse(reply) => session.send_to_client(reply),
-        }
-    }
-
-    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
-        let (used, piece) = self.lines.next(input);
-        match piece {
-            None => {}
-            Some(Piece::Line(line)) => self.reply_line(&line, session),
-            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => session.say_and_close(
-                FAREWELLS.backend_lost,
-                "backend sent an over-long line before TLS",
-                true,
-            ),
-        }
-        used
-    }
-
-    fn take_backend_held(&mut self) -> Vec<u8> {
-        self.lines.take_held()
-    }
-
-    fn farewells(&self) -> &'static Farewells {
-        &FAREWELLS
     }
 }
 
@@ -269,6 +221,12 @@ impl SmtpFilter {
         self.reply_continues = !reply.last;
     }
 
+    /// Appends what is held, unchanged: with no next line there is nothing to move a `250-` line's end mark for.
+    pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        self.release_held(out);
+        out.extend_from_slice(&self.lines.take_held());
+    }
+
     fn release_held(&mut self, out: &mut Vec<u8>) {
         if let Some(held) = self.held.take() {
             out.extend_from_slice(&held);
@@ -305,22 +263,8 @@ mod tests {
     const EHLO_REPLY: &[u8] =
         b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250 8BITMIME\r\n";
 
-    fn close(reason: &str, error: bool) -> Step {
-        Step::Close {
-            reason: reason.into(),
-            error,
-        }
-    }
-
     fn after_greeting(mode: &str, client: &[u8], backend: &[u8]) -> Vec<Step> {
-        run_both(
-            mode,
-            &[
-                Feed::Backend(GREETING),
-                Feed::Client(client),
-                Feed::Backend(backend),
-            ],
-        )
+        super::super::testing::after_greeting(mode, GREETING, client, backend)
     }
 
     #[test]
@@ -654,5 +598,34 @@ mod tests {
             &[Feed::Backend(&[&b"250-mx\r\n"[..], &long].concat())],
         );
         assert_eq!(out, [&b"250-mx\r\n"[..], &long].concat());
+    }
+
+    #[test]
+    fn after_tls_a_reply_without_a_final_crlf_is_delivered_when_the_backend_closes() {
+        let out = filter_both(
+            Proto::Smtp,
+            &[Feed::Backend(b"421 4.3.2 shutting down"), Feed::BackendEof],
+        );
+        assert_eq!(out, b"421 4.3.2 shutting down");
+    }
+
+    #[test]
+    fn after_tls_a_held_continuation_line_is_delivered_when_the_backend_closes() {
+        let reply = b"250-mx.example\r\n250-STARTTLS\r\n250-PIPELINING\r\n";
+        assert_eq!(
+            filter_both(Proto::Smtp, &[Feed::Backend(reply)]),
+            b"250-mx.example\r\n"
+        );
+        assert_eq!(
+            filter_both(Proto::Smtp, &[Feed::Backend(reply), Feed::BackendEof]),
+            b"250-mx.example\r\n250-PIPELINING\r\n"
+        );
+    }
+
+    #[test]
+    fn after_tls_a_held_line_goes_before_an_unfinished_one_when_the_backend_closes() {
+        let reply = b"250-mx.example\r\n250-SIZE 1000\r\n250 STARTT";
+        let out = filter_both(Proto::Smtp, &[Feed::Backend(reply), Feed::BackendEof]);
+        assert_eq!(out, reply);
     }
 }
