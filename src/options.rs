@@ -721,7 +721,7 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         errors.push(format!("unknown option {}", draft.exec_args[0]));
     }
     if draft.proxy.is_some() && draft.port.is_none() {
-        errors.push("option -proxy needs a TCP backend (-port); with -exec the facts are in the environment".to_string());
+        errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
     }
     if !errors.is_empty() {
         return Err(UsageError(errors));

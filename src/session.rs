@@ -374,10 +374,7 @@ fn connect_backend(host: &str, port: u16, preamble: &[u8]) -> Result<TcpStream, 
 
 /// The `-fd N` plaintext side: an inherited socket (usually a socketpair end given by a helper like makesock).
 fn plaintext_descriptor(fd: i32) -> Result<UnixStream, String> {
-    if !sys::is_open(fd) {
-        return Err("descriptor is not open".to_string());
-    }
-    let owned = sys::take_inherited_fd(fd).map_err(|e| e.to_string())?;
+    let owned = sys::adopt_inherited_fd(fd).map_err(|e| tls::plain_io_reason(&e))?;
     let stream = UnixStream::from(owned);
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(stream)

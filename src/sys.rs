@@ -67,6 +67,19 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// Takes ownership of an inherited descriptor above 2 (`-fd N`) as it is, marking it close-on-exec. Unlike fds 0-2 it
+/// needs no /dev/null stand-in, so this also works after a chroot.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; an unopened number returns EBADF.
+    unsafe {
+        let flags = check(libc::fcntl(fd, libc::F_GETFD))?;
+        check(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
+    }
+    // SAFETY: the descriptor is open (checked above), inherited from our parent, and adopted exactly once: `-fd N`
+    // names it once and each process serves one session.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Makes `fd` refer to /dev/null (for fds 0/1/2 once their real file is no longer to be written).
 pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
     let null = std::fs::OpenOptions::new()
@@ -77,12 +90,6 @@ pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
     // `null` stays valid during the call and is closed when dropped.
     unsafe { check(libc::dup2(null.as_raw_fd(), fd))? };
     Ok(())
-}
-
-/// Whether `fd` is an open descriptor.
-pub fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only queries the descriptor flags; an unopened number just returns EBADF.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 /// The result of fork, as seen by each side.
