@@ -509,3 +509,45 @@ pub fn raw_exchange(port: u16, payload: &[u8]) -> Vec<u8> {
 pub fn local(stream: &SslStream<TcpStream>) -> SocketAddr {
     stream.get_ref().local_addr().unwrap()
 }
+
+impl Inetd {
+    /// Like [`Inetd::start`], but listening on `bind` (for example `[::1]:0`) and starting `program` with `args` for
+    /// each connection: the PROXY tests need an IPv6 superserver, and the `-fd` test a helper that starts sslwrap.
+    pub fn start_command(bind: &str, program: &str, args: &[&str], syslog: &Syslog) -> Inetd {
+        let listener = TcpListener::bind(bind).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let children = Arc::new(Mutex::new(Vec::new()));
+        let program = program.to_string();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let log_path = syslog.path.clone();
+        let (stop_flag, child_list) = (stop.clone(), children.clone());
+        let acceptor = std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let fd = OwnedFd::from(stream);
+                        let child = Command::new(&program)
+                            .args(&args)
+                            .env("SSLWRAP_SYSLOG_SOCKET", &log_path)
+                            .stdin(Stdio::from(fd.try_clone().unwrap()))
+                            .stdout(Stdio::from(fd.try_clone().unwrap()))
+                            .stderr(Stdio::from(fd))
+                            .spawn()
+                            .unwrap();
+                        child_list.lock().unwrap().push(child);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Inetd {
+            port,
+            stop,
+            acceptor: Some(acceptor),
+            children,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Privilege separation and `-fd` end to end: started as root with `-user nobody -group nogroup -chroot DIR`, the
+//! processes that serve clients (the daemon's listening parent, its session children, an inetd-mode session) must
+//! run as uid/gid 65534 with their root directory at DIR, as /proc shows; a user or group that does not exist is a
+//! start-up error naming it. `-fd 3` takes the plaintext side from a descriptor a helper prepared (a socketpair, as
+//! in the seed's `-F 3` setup); data must flow through it, also chrooted.
+
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::ssl::SslStream;
+
+use common::*;
+use support::*;
+
+const NOBODY: &str = "65534";
+
+/// The command line that drops to nobody/nogroup inside `jail`.
+fn dropping(jail: &Path) -> Vec<String> {
+    ["-user", "nobody", "-group", "nogroup", "-chroot"]
+        .iter()
+        .map(|word| word.to_string())
+        .chain([jail.to_str().unwrap().to_string()])
+        .collect()
+}
+
+/// An empty directory to chroot into.
+fn jail(s: &Setup) -> PathBuf {
+    let path = s.dir.path("jail");
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name in parentheses may hold spaces: the fields after its closing parenthesis are fixed.
+        let parent = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// The values of a `Name:` line of /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+    line[name.len() + 1..]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts the process runs as nobody:nogroup (real, effective, saved and filesystem ids, and no other group) with
+/// its root directory at `jail`.
+fn assert_dropped(pid: u32, jail: &Path, what: &str) {
+    let uids = status_field(pid, "Uid");
+    let gids = status_field(pid, "Gid");
+    let groups = status_field(pid, "Groups");
+    assert!(
+        uids.len() == 4 && uids.iter().all(|id| id == NOBODY),
+        "{what} (pid {pid}) has uids {uids:?}"
+    );
+    assert!(
+        gids.len() == 4 && gids.iter().all(|id| id == NOBODY),
+        "{what} (pid {pid}) has gids {gids:?}"
+    );
+    assert!(
+        groups.iter().all(|id| id == NOBODY),
+        "{what} (pid {pid}) kept supplementary groups {groups:?}"
+    );
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert_eq!(
+        root,
+        jail.canonicalize().unwrap(),
+        "{what} (pid {pid}) is not chrooted"
+    );
+}
+
+/// One line through the session, so it is known to be served end to end.
+fn echo_round_trip(client: &mut SslStream<TcpStream>, text: &[u8]) {
+    client.write_all(text).unwrap();
+    let mut echoed = vec![0u8; text.len()];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, text);
+}
+
+#[test]
+fn daemon_parent_and_sessions_run_as_nobody_nogroup_inside_the_chroot() {
+    require_root();
+    let s = setup("priv-daemon");
+    let jail = jail(&s);
+    let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    let mut first = tls(daemon.port);
+    echo_round_trip(&mut first, b"first session\n");
+    let mut second = tls(daemon.port);
+    echo_round_trip(&mut second, b"second session\n");
+    assert_dropped(daemon.pid(), &jail, "the listening parent");
+    let sessions = children_of(daemon.pid());
+    assert_eq!(
+        sessions.len(),
+        2,
+        "two session processes expected: {sessions:?}"
+    );
+    for pid in sessions {
+        assert_dropped(pid, &jail, "a session process");
+    }
+}
+
+#[test]
+fn inetd_session_runs_as_nobody_nogroup_inside_the_chroot() {
+    require_root();
+    let s = setup("priv-inetd");
+    let jail = jail(&s);
+    let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
+    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
+    let mut client = tls(inetd.port);
+    echo_round_trip(&mut client, b"inetd session\n");
+    let pid = inetd.children.lock().unwrap()[0].id();
+    assert_dropped(pid, &jail, "the inetd session");
+}
+
+#[test]
+fn starttls_session_behind_a_privilege_drop_still_works() {
+    // The plaintext phase, the handshake and the relay all happen after chroot: nothing may need a file then.
+    require_root();
+    let s = setup("priv-starttls");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let jail = jail(&s);
+    let mut extra = vec!["-starttls".to_string(), "smtp".to_string()];
+    extra.extend(dropping(&jail));
+    let line = s.legacy_line(server.port, &as_strs(&extra));
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    let subject = format!("dropped privileges {}", token());
+    let ran = python_client(&[
+        "smtp",
+        &daemon.port.to_string(),
+        "sender@example.org",
+        "rcpt@example.org",
+        &subject,
+    ]);
+    assert!(ran.succeeded(), "smtplib failed: {ran:#?}");
+    server
+        .wait_for_message(&subject, Duration::from_secs(20))
+        .expect("the message never arrived");
+}
+
+#[test]
+fn unknown_user_or_group_is_a_startup_error_naming_it() {
+    let mut s = setup("priv-unknown");
+    let port = closed_port();
+    let user = format!("nouser{}", token());
+    let group = format!("nogroup{}", token());
+    let cases = [
+        (vec!["-user", user.as_str()], user.as_str()),
+        (
+            vec!["-user", "nobody", "-group", group.as_str()],
+            group.as_str(),
+        ),
+    ];
+    for (words, name) in cases {
+        for daemon in [false, true] {
+            let accept = format!("127.0.0.1:{}", closed_port());
+            let mut extra = words.clone();
+            if daemon {
+                extra.extend(["-accept", accept.as_str()]);
+            }
+            let line = s.legacy_line(port, &extra);
+            let (status, stderr) = run_to_end(&as_strs(&line), &s.syslog);
+            assert_eq!(status.code(), Some(1), "{line:?}: {stderr}");
+            s.syslog.expect(&format!("'{name}'"));
+        }
+    }
+}
+
+/// The `-fd` helper under the inetd stand-in: it starts sslwrap with `args` and a socketpair end on fd 3.
+fn fd_helper(s: &Setup, args: &[String]) -> Inetd {
+    let helper = support_file("fd_helper.py");
+    let mut all = vec![helper.as_str(), BINARY];
+    all.extend(as_strs(args));
+    Inetd::start_command("127.0.0.1:0", PYTHON, &all, &s.syslog)
+}
+
+/// Reads the helper's greeting through sslwrap, failing with what sslwrap logged.
+fn expect_helper_greeting(client: &mut SslStream<TcpStream>, syslog: &mut Syslog) {
+    let greeting = read_line(client);
+    assert_eq!(
+        greeting.as_deref(),
+        Ok("helper on fd 3 ready\n"),
+        "sslwrap logged: {:#?}",
+        syslog.settle()
+    );
+}
+
+fn exchange_over_fd3(port: u16, syslog: &mut Syslog) {
+    let mut client = tls(port);
+    // The greeting is sent at once: ten seconds is ample, and a failure shows up long before IO_TIMEOUT.
+    client
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    expect_helper_greeting(&mut client, syslog);
+    client.write_all(b"ping over fd 3\n").unwrap();
+    assert_eq!(
+        read_line(&mut client).unwrap(),
+        "helper got: ping over fd 3\n"
+    );
+    // The client's close_notify must reach the helper as EOF, and the helper's close come back as close_notify.
+    client.shutdown().unwrap();
+    assert_eq!(read_to_close_notify(&mut client), Ok(Vec::new()));
+}
+
+#[test]
+fn fd_option_relays_through_a_socketpair_from_a_helper() {
+    let mut s = setup("priv-fd");
+    let args = vec![
+        "-cert".to_string(),
+        s.pki.server_pem.to_str().unwrap().to_string(),
+        "-fd".to_string(),
+        "3".to_string(),
+    ];
+    let inetd = fd_helper(&s, &args);
+    exchange_over_fd3(inetd.port, &mut s.syslog);
+    let statuses = inetd.wait_children();
+    assert!(
+        statuses.iter().all(|status| status.success()),
+        "sslwrap's exit statuses (through the helper): {statuses:?}"
+    );
+}
+
+#[test]
+fn fd_option_works_chrooted_as_nobody_like_the_seed_setup() {
+    require_root();
+    let mut s = setup("priv-fd-jail");
+    let jail = jail(&s);
+    let mut args = vec![
+        "-cert".to_string(),
+        s.pki.server_pem.to_str().unwrap().to_string(),
+        "-fd".to_string(),
+        "3".to_string(),
+    ];
+    args.extend(dropping(&jail));
+    let inetd = fd_helper(&s, &args);
+    let mut client = tls(inetd.port);
+    expect_helper_greeting(&mut client, &mut s.syslog);
+    let helper = inetd.children.lock().unwrap()[0].id();
+    let sslwrap = children_of(helper);
+    assert_eq!(sslwrap.len(), 1, "the helper's sslwrap: {sslwrap:?}");
+    assert_dropped(sslwrap[0], &jail, "sslwrap -fd 3");
+    drop(client);
+    exchange_over_fd3(inetd.port, &mut s.syslog);
+}

@@ -1,0 +1,765 @@
+//! `-starttls imap|pop3|smtp` end to end: the built binary, in inetd mode (the inetd stand-in) and daemon mode
+//! (`-accept`), in front of real servers — a private dovecot for IMAP and POP3, Python's aiosmtpd for SMTP — and
+//! driven by real clients: `openssl s_client -starttls`, curl, Python's imaplib/poplib/smtplib and gnutls-cli.
+//! Raw-socket tests check what the RFCs and the project's STARTTLS notes require before TLS (capabilities,
+//! refusals, which commands work) and that bytes pipelined after STARTTLS are never executed (CVE-2011-0411).
+//! Every assertion is about what a client or a server observably got, or what sslwrap logged.
+
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+/// How long the server must stay quiet after its STARTTLS reply to count as waiting for the ClientHello.
+const SILENCE: Duration = Duration::from_millis(1500);
+/// sslwrap's warning when it drops bytes that followed an accepted STARTTLS in the same read.
+const DISCARDED: &str = "bytes sent after STARTTLS in plaintext were discarded";
+
+/// sslwrap with `-starttls PROTO` in front of `backend_port`.
+fn start_front(s: &Setup, mode: Mode, backend_port: u16, proto: &str) -> Front {
+    let line = s.legacy_line(backend_port, &["-starttls", proto]);
+    Front::start(mode, "127.0.0.1", &as_strs(&line), &s.syslog)
+}
+
+/// Sends one IMAP command and reads through its tagged reply.
+fn imap_command(stream: &mut (impl Read + Write), tag: &str, command: &str) -> Vec<String> {
+    stream
+        .write_all(format!("{tag} {command}\r\n").as_bytes())
+        .unwrap();
+    read_until(stream, &format!("{tag} "))
+}
+
+/// The words of the untagged CAPABILITY response among `lines`, upper-cased.
+fn capability_words(lines: &[String]) -> Vec<String> {
+    let line = lines
+        .iter()
+        .find(|line| line.to_ascii_uppercase().starts_with("* CAPABILITY "))
+        .unwrap_or_else(|| panic!("no CAPABILITY response in {lines:#?}"));
+    words_upper(&line["* CAPABILITY ".len()..])
+}
+
+fn words_upper(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|word| {
+            word.trim_matches(|c| c == '[' || c == ']')
+                .to_ascii_uppercase()
+        })
+        .collect()
+}
+
+fn has(words: &[String], word: &str) -> bool {
+    words.iter().any(|w| w == word)
+}
+
+fn last(lines: &[String]) -> &str {
+    lines.last().map_or("", String::as_str)
+}
+
+/// Asserts the syslog got the injection warning naming exactly `count` dropped bytes.
+fn expect_discard_warning(syslog: &mut Syslog, count: usize) {
+    let line = syslog.expect(DISCARDED);
+    assert!(
+        line.contains(&format!("{count} {DISCARDED}")),
+        "expected {count} discarded bytes: {line}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// IMAP
+
+/// Python's imaplib: capabilities before and after STARTTLS, login, select, fetch of the planted message.
+fn imaplib_session(name: &str, mode: Mode) {
+    let s = setup(name);
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, mode, dovecot.imap, "imap");
+    let port = front.port().to_string();
+    let ran = python_client(&["imap", &port, &dovecot.user, &dovecot.password]);
+    assert!(ran.succeeded(), "imaplib failed: {ran:#?}");
+    let before = words_upper(ran.expect_field("caps_before"));
+    assert!(has(&before, "STARTTLS"), "before TLS: {before:?}");
+    assert!(has(&before, "LOGINDISABLED"), "before TLS: {before:?}");
+    let after = words_upper(ran.expect_field("caps_after"));
+    assert!(!has(&after, "STARTTLS"), "after TLS: {after:?}");
+    assert!(!has(&after, "LOGINDISABLED"), "after TLS: {after:?}");
+    assert!(ran.expect_field("tls").starts_with("TLSv1."));
+    assert_eq!(ran.expect_field("login"), "OK");
+    assert_eq!(ran.expect_field("exists"), "1");
+    assert_eq!(
+        ran.expect_field("subject"),
+        format!("Subject: {}", dovecot.subject)
+    );
+    dovecot.expect_log("Login: user=<tester>");
+}
+
+#[test]
+fn imap_python_imaplib_starttls_login_select_fetch_inetd() {
+    imaplib_session("imap-py-inetd", Mode::Inetd);
+}
+
+#[test]
+fn imap_python_imaplib_starttls_login_select_fetch_daemon() {
+    imaplib_session("imap-py-daemon", Mode::Daemon);
+}
+
+#[test]
+fn imap_backend_own_starttls_is_replaced_before_tls_and_stripped_after() {
+    let s = setup("imap-own-tls");
+    let dovecot = Dovecot::start_offering_starttls(&s.dir, &s.pki.server);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let port = front.port().to_string();
+    let ran = python_client(&["imap", &port, &dovecot.user, &dovecot.password]);
+    assert!(ran.succeeded(), "imaplib failed: {ran:#?}");
+    let before = words_upper(ran.expect_field("caps_before"));
+    assert_eq!(
+        before.iter().filter(|word| *word == "STARTTLS").count(),
+        1,
+        "sslwrap's STARTTLS replaces the backend's: {before:?}"
+    );
+    let after = words_upper(ran.expect_field("caps_after"));
+    assert!(
+        !has(&after, "STARTTLS"),
+        "the backend's STARTTLS must be stripped after TLS: {after:?}"
+    );
+    assert_eq!(ran.expect_field("exists"), "1");
+}
+
+#[test]
+fn imap_curl_ssl_reqd_fetches_the_planted_message() {
+    let s = setup("imap-curl");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Daemon, dovecot.imap, "imap");
+    let url = format!("imap://127.0.0.1:{}/INBOX/;UID=1", front.port());
+    let credentials = format!("{}:{}", dovecot.user, dovecot.password);
+    let ran = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "--ssl-reqd",
+            "-k",
+            "-u",
+            &credentials,
+            &url,
+        ],
+    );
+    assert!(ran.succeeded(), "curl failed: {ran:#?}");
+    assert!(
+        ran.stdout
+            .contains(&format!("Subject: {}", dovecot.subject)),
+        "{ran:#?}"
+    );
+    assert!(ran.stdout.contains("planted by the test"), "{ran:#?}");
+}
+
+#[test]
+fn imap_openssl_s_client_starttls_then_login_and_select() {
+    let s = setup("imap-sclient");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let address = format!("127.0.0.1:{}", front.port());
+    let input = format!(
+        "b CAPABILITY\nc LOGIN {} {}\nd SELECT INBOX\ne LOGOUT\n",
+        dovecot.user, dovecot.password
+    );
+    let ran = converse(
+        "openssl",
+        &[
+            "s_client",
+            "-starttls",
+            "imap",
+            "-connect",
+            &address,
+            "-quiet",
+            "-crlf",
+        ],
+        input.as_bytes(),
+        "e OK",
+    );
+    let lines: Vec<String> = ran.stdout.lines().map(str::to_string).collect();
+    let caps = capability_words(&lines);
+    assert!(!has(&caps, "STARTTLS"), "after TLS: {caps:?}");
+    assert!(ran.stdout.contains("c OK"), "{ran:#?}");
+    assert!(ran.stdout.contains("* 1 EXISTS"), "{ran:#?}");
+    assert!(ran.stdout.contains("e OK"), "{ran:#?}");
+}
+
+#[test]
+fn imap_gnutls_cli_starttls_then_login_and_fetch() {
+    let s = setup("imap-gnutls");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Daemon, dovecot.imap, "imap");
+    let port = front.port().to_string();
+    let input = format!(
+        "b LOGIN {} {}\r\nc SELECT INBOX\r\nd FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\ne LOGOUT\r\n",
+        dovecot.user, dovecot.password
+    );
+    let ran = converse(
+        "gnutls-cli",
+        &[
+            "--starttls-proto=imap",
+            "--insecure",
+            "--port",
+            &port,
+            "127.0.0.1",
+        ],
+        input.as_bytes(),
+        "e OK",
+    );
+    assert!(ran.stdout.contains("b OK"), "{ran:#?}");
+    assert!(
+        ran.stdout
+            .contains(&format!("Subject: {}", dovecot.subject)),
+        "{ran:#?}"
+    );
+    assert!(ran.stdout.contains("e OK"), "{ran:#?}");
+}
+
+#[test]
+fn imap_capability_thrice_noop_and_id_before_starttls_then_tls_works() {
+    let s = setup("imap-before");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let mut stream = tcp(front.port());
+    let greeting = read_line(&mut stream).unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    // Dovecot's greeting carries a [CAPABILITY ...] code: it is a capability list the client sees before TLS.
+    let greeting_words = words_upper(&greeting);
+    assert!(has(&greeting_words, "STARTTLS"), "{greeting}");
+    assert!(has(&greeting_words, "LOGINDISABLED"), "{greeting}");
+    assert!(
+        !greeting_words.iter().any(|w| w.starts_with("AUTH=")),
+        "no SASL mechanism may be offered before TLS: {greeting}"
+    );
+    for tag in ["c1", "c2", "c3"] {
+        let reply = imap_command(&mut stream, tag, "CAPABILITY");
+        let caps = capability_words(&reply);
+        assert!(
+            has(&caps, "STARTTLS") && has(&caps, "LOGINDISABLED"),
+            "{reply:?}"
+        );
+        assert!(last(&reply).starts_with(&format!("{tag} OK")), "{reply:?}");
+    }
+    let noop = imap_command(&mut stream, "n", "NOOP");
+    assert!(last(&noop).starts_with("n OK"), "{noop:?}");
+    let id = imap_command(&mut stream, "i", "ID NIL");
+    assert!(
+        id.iter().any(|line| line.starts_with("* ID ")),
+        "dovecot's ID reply: {id:?}"
+    );
+    assert!(last(&id).starts_with("i OK"), "{id:?}");
+    let starttls = imap_command(&mut stream, "s", "STARTTLS");
+    assert_eq!(starttls, ["s OK Begin TLS negotiation now\r\n"]);
+    let mut tls = start_tls(stream);
+    let caps_after = imap_command(&mut tls, "t", "CAPABILITY");
+    let caps = capability_words(&caps_after);
+    assert!(!has(&caps, "STARTTLS"), "after TLS: {caps_after:?}");
+    assert!(!has(&caps, "LOGINDISABLED"), "after TLS: {caps_after:?}");
+    let login = imap_command(
+        &mut tls,
+        "l",
+        &format!("LOGIN {} {}", dovecot.user, dovecot.password),
+    );
+    assert!(last(&login).starts_with("l OK"), "{login:?}");
+    let select = imap_command(&mut tls, "x", "SELECT INBOX");
+    assert!(
+        select.iter().any(|line| line == "* 1 EXISTS\r\n"),
+        "{select:?}"
+    );
+    let logout = imap_command(&mut tls, "z", "LOGOUT");
+    assert!(last(&logout).starts_with("z OK"), "{logout:?}");
+}
+
+#[test]
+fn imap_login_before_starttls_is_refused_and_never_reaches_dovecot() {
+    let s = setup("imap-nologin");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let mut stream = tcp(front.port());
+    read_line(&mut stream).unwrap();
+    // The right password: if the LOGIN reached dovecot (which allows plaintext here) it would succeed.
+    let login = imap_command(
+        &mut stream,
+        "a",
+        &format!("LOGIN {} {}", dovecot.user, dovecot.password),
+    );
+    assert!(
+        last(&login).starts_with("a NO [PRIVACYREQUIRED]"),
+        "{login:?}"
+    );
+    let authenticate = imap_command(&mut stream, "b", "AUTHENTICATE PLAIN");
+    assert!(
+        last(&authenticate).starts_with("b NO [PRIVACYREQUIRED]"),
+        "{authenticate:?}"
+    );
+    let logout = imap_command(&mut stream, "c", "LOGOUT");
+    assert!(last(&logout).starts_with("c OK"), "{logout:?}");
+    // Dovecot's own account of the session: it ended without a single authentication attempt.
+    let ended = dovecot.expect_log("Disconnected");
+    assert!(ended.contains("no auth attempts"), "{ended}");
+    assert!(
+        dovecot.logins().is_empty(),
+        "dovecot logged a login: {}",
+        dovecot.log()
+    );
+}
+
+#[test]
+fn imap_optional_mode_lets_a_plaintext_login_through_to_dovecot() {
+    let s = setup("imap-optional");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap-");
+    let mut stream = tcp(front.port());
+    let greeting = read_line(&mut stream).unwrap();
+    let caps = imap_command(&mut stream, "a", "CAPABILITY");
+    let words = capability_words(&caps);
+    assert!(has(&words, "STARTTLS"), "TLS is still offered: {caps:?}");
+    assert!(
+        !has(&words, "LOGINDISABLED"),
+        "optional mode must not forbid LOGIN: {greeting} {caps:?}"
+    );
+    let login = imap_command(
+        &mut stream,
+        "b",
+        &format!("LOGIN {} {}", dovecot.user, dovecot.password),
+    );
+    assert!(last(&login).starts_with("b OK"), "{login:?}");
+    let select = imap_command(&mut stream, "c", "SELECT INBOX");
+    assert!(
+        select.iter().any(|line| line == "* 1 EXISTS\r\n"),
+        "{select:?}"
+    );
+    imap_command(&mut stream, "d", "LOGOUT");
+    dovecot.expect_log("Login: user=<tester>");
+}
+
+#[test]
+fn imap_login_pipelined_after_starttls_is_discarded_not_executed() {
+    let mut s = setup("imap-inject");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let mut stream = tcp(front.port());
+    read_line(&mut stream).unwrap();
+    // Real credentials: were the injected LOGIN executed, dovecot would log the user in.
+    let injected = format!("b LOGIN {} {}\r\n", dovecot.user, dovecot.password);
+    stream
+        .write_all(format!("a STARTTLS\r\n{injected}").as_bytes())
+        .unwrap();
+    let reply = read_until(&mut stream, "a ");
+    assert!(last(&reply).starts_with("a OK"), "{reply:?}");
+    assert_silent(&mut stream, SILENCE);
+    let mut tls = start_tls(stream);
+    let caps = imap_command(&mut tls, "c", "CAPABILITY");
+    let select = imap_command(&mut tls, "d", "SELECT INBOX");
+    imap_command(&mut tls, "e", "LOGOUT");
+    for line in caps.iter().chain(&select) {
+        assert!(
+            !line.starts_with("b "),
+            "the injected command got a reply: {line}"
+        );
+    }
+    assert!(
+        !last(&select).starts_with("d OK"),
+        "SELECT worked, so the injected LOGIN ran: {select:?}"
+    );
+    expect_discard_warning(&mut s.syslog, injected.len());
+    assert!(
+        dovecot.logins().is_empty(),
+        "dovecot logged a login: {}",
+        dovecot.log()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// POP3
+
+#[test]
+fn pop3_python_poplib_stls_then_retr_inetd() {
+    let s = setup("pop3-py");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.pop3, "pop3");
+    let port = front.port().to_string();
+    let ran = python_client(&["pop3", &port, &dovecot.user, &dovecot.password]);
+    assert!(ran.succeeded(), "poplib failed: {ran:#?}");
+    let before = words_upper(ran.expect_field("capa_before"));
+    assert!(has(&before, "STLS"), "{before:?}");
+    assert!(
+        !has(&before, "USER"),
+        "USER is not permitted before TLS: {before:?}"
+    );
+    let after = words_upper(ran.expect_field("capa_after"));
+    assert!(!has(&after, "STLS"), "after TLS: {after:?}");
+    assert_eq!(ran.expect_field("stat"), "1");
+    assert_eq!(
+        ran.expect_field("subject"),
+        format!("Subject: {}", dovecot.subject)
+    );
+    dovecot.expect_log("Login: user=<tester>");
+}
+
+#[test]
+fn pop3_backend_own_stls_is_stripped_after_tls() {
+    let s = setup("pop3-own-tls");
+    let dovecot = Dovecot::start_offering_starttls(&s.dir, &s.pki.server);
+    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let port = front.port().to_string();
+    let ran = python_client(&["pop3", &port, &dovecot.user, &dovecot.password]);
+    assert!(ran.succeeded(), "poplib failed: {ran:#?}");
+    let after = words_upper(ran.expect_field("capa_after"));
+    assert!(
+        !has(&after, "STLS"),
+        "the backend's STLS must be stripped after TLS: {after:?}"
+    );
+    assert_eq!(ran.expect_field("stat"), "1");
+}
+
+#[test]
+fn pop3_curl_ssl_reqd_retrieves_the_message_daemon() {
+    let s = setup("pop3-curl");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let url = format!("pop3://127.0.0.1:{}/1", front.port());
+    let credentials = format!("{}:{}", dovecot.user, dovecot.password);
+    let ran = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "--ssl-reqd",
+            "-k",
+            "-u",
+            &credentials,
+            &url,
+        ],
+    );
+    assert!(ran.succeeded(), "curl failed: {ran:#?}");
+    assert!(
+        ran.stdout
+            .contains(&format!("Subject: {}", dovecot.subject)),
+        "{ran:#?}"
+    );
+}
+
+#[test]
+fn pop3_openssl_s_client_stls_then_user_pass_stat() {
+    let s = setup("pop3-sclient");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Inetd, dovecot.pop3, "pop3");
+    let address = format!("127.0.0.1:{}", front.port());
+    let input = format!(
+        "CAPA\nUSER {}\nPASS {}\nSTAT\nQUIT\n",
+        dovecot.user, dovecot.password
+    );
+    let ran = converse(
+        "openssl",
+        &[
+            "s_client",
+            "-starttls",
+            "pop3",
+            "-connect",
+            &address,
+            "-quiet",
+            "-crlf",
+        ],
+        input.as_bytes(),
+        "Logging out",
+    );
+    assert!(ran.stdout.contains("+OK Logged in"), "{ran:#?}");
+    assert!(ran.stdout.contains("+OK 1 "), "STAT: {ran:#?}");
+    let capa: Vec<&str> = ran.stdout.lines().map(str::trim_end).collect();
+    assert!(
+        !capa.contains(&"STLS"),
+        "CAPA after TLS lists STLS: {ran:#?}"
+    );
+}
+
+#[test]
+fn pop3_before_stls_capa_offers_stls_and_user_is_refused() {
+    let s = setup("pop3-before");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let mut stream = tcp(front.port());
+    assert!(read_line(&mut stream).unwrap().starts_with("+OK"));
+    stream.write_all(b"CAPA\r\n").unwrap();
+    let capa = read_until(&mut stream, ".\r\n");
+    assert!(capa[0].starts_with("+OK"), "{capa:?}");
+    assert!(capa.iter().any(|line| line == "STLS\r\n"), "{capa:?}");
+    stream
+        .write_all(format!("USER {}\r\n", dovecot.user).as_bytes())
+        .unwrap();
+    let refused = read_line(&mut stream).unwrap();
+    assert!(refused.starts_with("-ERR"), "{refused}");
+    stream.write_all(b"STLS\r\n").unwrap();
+    assert_eq!(
+        read_line(&mut stream).unwrap(),
+        "+OK Begin TLS negotiation\r\n"
+    );
+    let mut tls = start_tls(stream);
+    tls.write_all(format!("USER {}\r\nPASS {}\r\n", dovecot.user, dovecot.password).as_bytes())
+        .unwrap();
+    assert!(read_line(&mut tls).unwrap().starts_with("+OK"));
+    let logged_in = read_line(&mut tls).unwrap();
+    assert!(logged_in.starts_with("+OK"), "{logged_in}");
+    tls.write_all(b"QUIT\r\n").unwrap();
+    read_line(&mut tls).unwrap();
+    assert_eq!(
+        dovecot.logins().len(),
+        1,
+        "exactly the login inside TLS: {}",
+        dovecot.log()
+    );
+}
+
+#[test]
+fn pop3_user_pipelined_after_stls_is_discarded_not_executed() {
+    let mut s = setup("pop3-inject");
+    let dovecot = Dovecot::start(&s.dir, false);
+    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let mut stream = tcp(front.port());
+    read_line(&mut stream).unwrap();
+    let injected = format!("USER {}\r\n", dovecot.user);
+    stream
+        .write_all(format!("STLS\r\n{injected}").as_bytes())
+        .unwrap();
+    assert_eq!(
+        read_line(&mut stream).unwrap(),
+        "+OK Begin TLS negotiation\r\n"
+    );
+    assert_silent(&mut stream, SILENCE);
+    let mut tls = start_tls(stream);
+    // PASS only works after a USER: dovecot accepting it would prove the injected USER ran inside TLS.
+    tls.write_all(format!("PASS {}\r\n", dovecot.password).as_bytes())
+        .unwrap();
+    let pass = read_line(&mut tls).unwrap();
+    assert!(
+        pass.starts_with("-ERR"),
+        "PASS was accepted, so the injected USER ran: {pass}"
+    );
+    tls.write_all(b"QUIT\r\n").unwrap();
+    let rest = read_rest(&mut tls);
+    assert_eq!(
+        rest.lines().count(),
+        1,
+        "one reply (to QUIT) expected: {rest:?}"
+    );
+    expect_discard_warning(&mut s.syslog, injected.len());
+    assert!(dovecot.logins().is_empty(), "{}", dovecot.log());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SMTP
+
+/// The keywords of an EHLO reply (`250-KEYWORD` / `250 KEYWORD` lines after the first), upper-cased.
+fn ehlo_keywords(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .skip(1)
+        .filter(|line| line.starts_with("250"))
+        .filter_map(|line| line.get(4..))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+fn smtp_command(stream: &mut (impl Read + Write), command: &str) -> Vec<String> {
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .unwrap();
+    read_smtp_reply(stream)
+}
+
+/// Reads one (possibly multi-line) SMTP reply: lines until one whose fourth byte is a space.
+fn read_smtp_reply(stream: &mut impl Read) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = read_line(stream)
+            .unwrap_or_else(|e| panic!("reading an SMTP reply: {e}; so far {lines:?}"));
+        let done = line.as_bytes().get(3) != Some(&b'-');
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+#[test]
+fn smtp_python_smtplib_starttls_sendmail_arrives_inetd() {
+    let s = setup("smtp-py");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
+    let port = front.port().to_string();
+    let subject = format!("smtplib through sslwrap {}", token());
+    let ran = python_client(&[
+        "smtp",
+        &port,
+        "sender@example.org",
+        "rcpt@example.org",
+        &subject,
+    ]);
+    assert!(ran.succeeded(), "smtplib failed: {ran:#?}");
+    let before = words_upper(ran.expect_field("ehlo_before"));
+    assert!(has(&before, "STARTTLS"), "{before:?}");
+    let after = words_upper(ran.expect_field("ehlo_after"));
+    assert!(!has(&after, "STARTTLS"), "after TLS: {after:?}");
+    assert_eq!(ran.expect_field("refused"), "{}");
+    let message = server
+        .wait_for_message(&subject, Duration::from_secs(20))
+        .expect("the message never reached the SMTP server's store");
+    assert!(message.contains("Sent by smtplib through sslwrap"));
+}
+
+#[test]
+fn smtp_curl_ssl_reqd_upload_arrives_daemon() {
+    let s = setup("smtp-curl");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, Mode::Daemon, server.port, "smtp");
+    let subject = format!("curl through sslwrap {}", token());
+    let message = s.dir.path("message.txt");
+    std::fs::write(
+        &message,
+        format!(
+            "From: <sender@example.org>\r\nTo: <rcpt@example.org>\r\nSubject: {subject}\r\n\r\nUploaded by curl.\r\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("smtp://127.0.0.1:{}/client.example", front.port());
+    let ran = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "--ssl-reqd",
+            "-k",
+            "--mail-from",
+            "sender@example.org",
+            "--mail-rcpt",
+            "rcpt@example.org",
+            "--upload-file",
+            message.to_str().unwrap(),
+            &url,
+        ],
+    );
+    assert!(ran.succeeded(), "curl failed: {ran:#?}");
+    let stored = server
+        .wait_for_message(&subject, Duration::from_secs(20))
+        .expect("the message never reached the SMTP server's store");
+    assert!(stored.contains("Uploaded by curl."));
+}
+
+#[test]
+fn smtp_openssl_s_client_starttls_ehlo_has_no_starttls_and_mail_arrives() {
+    let s = setup("smtp-sclient");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
+    let address = format!("127.0.0.1:{}", front.port());
+    let subject = format!("s_client through sslwrap {}", token());
+    let input = format!(
+        "EHLO client.example\nMAIL FROM:<sender@example.org>\nRCPT TO:<rcpt@example.org>\nDATA\n\
+         Subject: {subject}\n\nTyped into s_client.\n.\nQUIT\n"
+    );
+    let ran = converse(
+        "openssl",
+        &[
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &address,
+            "-quiet",
+            "-crlf",
+        ],
+        input.as_bytes(),
+        "221",
+    );
+    assert!(ran.stdout.contains("250"), "{ran:#?}");
+    assert!(
+        !ran.stdout.to_ascii_uppercase().contains("STARTTLS"),
+        "an EHLO reply after TLS offered STARTTLS: {ran:#?}"
+    );
+    server
+        .wait_for_message(&subject, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the message never arrived; client saw {ran:#?}"));
+}
+
+#[test]
+fn smtp_before_tls_ehlo_offers_starttls_mail_gets_530_then_tls_delivers() {
+    let s = setup("smtp-before");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, Mode::Daemon, server.port, "smtp");
+    let mut stream = tcp(front.port());
+    let greeting = read_smtp_reply(&mut stream);
+    assert!(last(&greeting).starts_with("220 "), "{greeting:?}");
+    let ehlo = smtp_command(&mut stream, "EHLO client.example");
+    assert!(last(&ehlo).starts_with("250 "), "{ehlo:?}");
+    assert!(
+        has(&ehlo_keywords(&ehlo), "STARTTLS"),
+        "EHLO before TLS: {ehlo:?}"
+    );
+    let mail = smtp_command(&mut stream, "MAIL FROM:<sender@example.org>");
+    assert_eq!(mail, ["530 5.7.0 Must issue a STARTTLS command first\r\n"]);
+    let rcpt = smtp_command(&mut stream, "RCPT TO:<rcpt@example.org>");
+    assert!(last(&rcpt).starts_with("530"), "{rcpt:?}");
+    let data = smtp_command(&mut stream, "DATA");
+    assert!(last(&data).starts_with("530"), "{data:?}");
+    let starttls = smtp_command(&mut stream, "STARTTLS");
+    assert_eq!(starttls, ["220 2.0.0 Ready to start TLS\r\n"]);
+    let mut tls = start_tls(stream);
+    let ehlo_after = smtp_command(&mut tls, "EHLO client.example");
+    assert!(last(&ehlo_after).starts_with("250 "), "{ehlo_after:?}");
+    assert!(
+        !has(&ehlo_keywords(&ehlo_after), "STARTTLS"),
+        "EHLO after TLS: {ehlo_after:?}"
+    );
+    let subject = format!("raw SMTP through sslwrap {}", token());
+    for (command, code) in [
+        ("MAIL FROM:<sender@example.org>", "250"),
+        ("RCPT TO:<rcpt@example.org>", "250"),
+        ("DATA", "354"),
+    ] {
+        let reply = smtp_command(&mut tls, command);
+        assert!(last(&reply).starts_with(code), "{command}: {reply:?}");
+    }
+    let stored = smtp_command(
+        &mut tls,
+        &format!("Subject: {subject}\r\n\r\nWritten by hand.\r\n."),
+    );
+    assert!(last(&stored).starts_with("250"), "{stored:?}");
+    let quit = smtp_command(&mut tls, "QUIT");
+    assert!(last(&quit).starts_with("221"), "{quit:?}");
+    server
+        .wait_for_message(&subject, Duration::from_secs(20))
+        .expect("the message never reached the SMTP server's store");
+}
+
+#[test]
+fn smtp_rset_pipelined_after_starttls_is_discarded_not_executed() {
+    let mut s = setup("smtp-inject");
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
+    let mut stream = tcp(front.port());
+    read_smtp_reply(&mut stream);
+    smtp_command(&mut stream, "EHLO client.example");
+    let injected = "RSET\r\n";
+    stream
+        .write_all(format!("STARTTLS\r\n{injected}").as_bytes())
+        .unwrap();
+    assert_eq!(
+        read_smtp_reply(&mut stream),
+        ["220 2.0.0 Ready to start TLS\r\n"]
+    );
+    assert_silent(&mut stream, SILENCE);
+    let mut tls = start_tls(stream);
+    // Had RSET run inside TLS, its 250 would come before QUIT's 221.
+    tls.write_all(b"QUIT\r\n").unwrap();
+    let rest = read_rest(&mut tls);
+    let replies: Vec<&str> = rest.lines().collect();
+    assert_eq!(replies.len(), 1, "only QUIT's reply expected: {rest:?}");
+    assert!(replies[0].starts_with("221"), "{rest:?}");
+    expect_discard_warning(&mut s.syslog, injected.len());
+}
