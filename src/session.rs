@@ -55,7 +55,7 @@ fn serve_tls_from_the_start(
     };
     let facts = TlsFacts::of(&stream);
     log_debug!("{peer}: {} {} established", facts.protocol, facts.cipher);
-    let mut backend = match Backside::open(config, addresses, Some(&facts)) {
+    let mut backend = match Backside::open(config, addresses, TlsState::Established(&facts)) {
         Ok(backend) => backend,
         Err(reason) => {
             log_error!("{peer}: {reason}");
@@ -77,7 +77,12 @@ fn serve_with_starttls(
     addresses: &ClientAddresses,
     peer: &str,
 ) -> SessionStatus {
-    let mut backend = match Backside::open(config, addresses, None) {
+    let tls = if mode.required {
+        TlsState::RequiredLater
+    } else {
+        TlsState::NotYet
+    };
+    let mut backend = match Backside::open(config, addresses, tls) {
         Ok(backend) => backend,
         Err(reason) => {
             log_error!("{peer}: {reason}");
@@ -234,16 +239,16 @@ pub enum Backside {
 
 impl Backside {
     /// Opens the plaintext side: connects (sending the PROXY header first when asked), starts the program, or takes
-    /// the inherited descriptor. `facts` is None before TLS (STARTTLS sessions).
+    /// the inherited descriptor.
     pub fn open(
         config: &Config,
         addresses: &ClientAddresses,
-        facts: Option<&TlsFacts>,
+        tls: TlsState,
     ) -> Result<Backside, String> {
         match &config.backend {
             Backend::Tcp { host, port } => {
                 let preamble = match config.proxy {
-                    Some(version) => proxy_preamble(version, addresses, facts)?,
+                    Some(version) => proxy_preamble(version, addresses, tls)?,
                     None => Vec::new(),
                 };
                 connect_backend(host, *port, &preamble)
@@ -253,7 +258,7 @@ impl Backside {
                     })
             }
             Backend::Exec { program, args } => {
-                let variables = exec::environment(addresses, facts);
+                let variables = exec::environment(addresses, tls.established());
                 exec::start_program(program, args, &variables)
                     .map(|(child, stream)| Backside::Program {
                         stream,
@@ -329,17 +334,43 @@ impl Plaintext for Backside {
     }
 }
 
-/// The PROXY protocol header for this client, with the TLS facts when the handshake is already done.
+/// What is known about TLS when the plaintext side is opened.
+#[derive(Clone, Copy)]
+pub enum TlsState<'a> {
+    /// The handshake is done (classic sessions).
+    Established(&'a TlsFacts),
+    /// `-starttls` in required mode: no login can reach the backend before TLS, because sslwrap refuses every one,
+    /// so the backend may treat the session as TLS from the start; version and cipher are not known yet.
+    RequiredLater,
+    /// `-starttls` in optional mode: the client may never use TLS.
+    NotYet,
+}
+
+impl<'a> TlsState<'a> {
+    fn established(self) -> Option<&'a TlsFacts> {
+        match self {
+            TlsState::Established(facts) => Some(facts),
+            TlsState::RequiredLater | TlsState::NotYet => None,
+        }
+    }
+}
+
+/// The PROXY protocol header for this client: with the TLS facts when the handshake is done, with the bare TLS flag
+/// when TLS is required later (so a backend like Dovecot accepts the logins that can only come after STARTTLS).
 fn proxy_preamble(
     version: ProxyVersion,
     addresses: &ClientAddresses,
-    facts: Option<&TlsFacts>,
+    tls: TlsState,
 ) -> Result<Vec<u8>, String> {
     let (Some(source), Some(destination)) = (addresses.peer, addresses.local) else {
         return Err("cannot send a PROXY header: the client is not on a TCP socket".to_string());
     };
-    let tls = facts.map(TlsFacts::for_proxy_header);
-    Ok(proxy_header(version, source, destination, tls.as_ref()))
+    let facts = match tls {
+        TlsState::Established(facts) => Some(facts.for_proxy_header()),
+        TlsState::RequiredLater => Some(ProxyTlsFacts::default()),
+        TlsState::NotYet => None,
+    };
+    Ok(proxy_header(version, source, destination, facts.as_ref()))
 }
 
 /// Connects to the backend (an IPv4 or IPv6 literal, or a host name tried address by address) and sends the

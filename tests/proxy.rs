@@ -203,10 +203,11 @@ fn dovecot_with_proxy_v1_sees_no_tls_and_refuses_the_plaintext_login() {
 }
 
 #[test]
-fn dovecot_behind_starttls_with_proxy_logs_the_client_address() {
+fn dovecot_behind_required_starttls_with_proxy_logs_the_client_and_allows_the_tls_login() {
     let s = setup("px-starttls");
-    // disable_plaintext_auth = no: the header precedes STARTTLS, so it cannot carry TLS facts (as the man page says).
-    let dovecot = Dovecot::start(&s.dir, false);
+    // disable_plaintext_auth = yes: with STARTTLS required, the v2 header says TLS, so the login after STARTTLS is
+    // accepted; it could never have come before TLS, because sslwrap refuses those itself.
+    let dovecot = Dovecot::start(&s.dir, true);
     let line = s.legacy_line(dovecot.imap_haproxy, &["-starttls", "imap", "-proxy", "v2"]);
     let inetd = Inetd::start(&as_strs(&line), &s.syslog);
     let ran = python_client(&[
