@@ -132,7 +132,7 @@ impl<P: Plaintext> Phase<'_, P> {
             }
             Io::Blocked(_) => Ok(false),
             Io::Eof => Err("client closed the connection".to_string()),
-            Io::Failed(reason) => Err(format!("client: {reason}")),
+            Io::Failed(reason) | Io::Gone(reason) => Err(format!("client: {reason}")),
         }
     }
 
@@ -191,7 +191,7 @@ impl<P: Plaintext> Phase<'_, P> {
                 self.prelude.client_eof()
             }
             Io::Blocked(_) => return Ok(false),
-            Io::Failed(reason) => return Err(format!("client: {reason}")),
+            Io::Failed(reason) | Io::Gone(reason) => return Err(format!("client: {reason}")),
         };
         self.apply(steps);
         Ok(true)
@@ -315,7 +315,7 @@ pub fn write_all_within<C: ClientSide>(
                 }
             }
             Io::Eof => return Err("client closed the connection".to_string()),
-            Io::Failed(reason) => return Err(reason),
+            Io::Failed(reason) | Io::Gone(reason) => return Err(reason),
         }
     }
     Ok(())

@@ -51,6 +51,8 @@ pub enum Io {
     Done(usize),
     Eof,
     Blocked(Wait),
+    /// The client reset the connection or stopped reading for good: an everyday end, not a fault of ours.
+    Gone(String),
     Failed(String),
 }
 
@@ -97,6 +99,7 @@ fn tls_outcome(error: &openssl::ssl::Error) -> Io {
         ErrorCode::WANT_READ => Io::Blocked(Wait::Readable),
         ErrorCode::WANT_WRITE => Io::Blocked(Wait::Writable),
         ErrorCode::SYSCALL if error.io_error().is_none() => Io::Eof,
+        _ if error.io_error().is_some_and(is_peer_gone) => Io::Gone(tls_error_reason(error)),
         _ => Io::Failed(tls_error_reason(error)),
     }
 }
@@ -127,8 +130,16 @@ fn plain_outcome(result: io::Result<usize>, wait: Wait) -> Io {
         Ok(0) if wait == Wait::Readable => Io::Eof,
         Ok(count) => Io::Done(count),
         Err(error) if is_would_block(&error) => Io::Blocked(wait),
+        Err(error) if is_peer_gone(&error) => Io::Gone(crate::tls::plain_io_reason(&error)),
         Err(error) => Io::Failed(crate::tls::plain_io_reason(&error)),
     }
+}
+
+fn is_peer_gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Bytes carried each way, for the end-of-session log line.
@@ -142,6 +153,7 @@ pub struct Transfer {
 #[derive(Debug)]
 pub enum RelayError {
     Client(String),
+    ClientGone(String),
     Backend(String),
     Idle(Duration),
 }
@@ -149,7 +161,9 @@ pub enum RelayError {
 impl std::fmt::Display for RelayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RelayError::Client(reason) => write!(f, "client: {reason}"),
+            RelayError::Client(reason) | RelayError::ClientGone(reason) => {
+                write!(f, "client: {reason}")
+            }
             RelayError::Backend(reason) => write!(f, "backend: {reason}"),
             RelayError::Idle(limit) => write!(f, "idle for {} s, closed", limit.as_secs()),
         }
@@ -296,6 +310,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 self.client_read_wait = wait;
                 Ok(false)
             }
+            Io::Gone(reason) => Err(RelayError::ClientGone(reason)),
             Io::Failed(reason) => Err(RelayError::Client(reason)),
         }
     }
@@ -404,6 +419,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     fn note_client_wait(&mut self, outcome: Io) -> Result<bool, RelayError> {
         match outcome {
             Io::Blocked(wait) => self.client_write_wait = wait,
+            Io::Gone(reason) => return Err(RelayError::ClientGone(reason)),
             Io::Failed(reason) => return Err(RelayError::Client(reason)),
             Io::Done(_) | Io::Eof => {
                 return Err(RelayError::Client("connection closed".to_string()));

@@ -19,7 +19,7 @@ use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
 use crate::proxy_header::{ProxyVersion, TlsFacts as ProxyTlsFacts, proxy_header};
 use crate::relay::{self, Plaintext, RelayError, Transfer};
 use crate::starttls::{AfterTls, StartTlsMode};
-use crate::{exec, log_debug, log_error, sys, tls};
+use crate::{exec, log_debug, log_error, log_notice, sys, tls};
 
 /// How long a backend may take to accept the TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,6 +158,10 @@ pub fn report_end(peer: &str, outcome: Result<Transfer, RelayError>) -> SessionS
                 transfer.to_client
             );
             0
+        }
+        Err(error @ RelayError::ClientGone(_)) => {
+            log_notice!("{peer}: session ended: {error}");
+            1
         }
         Err(error) => {
             log_error!("{peer}: session ended: {error}");
