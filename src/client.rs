@@ -71,6 +71,14 @@ impl ClientIo {
         }
     }
 
+    /// Sends small writes at once (handshake flights, short replies) instead of waiting for the peer's delayed ACK;
+    /// best effort, for a client that is not on a TCP socket.
+    pub fn send_without_delay(&self) {
+        if let Ok(copy) = self.reader.as_fd().try_clone_to_owned() {
+            let _ = TcpStream::from(copy).set_nodelay(true);
+        }
+    }
+
     /// Tells the client no more data will come (plaintext sessions only; TLS sends close_notify instead).
     pub fn shutdown_write(&self) -> io::Result<()> {
         let socket = self

@@ -35,5 +35,7 @@ fn take_client_from_stdio() -> std::io::Result<ClientIo> {
     if !crate::log::stderr_is_safe_to_write() {
         sys::point_at_dev_null(2)?;
     }
-    ClientIo::from_pair(read, write)
+    let client = ClientIo::from_pair(read, write)?;
+    client.send_without_delay();
+    Ok(client)
 }

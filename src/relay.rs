@@ -182,33 +182,52 @@ pub enum Wait {
 struct Pending {
     bytes: Vec<u8>,
     written: usize,
+    end: usize,
 }
 
 impl Pending {
     fn new() -> Pending {
         Pending {
-            bytes: Vec::with_capacity(BUFFER_SIZE),
+            bytes: Vec::new(),
             written: 0,
+            end: 0,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.written == self.bytes.len()
+        self.written == self.end
     }
 
     fn unwritten(&self) -> &[u8] {
-        &self.bytes[self.written..]
+        &self.bytes[self.written..self.end]
     }
 
-    /// An empty buffer of full size to read into; `filled` then keeps what was read.
+    /// A buffer of full size to read into (zeroed only the first time, not on every read); `filled` then says how
+    /// much was read.
     fn space(&mut self) -> &mut [u8] {
-        self.bytes.resize(BUFFER_SIZE, 0);
+        if self.bytes.len() < BUFFER_SIZE {
+            self.bytes.resize(BUFFER_SIZE, 0);
+        }
         self.written = 0;
-        &mut self.bytes
+        self.end = 0;
+        &mut self.bytes[..BUFFER_SIZE]
     }
 
     fn filled(&mut self, count: usize) {
-        self.bytes.truncate(count);
+        self.end = count;
+    }
+
+    /// Replaces the contents with what `fill` appends (filtered data of any length).
+    fn refill(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.clear();
+        self.written = 0;
+        self.append(fill);
+    }
+
+    fn append(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.truncate(self.end);
+        fill(&mut self.bytes);
+        self.end = self.bytes.len();
     }
 }
 
@@ -345,11 +364,11 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             Some(filter) => {
                 let mut raw = [0u8; BUFFER_SIZE];
                 let result = self.plain.read(&mut raw);
-                self.to_client.bytes.clear();
-                self.to_client.written = 0;
-                if let Ok(count) = result {
-                    filter.backend_to_client(&raw[..count], &mut self.to_client.bytes);
-                }
+                self.to_client.refill(|out| {
+                    if let Ok(count) = result {
+                        filter.backend_to_client(&raw[..count], out);
+                    }
+                });
                 result
             }
         };
@@ -359,7 +378,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 // to_client is empty here (nothing is read before it is), so what the filter held back goes out
                 // first, and propagate_ends sends close_notify only once it is written.
                 if let Some(filter) = self.filter.as_deref_mut() {
-                    filter.backend_finished(&mut self.to_client.bytes);
+                    self.to_client.append(|out| filter.backend_finished(out));
                 }
                 Ok(true)
             }

@@ -92,6 +92,15 @@ pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Hands freed heap pages back to the kernel. After a handshake a forked session holds a few hundred KiB of freed
+/// OpenSSL scratch memory that would otherwise stay private to it for the whole (possibly long, idle) session.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The result of fork, as seen by each side.
 pub enum Forked {
     Child,

@@ -52,6 +52,9 @@ pub fn build_context(options: &TlsOptions, log_states: bool) -> Result<SslContex
             | SslMode::RELEASE_BUFFERS,
     );
     context.set_options(SslOptions::NO_COMPRESSION | SslOptions::IGNORE_UNEXPECTED_EOF);
+    // Whole socket reads instead of a header read and a body read per record; the relay drains OpenSSL's buffer
+    // before it ever polls the socket, so nothing read ahead is left waiting.
+    context.set_read_ahead(true);
     if options.bugs {
         context.set_options(SslOptions::ALL);
     }
