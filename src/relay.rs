@@ -240,6 +240,10 @@ struct Pump<'a, C: ClientSide, P: Plaintext> {
     to_client: Pending,
     client_done: bool,
     backend_done: bool,
+    /// The last backend read or write would have blocked; retried only after poll reports the socket ready, so an
+    /// idle side costs no failed system call per record moved on the other side.
+    backend_read_blocked: bool,
+    backend_write_blocked: bool,
     backend_write_shut: bool,
     close_notify_sent: bool,
     client_read_wait: Wait,
@@ -263,6 +267,8 @@ pub fn relay_until_closed<'a, C: ClientSide, P: Plaintext>(
         to_client: Pending::new(),
         client_done: false,
         backend_done: false,
+        backend_read_blocked: false,
+        backend_write_blocked: false,
         backend_write_shut: false,
         close_notify_sent: false,
         client_read_wait: Wait::Nothing,
@@ -302,10 +308,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 
     fn read_client(&mut self) -> Result<bool, RelayError> {
-        if self.client_done || !self.to_backend.is_empty() {
+        if self.client_done || !self.to_backend.is_empty() || self.client_read_wait != Wait::Nothing
+        {
             return Ok(false);
         }
-        self.client_read_wait = Wait::Nothing;
         let outcome = self.client.read_into(self.to_backend.space());
         let count = if let Io::Done(count) = outcome {
             count
@@ -335,7 +341,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 
     fn write_backend(&mut self) -> Result<bool, RelayError> {
-        if self.to_backend.is_empty() {
+        if self.to_backend.is_empty() || self.backend_write_blocked {
             return Ok(false);
         }
         match self.plain.write(self.to_backend.unwritten()) {
@@ -343,7 +349,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 self.to_backend.written += count;
                 Ok(count > 0)
             }
-            Err(error) if is_would_block(&error) => Ok(false),
+            Err(error) if is_would_block(&error) => {
+                self.backend_write_blocked = true;
+                Ok(false)
+            }
             Err(error) => Err(RelayError::Backend(format!(
                 "write failed: {}",
                 crate::tls::plain_io_reason(&error)
@@ -352,7 +361,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 
     fn read_backend(&mut self) -> Result<bool, RelayError> {
-        if self.backend_done || !self.to_client.is_empty() {
+        if self.backend_done || !self.to_client.is_empty() || self.backend_read_blocked {
             return Ok(false);
         }
         let result = match self.filter.as_deref_mut() {
@@ -385,6 +394,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             Ok(_) => Ok(true),
             Err(error) => {
                 if is_would_block(&error) {
+                    self.backend_read_blocked = true;
                     Ok(false)
                 } else {
                     Err(RelayError::Backend(format!(
@@ -397,10 +407,9 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 
     fn write_client(&mut self) -> Result<bool, RelayError> {
-        if self.to_client.is_empty() {
+        if self.to_client.is_empty() || self.client_write_wait != Wait::Nothing {
             return Ok(false);
         }
-        self.client_write_wait = Wait::Nothing;
         match self.client.write_from(self.to_client.unwritten()) {
             Io::Done(count) => {
                 self.to_client.written += count;
@@ -420,8 +429,11 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             let _ = self.plain.shutdown_write();
             progress = true;
         }
-        if self.backend_done && self.to_client.is_empty() && !self.close_notify_sent {
-            self.client_write_wait = Wait::Nothing;
+        if self.backend_done
+            && self.to_client.is_empty()
+            && !self.close_notify_sent
+            && self.client_write_wait == Wait::Nothing
+        {
             match self.client.finish_writing() {
                 Io::Done(_) => {
                     self.close_notify_sent = true;
@@ -483,7 +495,30 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         if ready == 0 && idle.is_some_and(|limit| started.elapsed() >= limit) {
             return Err(RelayError::Idle(idle.unwrap_or_default()));
         }
+        for entry in entries.iter().filter(|entry| entry.revents != 0) {
+            self.note_ready(entry.fd, client_read, client_write);
+        }
         Ok(())
+    }
+
+    /// Lets the operations that were waiting on `fd` be tried again (readiness, a hang-up or an error alike: the
+    /// retry then reports what happened).
+    fn note_ready(&mut self, fd: RawFd, client_read: RawFd, client_write: RawFd) {
+        let ready_wait = |wait: Wait| match wait {
+            Wait::Readable => fd == client_read,
+            Wait::Writable => fd == client_write,
+            Wait::Nothing => false,
+        };
+        if ready_wait(self.client_read_wait) {
+            self.client_read_wait = Wait::Nothing;
+        }
+        if ready_wait(self.client_write_wait) {
+            self.client_write_wait = Wait::Nothing;
+        }
+        if fd == self.plain.as_raw_fd() {
+            self.backend_read_blocked = false;
+            self.backend_write_blocked = false;
+        }
     }
 }
 

@@ -369,8 +369,13 @@ fn client_reset_mid_stream_does_not_disturb_the_next_client() {
     // Closing a socket with unread data in its receive buffer makes the kernel send a reset.
     std::thread::sleep(Duration::from_millis(200));
     drop(client);
-    let line = s.syslog.expect("session ended: client: Connection reset by peer");
-    assert!(line.starts_with("<13>sslwrap["), "a client reset is a notice, not an error: {line}");
+    let line = s
+        .syslog
+        .expect("session ended: client: Connection reset by peer");
+    assert!(
+        line.starts_with("<13>sslwrap["),
+        "a client reset is a notice, not an error: {line}"
+    );
     let mut next = tls(daemon.port);
     next.read_exact(&mut some).unwrap();
     assert_eq!(some[..], pattern(MIB, 5)[..100_000]);

@@ -414,13 +414,28 @@ pub fn sink_then_digest(mut stream: TcpStream) {
     let _ = stream.write_all(hex(&hasher.finish()).as_bytes());
 }
 
-/// A port on which nothing listens (bound, then released).
+/// A port on which nothing listens yet, for a server the test is about to start on 127.0.0.1.
 pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port_on("127.0.0.1")
+}
+
+/// Ports for test servers come from below the kernel's ephemeral range (32768 and up on Linux): a port the kernel
+/// hands to some outgoing connection, or to another test's bind(0), can then never collide with one picked here
+/// between the check and the server's own bind. Tests of one process share a counter; processes start at different
+/// offsets.
+pub fn free_port_on(host: &str) -> u16 {
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = (std::process::id() * 7919) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::SeqCst) as u32;
+        let port = (FIRST + (offset + step * 13) % SPAN) as u16;
+        if TcpListener::bind((host, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range on {host}");
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -48,13 +48,9 @@ pub fn token() -> String {
     hex(&bytes)
 }
 
-/// A free TCP port on `host` ("127.0.0.1" or "::1"), bound then released.
+/// A free TCP port on `host` ("127.0.0.1" or "::1") for a server about to start (see `free_port_on`).
 pub fn free_port(host: &str) -> u16 {
-    std::net::TcpListener::bind((host, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port_on(host)
 }
 
 /// True once some socket is in LISTEN state on `port` (read from /proc, so no probe connection becomes a session
