@@ -1,0 +1,1 @@
+"""The benchmark driver's modules; bench/run is the entry point and only wires them together."""

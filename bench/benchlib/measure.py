@@ -1,0 +1,269 @@
+"""The measurements. Every phase starts the programs it compares in front of the same backends and alternates
+them run by run (A B C, then C B A, ...), so slow drift of a shared machine falls on all of them alike; the
+report takes medians. Each run's CPU figures come from /proc deltas of the program's whole process tree."""
+
+import json
+import math
+import os
+import select
+import subprocess
+import time
+
+from . import procs
+from .metrics import CELLS, cpu_handshake_key, handshake_key
+from .procs import BenchError
+
+GIB = 1024 ** 3
+
+
+class Settings:
+    """Sizes and repetitions of one kind of run (full, quick or smoke)."""
+
+    def __init__(self, mode, runs, handshake_seconds, clients, bulk_mib, rtt_count, idle_connections,
+                 memory_runs, inetd_connections):
+        self.mode = mode
+        self.runs = runs
+        self.handshake_seconds = handshake_seconds
+        self.clients = clients
+        self.bulk_mib = bulk_mib
+        self.rtt_count = rtt_count
+        self.idle_connections = idle_connections
+        self.memory_runs = memory_runs
+        self.inetd_connections = inetd_connections
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+SETTINGS = {
+    "full": Settings("full", runs=5, handshake_seconds=4.0, clients=8, bulk_mib=512, rtt_count=20000,
+                     idle_connections=200, memory_runs=3, inetd_connections=200),
+    "quick": Settings("quick", runs=3, handshake_seconds=1.5, clients=8, bulk_mib=64, rtt_count=3000,
+                      idle_connections=200, memory_runs=1, inetd_connections=30),
+    "smoke": Settings("smoke", runs=1, handshake_seconds=0.5, clients=4, bulk_mib=32, rtt_count=300,
+                      idle_connections=20, memory_runs=1, inetd_connections=4),
+}
+
+
+def alternating(kinds, runs):
+    """(run, kind) pairs, the order reversed every other run: A B C C B A A B C ..."""
+    for run in range(runs):
+        for kind in (kinds if run % 2 == 0 else list(reversed(kinds))):
+            yield run, kind
+
+
+def sane(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+class Bench:
+    """What every measurement needs: the settings, the launcher, the load client and the backends' ports."""
+
+    def __init__(self, settings, launcher, loadgen, backends, kinds, store, workdir):
+        self.settings = settings
+        self.launcher = launcher
+        self.loadgen_bin = loadgen
+        self.backends = backends
+        self.kinds = kinds
+        self.store = store
+        self.workdir = workdir
+
+    def loadgen(self, subcommand, options, timeout):
+        """Runs one load-client command and returns its JSON result."""
+        argv = [self.loadgen_bin, subcommand] + [str(word) for word in options]
+        output = procs.run(argv, timeout=timeout)
+        lines = [line for line in output.splitlines() if line.strip()]
+        if not lines:
+            raise BenchError(f"loadgen {subcommand} printed no result")
+        return json.loads(lines[-1])
+
+    def attempt(self, what, measurement):
+        """Runs one measurement; a failure is recorded and the benchmark goes on with the next run."""
+        try:
+            measurement()
+        except BenchError as error:
+            self.store.fail(what, str(error))
+
+    def start_all(self, kinds, backend, cert="ECDSA"):
+        return {kind: self.launcher.daemon(kind, self.backends[backend], cert) for kind in kinds}
+
+
+def stop_all(endpoints):
+    for endpoint in endpoints.values():
+        endpoint.stop()
+
+
+class Usage:
+    """CPU used by one endpoint's process tree, and the machine's utilisation, over one run."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+        endpoint.settle()
+        self.cpu = endpoint.cpu_seconds()
+        self.machine = procs.machine_cpu_times()
+
+    def finish(self):
+        """Returns (CPU seconds of the tree, fraction of the machine busy) since construction."""
+        self.endpoint.settle()
+        busy, total = procs.machine_cpu_times()
+        busy_fraction = (busy - self.machine[0]) / max(1, total - self.machine[1])
+        return self.endpoint.cpu_seconds() - self.cpu, busy_fraction
+
+
+# --- 1 and 6: handshakes per second and CPU per handshake ------------------------------------------------------
+
+def handshake_run(bench, endpoint, tls, cert):
+    settings = bench.settings
+    usage = Usage(endpoint)
+    result = bench.loadgen("handshakes", [
+        "--connect", endpoint.address, "--clients", settings.clients, "--seconds", settings.handshake_seconds,
+        "--tls", tls], timeout=settings.handshake_seconds + 120)
+    cpu, busy = usage.finish()
+    done = result["handshakes"]
+    if done == 0 or result["errors"]:
+        raise BenchError(f"{done} handshakes, {result['errors']} errors: {result['first_error']}")
+    bench.store.add(handshake_key(tls, cert), endpoint.kind, result["per_second"])
+    bench.store.add(cpu_handshake_key(tls, cert), endpoint.kind, cpu / done * 1e3)
+    bench.store.note(f"client_cpu_per_handshake_ms_{cert.lower()}", result["client_cpu_s"] / done * 1e3)
+    bench.store.note("machine_busy_during_handshakes", busy)
+
+
+# --- 3: round-trip latency --------------------------------------------------------------------------------------
+
+def latency_run(bench, endpoint):
+    result = bench.loadgen("latency", ["--connect", endpoint.address, "--count", bench.settings.rtt_count],
+                           timeout=120)
+    bench.store.add("rtt_median_us", endpoint.kind, result["median_us"])
+    bench.store.add("rtt_p99_us", endpoint.kind, result["p99_us"])
+
+
+def handshake_and_latency_phase(bench):
+    """Handshake cells for both certificates; the latency runs reuse the ECDSA echo daemons."""
+    for cert in ("ECDSA", "RSA"):
+        endpoints = bench.start_all(bench.kinds, "echo", cert)
+        try:
+            for tls in [t for t, c in CELLS if c == cert]:
+                for run, kind in alternating(bench.kinds, bench.settings.runs):
+                    bench.attempt(f"handshakes TLS {tls} {cert} {kind} run {run + 1}",
+                                  lambda: handshake_run(bench, endpoints[kind], tls, cert))
+            if cert == "ECDSA":
+                for run, kind in alternating(bench.kinds, bench.settings.runs):
+                    bench.attempt(f"latency {kind} run {run + 1}", lambda: latency_run(bench, endpoints[kind]))
+        finally:
+            stop_all(endpoints)
+
+
+# --- 2 and 6: bulk throughput and CPU per GiB -------------------------------------------------------------------
+
+def bulk_run(bench, endpoint, direction):
+    plain = ["--plain"] if endpoint.kind == "socat" else []
+    usage = Usage(endpoint)
+    result = bench.loadgen(direction, ["--connect", endpoint.address, "--mib", bench.settings.bulk_mib] + plain,
+                           timeout=300)
+    cpu, _ = usage.finish()
+    if not result["intact"]:
+        raise BenchError(f"{direction}: SHA-256 mismatch")
+    bench.store.add(f"{direction}_mib_s", endpoint.kind, result["mib_per_s"])
+    bench.store.add(f"cpu_per_gib_{direction}", endpoint.kind, cpu / (result["bytes"] / GIB))
+    if endpoint.kind != "socat":
+        bench.store.note(f"client_cpu_per_gib_{direction}", result["client_cpu_s"] / (result["bytes"] / GIB))
+        bench.store.note("session", result["session"])
+
+
+def throughput_phase(bench):
+    """Each program, and socat as the plain relay ceiling, in front of the sink and of the source."""
+    kinds = bench.kinds + ["socat"]
+    for direction, backend in (("upload", "sink"), ("download", "source")):
+        endpoints = bench.start_all(kinds, backend)
+        try:
+            for run, kind in alternating(kinds, bench.settings.runs):
+                bench.attempt(f"{direction} {kind} run {run + 1}",
+                              lambda: bulk_run(bench, endpoints[kind], direction))
+        finally:
+            stop_all(endpoints)
+
+
+# --- 4: memory with idle connections -----------------------------------------------------------------------------
+
+def _read_line(pipe, limit):
+    """One line from a child's stdout, waiting at most limit seconds."""
+    deadline = time.monotonic() + limit
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([pipe], [], [], left)[0]:
+            raise BenchError(f"no answer within {limit:.0f} s")
+        chunk = os.read(pipe.fileno(), 4096)
+        if not chunk:
+            raise BenchError("exited before answering")
+        line += chunk
+    return line.decode()
+
+
+def memory_run(bench, kind):
+    count = bench.settings.idle_connections
+    endpoint = bench.launcher.daemon(kind, bench.backends["echo"])
+    idle = None
+    try:
+        endpoint.settle()
+        time.sleep(0.2)
+        baseline = procs.tree_memory_kib(endpoint.process.pid)
+        idle = procs.start([bench.loadgen_bin, "idle", "--connect", endpoint.address, "--count", str(count),
+                            "--hold-seconds", "120"], os.path.join(bench.workdir, "idle.log"),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        ready = json.loads(_read_line(idle.stdout, 120))
+        if ready.get("ready") != count:
+            raise BenchError(f"only {ready.get('ready')} of {count} idle connections opened")
+        time.sleep(0.5)  # let the last sessions reach their idle state
+        loaded = procs.tree_memory_kib(endpoint.process.pid)
+    finally:
+        if idle is not None:
+            idle.stdin.close()
+            procs.stop(idle, grace=10)
+        endpoint.stop()
+    bench.store.add("pss_per_connection_kib", kind, loaded["Pss"] / count)
+    bench.store.add("pss_marginal_kib", kind, (loaded["Pss"] - baseline["Pss"]) / count)
+    bench.store.add("private_dirty_marginal_kib", kind, (loaded["Private_Dirty"] - baseline["Private_Dirty"]) / count)
+    bench.store.note(f"memory_{kind}", {"idle": baseline, "loaded": loaded, "connections": count})
+
+
+def memory_phase(bench):
+    """One program at a time, started fresh, so no other instance shares (and so discounts) its pages."""
+    for run, kind in alternating(bench.kinds, bench.settings.memory_runs):
+        bench.attempt(f"memory {kind} run {run + 1}", lambda: memory_run(bench, kind))
+
+
+# --- 5: inetd mode under tcpserver ---------------------------------------------------------------------------------
+
+def inetd_run(bench, endpoint):
+    count = bench.settings.inetd_connections
+    usage = Usage(endpoint)
+    result = bench.loadgen("handshakes", ["--connect", endpoint.address, "--clients", 1, "--count", count,
+                                          "--seconds", 300], timeout=400)
+    cpu, _ = usage.finish()
+    if result["handshakes"] != count or result["errors"]:
+        raise BenchError(f"{result['handshakes']} of {count} connections, {result['errors']} errors: "
+                         f"{result['first_error']}")
+    bench.store.add("inetd_wall_ms", endpoint.kind, result["median_ms"])
+    bench.store.add("inetd_cpu_ms", endpoint.kind, cpu / count * 1e3)
+
+
+def inetd_phase(bench):
+    kinds = [kind for kind in bench.kinds if kind in ("sslwrap", "stunnel")]
+    endpoints = {kind: bench.launcher.inetd(kind, bench.backends["echo"]) for kind in kinds}
+    try:
+        for run, kind in alternating(kinds, bench.settings.runs):
+            bench.attempt(f"inetd {kind} run {run + 1}", lambda: inetd_run(bench, endpoints[kind]))
+    finally:
+        stop_all(endpoints)
+
+
+PHASES = (handshake_and_latency_phase, throughput_phase, memory_phase, inetd_phase)
+
+
+def start_backends(loadgen, workdir, lifetime):
+    """The echo, sink and source services; they also end by themselves when the driver goes away."""
+    process = procs.start([loadgen, "serve", "--max-seconds", str(int(lifetime))],
+                          os.path.join(workdir, "backends.log"), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    ports = json.loads(_read_line(process.stdout, 30))
+    return process, ports

@@ -1,0 +1,69 @@
+"""The catalogue of measured quantities (name, unit, which direction is better) and the store the measurements go
+into. Measuring (measure.py) and reporting (report.py) share it, so a metric is described in one place."""
+
+import statistics
+
+CELLS = [("1.3", "ECDSA"), ("1.2", "ECDSA"), ("1.3", "RSA"), ("1.2", "RSA")]
+
+
+class Metric:
+    def __init__(self, key, label, unit, higher_is_better):
+        self.key = key
+        self.label = label
+        self.unit = unit
+        self.higher_is_better = higher_is_better
+
+
+def handshake_key(tls, cert):
+    return f"handshakes_tls{tls.replace('.', '')}_{cert.lower()}"
+
+
+def cpu_handshake_key(tls, cert):
+    return f"cpu_per_handshake_tls{tls.replace('.', '')}_{cert.lower()}"
+
+
+def catalogue():
+    """Every metric, in table order."""
+    metrics = [Metric(handshake_key(t, c), f"handshakes/s TLS {t} {c}", "1/s", True) for t, c in CELLS]
+    metrics += [Metric(cpu_handshake_key(t, c), f"CPU per handshake TLS {t} {c}", "ms", False) for t, c in CELLS]
+    metrics += [
+        Metric("upload_mib_s", "throughput upload (1 conn)", "MiB/s", True),
+        Metric("download_mib_s", "throughput download (1 conn)", "MiB/s", True),
+        Metric("cpu_per_gib_upload", "CPU per GiB upload", "s", False),
+        Metric("cpu_per_gib_download", "CPU per GiB download", "s", False),
+        Metric("rtt_median_us", "round trip 64 B, median", "us", False),
+        Metric("rtt_p99_us", "round trip 64 B, p99", "us", False),
+        Metric("pss_per_connection_kib", "PSS per idle connection (total/N)", "KiB", False),
+        Metric("pss_marginal_kib", "PSS per extra idle connection", "KiB", False),
+        Metric("private_dirty_marginal_kib", "private dirty per extra idle connection", "KiB", False),
+        Metric("inetd_wall_ms", "inetd mode: wall per connection", "ms", False),
+        Metric("inetd_cpu_ms", "inetd mode: CPU per connection", "ms", False),
+    ]
+    return metrics
+
+
+class Store:
+    """Samples per metric and program, side notes (client CPU, utilisation), and the runs that failed."""
+
+    def __init__(self):
+        self.samples = {}
+        self.notes = {}
+        self.failures = []
+
+    def add(self, key, kind, value):
+        self.samples.setdefault(key, {}).setdefault(kind, []).append(value)
+
+    def note(self, key, value):
+        self.notes.setdefault(key, []).append(value)
+
+    def fail(self, what, reason):
+        self.failures.append(f"{what}: {reason}")
+        print(f"bench: FAILED {what}: {reason}", flush=True)
+
+    def median(self, key, kind):
+        values = self.samples.get(key, {}).get(kind, [])
+        return statistics.median(values) if values else None
+
+    def note_median(self, key):
+        values = self.notes.get(key, [])
+        return statistics.median(values) if values else None
