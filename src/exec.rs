@@ -6,8 +6,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use crate::client::ClientAddresses;
@@ -16,6 +17,8 @@ use crate::{log_debug, log_error, log_notice, tls};
 
 /// How long the program may take to exit once the session is over, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long the last stderr lines of an ended program may take to reach syslog.
+const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Longest stderr line passed to syslog.
 const MAX_STDERR_LINE: usize = 1024;
 
@@ -45,12 +48,19 @@ pub fn environment(addresses: &ClientAddresses, facts: Option<&TlsFacts>) -> Vec
     variables
 }
 
+/// A started program: the process, its name for log lines, and the signal that its stderr was fully logged.
+pub struct Program {
+    child: Child,
+    name: PathBuf,
+    stderr_logged: Option<Receiver<()>>,
+}
+
 /// Starts the program on a socketpair; returns it and our end (non-blocking).
 pub fn start_program(
     program: &Path,
     args: &[String],
     variables: &[(String, String)],
-) -> Result<(Child, UnixStream), String> {
+) -> Result<(Program, UnixStream), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let their_stdout = theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?;
     let mut command = Command::new(program);
@@ -63,12 +73,33 @@ pub fn start_program(
         command.env(name, value);
     }
     let mut child = command.spawn().map_err(|e| tls::plain_io_reason(&e))?;
-    if let Some(stderr) = child.stderr.take() {
+    let stderr_logged = child.stderr.take().map(|stderr| {
         let name = program.display().to_string();
-        std::thread::spawn(move || log_program_stderr(&name, stderr));
-    }
+        let (done, logged) = channel();
+        std::thread::spawn(move || {
+            log_program_stderr(&name, stderr);
+            let _ = done.send(());
+        });
+        logged
+    });
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok((child, ours))
+    let program = Program {
+        child,
+        name: program.to_path_buf(),
+        stderr_logged,
+    };
+    Ok((program, ours))
+}
+
+impl Program {
+    /// Reaps the program, then lets its last stderr lines reach syslog before the session process exits; bounded,
+    /// because a background child of the program may keep the stderr pipe open.
+    pub fn finish(mut self) {
+        reap(&mut self.child, &self.name);
+        if let Some(logged) = self.stderr_logged {
+            let _ = logged.recv_timeout(STDERR_DRAIN_LIMIT);
+        }
+    }
 }
 
 /// Passes what the program writes on stderr to syslog, a line at a time.
@@ -88,7 +119,7 @@ fn log_program_stderr(program: &str, stderr: std::process::ChildStderr) {
 }
 
 /// Waits for the program to end; stops it if it outlives the session by more than the grace period.
-pub fn reap(child: &mut Child, program: &Path) {
+fn reap(child: &mut Child, program: &Path) {
     let deadline = Instant::now() + EXIT_GRACE;
     let status = loop {
         match child.try_wait() {

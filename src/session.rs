@@ -7,8 +7,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, NameType, Ssl, SslContext, SslStream};
@@ -236,8 +234,7 @@ pub enum Backside {
     Tcp(TcpStream),
     Program {
         stream: UnixStream,
-        child: Child,
-        program: PathBuf,
+        program: exec::Program,
     },
     Descriptor(UnixStream),
 }
@@ -265,11 +262,7 @@ impl Backside {
             Backend::Exec { program, args } => {
                 let variables = exec::environment(addresses, tls.established());
                 exec::start_program(program, args, &variables)
-                    .map(|(child, stream)| Backside::Program {
-                        stream,
-                        child,
-                        program: program.clone(),
-                    })
+                    .map(|(program, stream)| Backside::Program { stream, program })
                     .map_err(|reason| format!("cannot execute {}: {reason}", program.display()))
             }
             Backend::Fd(fd) => plaintext_descriptor(*fd)
@@ -280,14 +273,9 @@ impl Backside {
 
     /// Closes the plaintext side; a program is given a moment to exit and is reaped.
     pub fn finish(self) {
-        if let Backside::Program {
-            stream,
-            mut child,
-            program,
-        } = self
-        {
+        if let Backside::Program { stream, program } = self {
             drop(stream);
-            exec::reap(&mut child, &program);
+            program.finish();
         }
     }
 

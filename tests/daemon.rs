@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,17 +21,8 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str], syslog: &Syslog) -> Daemon {
-        let port = closed_port();
-        let accept = format!("127.0.0.1:{port}");
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-accept", &accept]);
-        let child = sslwrap(&all, syslog)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        drop(wait_for_listener("127.0.0.1", port));
+        let (child, port, probe) = spawn_daemon("127.0.0.1", args, &[], syslog);
+        drop(probe);
         // The probe connection above is a session of its own; let it end before measuring anything.
         std::thread::sleep(Duration::from_millis(100));
         Daemon { child, port }
@@ -495,24 +486,18 @@ fn ipv6_listen_address() {
         return;
     }
     let s = setup("listen6");
-    let port = closed_port();
-    let accept = format!("[::1]:{port}");
     let backend_port = backend(echo).to_string();
-    let mut child = sslwrap(
+    let (mut child, _port, stream) = spawn_daemon(
+        "::1",
         &[
             "-cert",
             s.pki.server_pem.to_str().unwrap(),
             "-port",
             &backend_port,
-            "-accept",
-            &accept,
         ],
+        &[],
         &s.syslog,
-    )
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let stream = wait_for_listener("::1", port);
+    );
     let connector = connector(|_| {});
     let mut config = connector.configure().unwrap();
     config.set_verify_hostname(false);

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -184,25 +183,13 @@ fn program_stderr_goes_to_syslog_never_to_the_client() {
 #[test]
 fn exec_in_daemon_mode_reaps_every_program() {
     let (_dir, syslog, pki) = setup("daemon-exec");
-    let port = closed_port();
-    let accept = format!("127.0.0.1:{port}");
-    let mut daemon = sslwrap(
-        &[
-            "-cert",
-            pki.server_pem.to_str().unwrap(),
-            "-accept",
-            &accept,
-            "-exec",
-            "/bin/cat",
-        ],
+    let (mut daemon, port, probe) = spawn_daemon(
+        "127.0.0.1",
+        &["-cert", pki.server_pem.to_str().unwrap()],
+        &["-exec", "/bin/cat"],
         &syslog,
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    drop(wait_for_listener("127.0.0.1", port));
+    );
+    drop(probe);
     for n in 0..20u8 {
         let mut client = tls(port);
         client.write_all(&[n; 10]).unwrap();

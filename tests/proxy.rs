@@ -80,44 +80,27 @@ fn nginx_sees_the_client(name: &str, version: &str, mode: Mode, host: &str) {
     assert!(logged.ends_with("status=200"), "{logged}");
 }
 
-#[test]
-fn nginx_logs_the_client_v1_inetd_ipv4() {
-    nginx_sees_the_client("px-v1-inetd-4", "v1", Mode::Inetd, "127.0.0.1");
+/// One nginx test a line: its name, then the arguments of `nginx_sees_the_client`.
+macro_rules! nginx_tests {
+    ($($test:ident => ($name:literal, $version:literal, $mode:ident, $host:literal);)*) => {
+        $(
+            #[test]
+            fn $test() {
+                nginx_sees_the_client($name, $version, Mode::$mode, $host);
+            }
+        )*
+    };
 }
 
-#[test]
-fn nginx_logs_the_client_v2_inetd_ipv4() {
-    nginx_sees_the_client("px-v2-inetd-4", "v2", Mode::Inetd, "127.0.0.1");
-}
-
-#[test]
-fn nginx_logs_the_client_v1_daemon_ipv4() {
-    nginx_sees_the_client("px-v1-daemon-4", "v1", Mode::Daemon, "127.0.0.1");
-}
-
-#[test]
-fn nginx_logs_the_client_v2_daemon_ipv4() {
-    nginx_sees_the_client("px-v2-daemon-4", "v2", Mode::Daemon, "127.0.0.1");
-}
-
-#[test]
-fn nginx_logs_the_client_v1_inetd_ipv6() {
-    nginx_sees_the_client("px-v1-inetd-6", "v1", Mode::Inetd, "::1");
-}
-
-#[test]
-fn nginx_logs_the_client_v2_inetd_ipv6() {
-    nginx_sees_the_client("px-v2-inetd-6", "v2", Mode::Inetd, "::1");
-}
-
-#[test]
-fn nginx_logs_the_client_v1_daemon_ipv6() {
-    nginx_sees_the_client("px-v1-daemon-6", "v1", Mode::Daemon, "::1");
-}
-
-#[test]
-fn nginx_logs_the_client_v2_daemon_ipv6() {
-    nginx_sees_the_client("px-v2-daemon-6", "v2", Mode::Daemon, "::1");
+nginx_tests! {
+    nginx_logs_the_client_v1_inetd_ipv4 => ("px-v1-inetd-4", "v1", Inetd, "127.0.0.1");
+    nginx_logs_the_client_v2_inetd_ipv4 => ("px-v2-inetd-4", "v2", Inetd, "127.0.0.1");
+    nginx_logs_the_client_v1_daemon_ipv4 => ("px-v1-daemon-4", "v1", Daemon, "127.0.0.1");
+    nginx_logs_the_client_v2_daemon_ipv4 => ("px-v2-daemon-4", "v2", Daemon, "127.0.0.1");
+    nginx_logs_the_client_v1_inetd_ipv6 => ("px-v1-inetd-6", "v1", Inetd, "::1");
+    nginx_logs_the_client_v2_inetd_ipv6 => ("px-v2-inetd-6", "v2", Inetd, "::1");
+    nginx_logs_the_client_v1_daemon_ipv6 => ("px-v1-daemon-6", "v1", Daemon, "::1");
+    nginx_logs_the_client_v2_daemon_ipv6 => ("px-v2-daemon-6", "v2", Daemon, "::1");
 }
 
 #[test]
@@ -168,6 +151,18 @@ fn login_from_second_address(
     (s, dovecot, front, ran)
 }
 
+/// Waits for dovecot's log line containing `needle`; it must name the client as the client saw itself (CLIENT_SOURCE
+/// and the port the client reported).
+fn expect_dovecot_saw_the_client(dovecot: &Dovecot, ran: &Ran, needle: &str) -> String {
+    let client_port = ran.expect_field("local_port");
+    let line = dovecot.expect_log(needle);
+    assert!(
+        line.contains(&format!("rip={CLIENT_SOURCE}, rport={client_port},")),
+        "dovecot did not see the client: {line}"
+    );
+    line
+}
+
 #[test]
 fn dovecot_with_proxy_v2_knows_the_session_is_tls_and_lets_the_login_in() {
     let (_s, dovecot, _front, ran) = login_from_second_address("px-dovecot-v2", "v2", Mode::Daemon);
@@ -177,12 +172,7 @@ fn dovecot_with_proxy_v2_knows_the_session_is_tls_and_lets_the_login_in() {
         "LOGIN inside TLS refused: {ran:#?}\n{}",
         dovecot.log()
     );
-    let client_port = ran.expect_field("local_port");
-    let login = dovecot.expect_log("Login: user=<tester>");
-    assert!(
-        login.contains(&format!("rip={CLIENT_SOURCE}, rport={client_port},")),
-        "dovecot did not see the client: {login}"
-    );
+    expect_dovecot_saw_the_client(&dovecot, &ran, "Login: user=<tester>");
 }
 
 #[test]
@@ -193,12 +183,7 @@ fn dovecot_with_proxy_v1_sees_no_tls_and_refuses_the_plaintext_login() {
         reply.starts_with("a NO [PRIVACYREQUIRED]"),
         "a v1 header carries no TLS facts, so dovecot must refuse plaintext auth: {ran:#?}"
     );
-    let client_port = ran.expect_field("local_port");
-    let refused = dovecot.expect_log("Plaintext authentication disabled");
-    assert!(
-        refused.contains(&format!("rip={CLIENT_SOURCE}, rport={client_port},")),
-        "dovecot did not see the client: {refused}"
-    );
+    expect_dovecot_saw_the_client(&dovecot, &ran, "Plaintext authentication disabled");
     assert!(dovecot.logins().is_empty(), "{}", dovecot.log());
 }
 
@@ -218,12 +203,14 @@ fn dovecot_behind_required_starttls_with_proxy_logs_the_client_and_allows_the_tl
         CLIENT_SOURCE,
     ]);
     assert!(ran.succeeded(), "imaplib failed: {ran:#?}");
-    let client_port = ran.expect_field("local_port");
-    let login = dovecot.expect_log("Login: user=<tester>");
-    assert!(
-        login.contains(&format!("rip={CLIENT_SOURCE}, rport={client_port},")),
-        "dovecot did not see the client: {login}"
-    );
+    expect_dovecot_saw_the_client(&dovecot, &ran, "Login: user=<tester>");
+}
+
+/// Runs sslwrap with `line`: it must exit with status 1; returns the line it logged about `-proxy`.
+fn refused_at_startup(syslog: &mut Syslog, line: &[&str]) -> String {
+    let (status, stderr) = run_to_end(line, syslog);
+    assert_eq!(status.code(), Some(1), "{line:?}: {stderr}");
+    syslog.expect("-proxy")
 }
 
 #[test]
@@ -236,10 +223,8 @@ fn proxy_with_fd_is_a_startup_error() {
         "3",
         "-proxy",
     ];
-    let (status, stderr) = run_to_end(&line, &s.syslog);
-    assert_eq!(status.code(), Some(1), "{stderr}");
     // The message must say what is wrong: -proxy wants a TCP backend, which -fd is not.
-    let logged = s.syslog.expect("-proxy");
+    let logged = refused_at_startup(&mut s.syslog, &line);
     assert!(
         logged.contains("TCP backend") && logged.contains("-fd"),
         "{logged}"
@@ -255,9 +240,7 @@ fn proxy_with_exec_is_a_startup_error() {
     ] {
         let mut line = vec!["-cert", s.pki.server_pem.to_str().unwrap()];
         line.extend(words);
-        let (status, stderr) = run_to_end(&line, &s.syslog);
-        assert_eq!(status.code(), Some(1), "{line:?}: {stderr}");
-        let logged = s.syslog.expect("-proxy");
+        let logged = refused_at_startup(&mut s.syslog, &line);
         assert!(logged.contains("-exec"), "{logged}");
     }
 }

@@ -25,6 +25,111 @@ fn start_front(s: &Setup, mode: Mode, backend_port: u16, proto: &str) -> Front {
     Front::start(mode, "127.0.0.1", &as_strs(&line), &s.syslog)
 }
 
+/// A private dovecot and sslwrap with `-starttls PROTO` in front of its IMAP or POP3 port (by `proto`).
+fn dovecot_front(name: &str, mode: Mode, proto: &str) -> (Setup, Dovecot, Front) {
+    dovecot_front_with(name, mode, proto, |s| Dovecot::start(&s.dir, false))
+}
+
+/// Like `dovecot_front`, but the dovecot offers STARTTLS/STLS itself.
+fn own_starttls_dovecot_front(name: &str, mode: Mode, proto: &str) -> (Setup, Dovecot, Front) {
+    dovecot_front_with(name, mode, proto, |s| {
+        Dovecot::start_offering_starttls(&s.dir, &s.pki.server)
+    })
+}
+
+fn dovecot_front_with(
+    name: &str,
+    mode: Mode,
+    proto: &str,
+    start: impl FnOnce(&Setup) -> Dovecot,
+) -> (Setup, Dovecot, Front) {
+    let s = setup(name);
+    let dovecot = start(&s);
+    let front = start_front(&s, mode, dovecot_port(&dovecot, proto), proto);
+    (s, dovecot, front)
+}
+
+fn dovecot_port(dovecot: &Dovecot, proto: &str) -> u16 {
+    if proto.starts_with("pop3") {
+        dovecot.pop3
+    } else {
+        dovecot.imap
+    }
+}
+
+/// An SMTP server and sslwrap with `-starttls smtp` in front of it.
+fn smtp_front(name: &str, mode: Mode) -> (Setup, SmtpServer, Front) {
+    let s = setup(name);
+    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
+    let front = start_front(&s, mode, server.port, "smtp");
+    (s, server, front)
+}
+
+/// Python's imaplib or poplib (`proto` "imap" or "pop3") through `front` as dovecot's user; it must succeed.
+fn python_mail_session(proto: &str, front: &Front, dovecot: &Dovecot) -> Ran {
+    let port = front.port().to_string();
+    let ran = python_client(&[proto, &port, &dovecot.user, &dovecot.password]);
+    let library = if proto == "pop3" { "poplib" } else { "imaplib" };
+    assert!(ran.succeeded(), "{library} failed: {ran:#?}");
+    ran
+}
+
+/// curl with `--ssl-reqd` (and no certificate check) and `args`; it must succeed.
+fn curl_ssl_reqd(args: &[&str]) -> Ran {
+    let mut all = vec!["-sS", "--max-time", "30", "--ssl-reqd", "-k"];
+    all.extend(args);
+    let ran = run("curl", &all);
+    assert!(ran.succeeded(), "curl failed: {ran:#?}");
+    ran
+}
+
+/// curl logging in as dovecot's user at `url`; what it fetched must carry the planted message's Subject.
+fn curl_fetches_the_planted_subject(dovecot: &Dovecot, url: &str) -> Ran {
+    let credentials = format!("{}:{}", dovecot.user, dovecot.password);
+    let ran = curl_ssl_reqd(&["-u", &credentials, url]);
+    assert!(
+        ran.stdout
+            .contains(&format!("Subject: {}", dovecot.subject)),
+        "{ran:#?}"
+    );
+    ran
+}
+
+/// `openssl s_client -starttls PROTO` through `front`, typing `input` (CRLF line ends) until `done_when` shows.
+fn s_client_starttls(proto: &str, front: &Front, input: &str, done_when: &str) -> Ran {
+    let address = format!("127.0.0.1:{}", front.port());
+    converse(
+        "openssl",
+        &[
+            "s_client",
+            "-starttls",
+            proto,
+            "-connect",
+            &address,
+            "-quiet",
+            "-crlf",
+        ],
+        input.as_bytes(),
+        done_when,
+    )
+}
+
+/// Sends `starttls` with `injected` right behind it in the same write, lets `check_reply` read and check the
+/// STARTTLS reply, asserts the server then waits silently for the ClientHello, and completes the handshake.
+fn starttls_with_injection(
+    mut stream: std::net::TcpStream,
+    starttls: &str,
+    injected: &str,
+    check_reply: impl FnOnce(&mut std::net::TcpStream),
+) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    stream
+        .write_all(format!("{starttls}\r\n{injected}").as_bytes())
+        .unwrap();
+    check_reply(&mut stream);
+    assert_silent(&mut stream, SILENCE);
+    start_tls(stream)
+}
+
 /// Sends one IMAP command and reads through its tagged reply.
 fn imap_command(stream: &mut (impl Read + Write), tag: &str, command: &str) -> Vec<String> {
     stream
@@ -73,12 +178,8 @@ fn expect_discard_warning(syslog: &mut Syslog, count: usize) {
 
 /// Python's imaplib: capabilities before and after STARTTLS, login, select, fetch of the planted message.
 fn imaplib_session(name: &str, mode: Mode) {
-    let s = setup(name);
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, mode, dovecot.imap, "imap");
-    let port = front.port().to_string();
-    let ran = python_client(&["imap", &port, &dovecot.user, &dovecot.password]);
-    assert!(ran.succeeded(), "imaplib failed: {ran:#?}");
+    let (_s, dovecot, front) = dovecot_front(name, mode, "imap");
+    let ran = python_mail_session("imap", &front, &dovecot);
     let before = words_upper(ran.expect_field("caps_before"));
     assert!(has(&before, "STARTTLS"), "before TLS: {before:?}");
     assert!(has(&before, "LOGINDISABLED"), "before TLS: {before:?}");
@@ -107,12 +208,8 @@ fn imap_python_imaplib_starttls_login_select_fetch_daemon() {
 
 #[test]
 fn imap_backend_own_starttls_is_replaced_before_tls_and_stripped_after() {
-    let s = setup("imap-own-tls");
-    let dovecot = Dovecot::start_offering_starttls(&s.dir, &s.pki.server);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
-    let port = front.port().to_string();
-    let ran = python_client(&["imap", &port, &dovecot.user, &dovecot.password]);
-    assert!(ran.succeeded(), "imaplib failed: {ran:#?}");
+    let (_s, dovecot, front) = own_starttls_dovecot_front("imap-own-tls", Mode::Inetd, "imap");
+    let ran = python_mail_session("imap", &front, &dovecot);
     let before = words_upper(ran.expect_field("caps_before"));
     assert_eq!(
         before.iter().filter(|word| *word == "STARTTLS").count(),
@@ -129,57 +226,20 @@ fn imap_backend_own_starttls_is_replaced_before_tls_and_stripped_after() {
 
 #[test]
 fn imap_curl_ssl_reqd_fetches_the_planted_message() {
-    let s = setup("imap-curl");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Daemon, dovecot.imap, "imap");
+    let (_s, dovecot, front) = dovecot_front("imap-curl", Mode::Daemon, "imap");
     let url = format!("imap://127.0.0.1:{}/INBOX/;UID=1", front.port());
-    let credentials = format!("{}:{}", dovecot.user, dovecot.password);
-    let ran = run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "30",
-            "--ssl-reqd",
-            "-k",
-            "-u",
-            &credentials,
-            &url,
-        ],
-    );
-    assert!(ran.succeeded(), "curl failed: {ran:#?}");
-    assert!(
-        ran.stdout
-            .contains(&format!("Subject: {}", dovecot.subject)),
-        "{ran:#?}"
-    );
+    let ran = curl_fetches_the_planted_subject(&dovecot, &url);
     assert!(ran.stdout.contains("planted by the test"), "{ran:#?}");
 }
 
 #[test]
 fn imap_openssl_s_client_starttls_then_login_and_select() {
-    let s = setup("imap-sclient");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
-    let address = format!("127.0.0.1:{}", front.port());
+    let (_s, dovecot, front) = dovecot_front("imap-sclient", Mode::Inetd, "imap");
     let input = format!(
         "b CAPABILITY\nc LOGIN {} {}\nd SELECT INBOX\ne LOGOUT\n",
         dovecot.user, dovecot.password
     );
-    let ran = converse(
-        "openssl",
-        &[
-            "s_client",
-            "-starttls",
-            "imap",
-            "-connect",
-            &address,
-            "-quiet",
-            "-crlf",
-        ],
-        input.as_bytes(),
-        "e OK",
-    );
+    let ran = s_client_starttls("imap", &front, &input, "e OK");
     let lines: Vec<String> = ran.stdout.lines().map(str::to_string).collect();
     let caps = capability_words(&lines);
     assert!(!has(&caps, "STARTTLS"), "after TLS: {caps:?}");
@@ -190,9 +250,7 @@ fn imap_openssl_s_client_starttls_then_login_and_select() {
 
 #[test]
 fn imap_gnutls_cli_starttls_then_login_and_fetch() {
-    let s = setup("imap-gnutls");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Daemon, dovecot.imap, "imap");
+    let (_s, dovecot, front) = dovecot_front("imap-gnutls", Mode::Daemon, "imap");
     let port = front.port().to_string();
     let input = format!(
         "b LOGIN {} {}\r\nc SELECT INBOX\r\nd FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\ne LOGOUT\r\n",
@@ -221,9 +279,7 @@ fn imap_gnutls_cli_starttls_then_login_and_fetch() {
 
 #[test]
 fn imap_capability_thrice_noop_and_id_before_starttls_then_tls_works() {
-    let s = setup("imap-before");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let (_s, dovecot, front) = dovecot_front("imap-before", Mode::Inetd, "imap");
     let mut stream = tcp(front.port());
     let greeting = read_line(&mut stream).unwrap();
     assert!(greeting.starts_with("* OK"), "{greeting}");
@@ -276,9 +332,7 @@ fn imap_capability_thrice_noop_and_id_before_starttls_then_tls_works() {
 
 #[test]
 fn imap_login_before_starttls_is_refused_and_never_reaches_dovecot() {
-    let s = setup("imap-nologin");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let (_s, dovecot, front) = dovecot_front("imap-nologin", Mode::Inetd, "imap");
     let mut stream = tcp(front.port());
     read_line(&mut stream).unwrap();
     // The right password: if the LOGIN reached dovecot (which allows plaintext here) it would succeed.
@@ -310,9 +364,7 @@ fn imap_login_before_starttls_is_refused_and_never_reaches_dovecot() {
 
 #[test]
 fn imap_optional_mode_lets_a_plaintext_login_through_to_dovecot() {
-    let s = setup("imap-optional");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap-");
+    let (_s, dovecot, front) = dovecot_front("imap-optional", Mode::Inetd, "imap-");
     let mut stream = tcp(front.port());
     let greeting = read_line(&mut stream).unwrap();
     let caps = imap_command(&mut stream, "a", "CAPABILITY");
@@ -339,20 +391,15 @@ fn imap_optional_mode_lets_a_plaintext_login_through_to_dovecot() {
 
 #[test]
 fn imap_login_pipelined_after_starttls_is_discarded_not_executed() {
-    let mut s = setup("imap-inject");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.imap, "imap");
+    let (mut s, dovecot, front) = dovecot_front("imap-inject", Mode::Inetd, "imap");
     let mut stream = tcp(front.port());
     read_line(&mut stream).unwrap();
     // Real credentials: were the injected LOGIN executed, dovecot would log the user in.
     let injected = format!("b LOGIN {} {}\r\n", dovecot.user, dovecot.password);
-    stream
-        .write_all(format!("a STARTTLS\r\n{injected}").as_bytes())
-        .unwrap();
-    let reply = read_until(&mut stream, "a ");
-    assert!(last(&reply).starts_with("a OK"), "{reply:?}");
-    assert_silent(&mut stream, SILENCE);
-    let mut tls = start_tls(stream);
+    let mut tls = starttls_with_injection(stream, "a STARTTLS", &injected, |stream| {
+        let reply = read_until(stream, "a ");
+        assert!(last(&reply).starts_with("a OK"), "{reply:?}");
+    });
     let caps = imap_command(&mut tls, "c", "CAPABILITY");
     let select = imap_command(&mut tls, "d", "SELECT INBOX");
     imap_command(&mut tls, "e", "LOGOUT");
@@ -379,12 +426,8 @@ fn imap_login_pipelined_after_starttls_is_discarded_not_executed() {
 
 #[test]
 fn pop3_python_poplib_stls_then_retr_inetd() {
-    let s = setup("pop3-py");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.pop3, "pop3");
-    let port = front.port().to_string();
-    let ran = python_client(&["pop3", &port, &dovecot.user, &dovecot.password]);
-    assert!(ran.succeeded(), "poplib failed: {ran:#?}");
+    let (_s, dovecot, front) = dovecot_front("pop3-py", Mode::Inetd, "pop3");
+    let ran = python_mail_session("pop3", &front, &dovecot);
     let before = words_upper(ran.expect_field("capa_before"));
     assert!(has(&before, "STLS"), "{before:?}");
     assert!(
@@ -403,12 +446,8 @@ fn pop3_python_poplib_stls_then_retr_inetd() {
 
 #[test]
 fn pop3_backend_own_stls_is_stripped_after_tls() {
-    let s = setup("pop3-own-tls");
-    let dovecot = Dovecot::start_offering_starttls(&s.dir, &s.pki.server);
-    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
-    let port = front.port().to_string();
-    let ran = python_client(&["pop3", &port, &dovecot.user, &dovecot.password]);
-    assert!(ran.succeeded(), "poplib failed: {ran:#?}");
+    let (_s, dovecot, front) = own_starttls_dovecot_front("pop3-own-tls", Mode::Daemon, "pop3");
+    let ran = python_mail_session("pop3", &front, &dovecot);
     let after = words_upper(ran.expect_field("capa_after"));
     assert!(
         !has(&after, "STLS"),
@@ -419,56 +458,19 @@ fn pop3_backend_own_stls_is_stripped_after_tls() {
 
 #[test]
 fn pop3_curl_ssl_reqd_retrieves_the_message_daemon() {
-    let s = setup("pop3-curl");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let (_s, dovecot, front) = dovecot_front("pop3-curl", Mode::Daemon, "pop3");
     let url = format!("pop3://127.0.0.1:{}/1", front.port());
-    let credentials = format!("{}:{}", dovecot.user, dovecot.password);
-    let ran = run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "30",
-            "--ssl-reqd",
-            "-k",
-            "-u",
-            &credentials,
-            &url,
-        ],
-    );
-    assert!(ran.succeeded(), "curl failed: {ran:#?}");
-    assert!(
-        ran.stdout
-            .contains(&format!("Subject: {}", dovecot.subject)),
-        "{ran:#?}"
-    );
+    curl_fetches_the_planted_subject(&dovecot, &url);
 }
 
 #[test]
 fn pop3_openssl_s_client_stls_then_user_pass_stat() {
-    let s = setup("pop3-sclient");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Inetd, dovecot.pop3, "pop3");
-    let address = format!("127.0.0.1:{}", front.port());
+    let (_s, dovecot, front) = dovecot_front("pop3-sclient", Mode::Inetd, "pop3");
     let input = format!(
         "CAPA\nUSER {}\nPASS {}\nSTAT\nQUIT\n",
         dovecot.user, dovecot.password
     );
-    let ran = converse(
-        "openssl",
-        &[
-            "s_client",
-            "-starttls",
-            "pop3",
-            "-connect",
-            &address,
-            "-quiet",
-            "-crlf",
-        ],
-        input.as_bytes(),
-        "Logging out",
-    );
+    let ran = s_client_starttls("pop3", &front, &input, "Logging out");
     assert!(ran.stdout.contains("+OK Logged in"), "{ran:#?}");
     assert!(ran.stdout.contains("+OK 1 "), "STAT: {ran:#?}");
     let capa: Vec<&str> = ran.stdout.lines().map(str::trim_end).collect();
@@ -480,9 +482,7 @@ fn pop3_openssl_s_client_stls_then_user_pass_stat() {
 
 #[test]
 fn pop3_before_stls_capa_offers_stls_and_user_is_refused() {
-    let s = setup("pop3-before");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let (_s, dovecot, front) = dovecot_front("pop3-before", Mode::Daemon, "pop3");
     let mut stream = tcp(front.port());
     assert!(read_line(&mut stream).unwrap().starts_with("+OK"));
     stream.write_all(b"CAPA\r\n").unwrap();
@@ -517,21 +517,13 @@ fn pop3_before_stls_capa_offers_stls_and_user_is_refused() {
 
 #[test]
 fn pop3_user_pipelined_after_stls_is_discarded_not_executed() {
-    let mut s = setup("pop3-inject");
-    let dovecot = Dovecot::start(&s.dir, false);
-    let front = start_front(&s, Mode::Daemon, dovecot.pop3, "pop3");
+    let (mut s, dovecot, front) = dovecot_front("pop3-inject", Mode::Daemon, "pop3");
     let mut stream = tcp(front.port());
     read_line(&mut stream).unwrap();
     let injected = format!("USER {}\r\n", dovecot.user);
-    stream
-        .write_all(format!("STLS\r\n{injected}").as_bytes())
-        .unwrap();
-    assert_eq!(
-        read_line(&mut stream).unwrap(),
-        "+OK Begin TLS negotiation\r\n"
-    );
-    assert_silent(&mut stream, SILENCE);
-    let mut tls = start_tls(stream);
+    let mut tls = starttls_with_injection(stream, "STLS", &injected, |stream| {
+        assert_eq!(read_line(stream).unwrap(), "+OK Begin TLS negotiation\r\n");
+    });
     // PASS only works after a USER: dovecot accepting it would prove the injected USER ran inside TLS.
     tls.write_all(format!("PASS {}\r\n", dovecot.password).as_bytes())
         .unwrap();
@@ -589,9 +581,7 @@ fn read_smtp_reply(stream: &mut impl Read) -> Vec<String> {
 
 #[test]
 fn smtp_python_smtplib_starttls_sendmail_arrives_inetd() {
-    let s = setup("smtp-py");
-    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
-    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
+    let (_s, server, front) = smtp_front("smtp-py", Mode::Inetd);
     let port = front.port().to_string();
     let subject = format!("smtplib through sslwrap {}", token());
     let ran = python_client(&[
@@ -615,9 +605,7 @@ fn smtp_python_smtplib_starttls_sendmail_arrives_inetd() {
 
 #[test]
 fn smtp_curl_ssl_reqd_upload_arrives_daemon() {
-    let s = setup("smtp-curl");
-    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
-    let front = start_front(&s, Mode::Daemon, server.port, "smtp");
+    let (s, server, front) = smtp_front("smtp-curl", Mode::Daemon);
     let subject = format!("curl through sslwrap {}", token());
     let message = s.dir.path("message.txt");
     std::fs::write(
@@ -628,24 +616,15 @@ fn smtp_curl_ssl_reqd_upload_arrives_daemon() {
     )
     .unwrap();
     let url = format!("smtp://127.0.0.1:{}/client.example", front.port());
-    let ran = run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "30",
-            "--ssl-reqd",
-            "-k",
-            "--mail-from",
-            "sender@example.org",
-            "--mail-rcpt",
-            "rcpt@example.org",
-            "--upload-file",
-            message.to_str().unwrap(),
-            &url,
-        ],
-    );
-    assert!(ran.succeeded(), "curl failed: {ran:#?}");
+    curl_ssl_reqd(&[
+        "--mail-from",
+        "sender@example.org",
+        "--mail-rcpt",
+        "rcpt@example.org",
+        "--upload-file",
+        message.to_str().unwrap(),
+        &url,
+    ]);
     let stored = server
         .wait_for_message(&subject, Duration::from_secs(20))
         .expect("the message never reached the SMTP server's store");
@@ -654,29 +633,13 @@ fn smtp_curl_ssl_reqd_upload_arrives_daemon() {
 
 #[test]
 fn smtp_openssl_s_client_starttls_ehlo_has_no_starttls_and_mail_arrives() {
-    let s = setup("smtp-sclient");
-    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
-    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
-    let address = format!("127.0.0.1:{}", front.port());
+    let (_s, server, front) = smtp_front("smtp-sclient", Mode::Inetd);
     let subject = format!("s_client through sslwrap {}", token());
     let input = format!(
         "EHLO client.example\nMAIL FROM:<sender@example.org>\nRCPT TO:<rcpt@example.org>\nDATA\n\
          Subject: {subject}\n\nTyped into s_client.\n.\nQUIT\n"
     );
-    let ran = converse(
-        "openssl",
-        &[
-            "s_client",
-            "-starttls",
-            "smtp",
-            "-connect",
-            &address,
-            "-quiet",
-            "-crlf",
-        ],
-        input.as_bytes(),
-        "221",
-    );
+    let ran = s_client_starttls("smtp", &front, &input, "221");
     assert!(ran.stdout.contains("250"), "{ran:#?}");
     assert!(
         !ran.stdout.to_ascii_uppercase().contains("STARTTLS"),
@@ -689,9 +652,7 @@ fn smtp_openssl_s_client_starttls_ehlo_has_no_starttls_and_mail_arrives() {
 
 #[test]
 fn smtp_before_tls_ehlo_offers_starttls_mail_gets_530_then_tls_delivers() {
-    let s = setup("smtp-before");
-    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
-    let front = start_front(&s, Mode::Daemon, server.port, "smtp");
+    let (_s, server, front) = smtp_front("smtp-before", Mode::Daemon);
     let mut stream = tcp(front.port());
     let greeting = read_smtp_reply(&mut stream);
     assert!(last(&greeting).starts_with("220 "), "{greeting:?}");
@@ -739,22 +700,17 @@ fn smtp_before_tls_ehlo_offers_starttls_mail_gets_530_then_tls_delivers() {
 
 #[test]
 fn smtp_rset_pipelined_after_starttls_is_discarded_not_executed() {
-    let mut s = setup("smtp-inject");
-    let server = SmtpServer::start(&s.dir, &s.pki.server_pem);
-    let front = start_front(&s, Mode::Inetd, server.port, "smtp");
+    let (mut s, _server, front) = smtp_front("smtp-inject", Mode::Inetd);
     let mut stream = tcp(front.port());
     read_smtp_reply(&mut stream);
     smtp_command(&mut stream, "EHLO client.example");
     let injected = "RSET\r\n";
-    stream
-        .write_all(format!("STARTTLS\r\n{injected}").as_bytes())
-        .unwrap();
-    assert_eq!(
-        read_smtp_reply(&mut stream),
-        ["220 2.0.0 Ready to start TLS\r\n"]
-    );
-    assert_silent(&mut stream, SILENCE);
-    let mut tls = start_tls(stream);
+    let mut tls = starttls_with_injection(stream, "STARTTLS", injected, |stream| {
+        assert_eq!(
+            read_smtp_reply(stream),
+            ["220 2.0.0 Ready to start TLS\r\n"]
+        );
+    });
     // Had RSET run inside TLS, its 250 would come before QUIT's 221.
     tls.write_all(b"QUIT\r\n").unwrap();
     let rest = read_rest(&mut tls);

@@ -274,6 +274,34 @@ pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
     command
 }
 
+/// Starts sslwrap in daemon mode on a free port of `host` ("127.0.0.1" or "::1") with `before`, `-accept ADDRESS`,
+/// then `after` (where `-exec PROG ARGS` must stay last), its stdio closed; returns once it accepts connections, with
+/// the child, the port and the probe connection that showed it listening (a session of its own).
+pub fn spawn_daemon(
+    host: &str,
+    before: &[&str],
+    after: &[&str],
+    syslog: &Syslog,
+) -> (Child, u16, TcpStream) {
+    let port = free_port_on(host);
+    let accept = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut all: Vec<&str> = before.to_vec();
+    all.extend(["-accept", &accept]);
+    all.extend(after);
+    let child = sslwrap(&all, syslog)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let probe = wait_for_listener(host, port);
+    (child, port, probe)
+}
+
 /// Runs sslwrap to completion with no client (for start-up errors); returns status and stderr.
 pub fn run_to_end(args: &[&str], syslog: &Syslog) -> (ExitStatus, String) {
     let mut child = sslwrap(args, syslog)
@@ -320,40 +348,7 @@ pub struct Inetd {
 
 impl Inetd {
     pub fn start(args: &[&str], syslog: &Syslog) -> Inetd {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let children = Arc::new(Mutex::new(Vec::new()));
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let log_path = syslog.path.clone();
-        let (stop_flag, child_list) = (stop.clone(), children.clone());
-        let acceptor = std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let fd = OwnedFd::from(stream);
-                        let child = Command::new(BINARY)
-                            .args(&args)
-                            .env("SSLWRAP_SYSLOG_SOCKET", &log_path)
-                            .stdin(Stdio::from(fd.try_clone().unwrap()))
-                            .stdout(Stdio::from(fd.try_clone().unwrap()))
-                            .stderr(Stdio::from(fd))
-                            .spawn()
-                            .unwrap();
-                        child_list.lock().unwrap().push(child);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Inetd {
-            port,
-            stop,
-            acceptor: Some(acceptor),
-            children,
-        }
+        Inetd::start_command("127.0.0.1:0", BINARY, args, syslog)
     }
 
     /// Waits for every sslwrap started so far to exit; returns their statuses.

@@ -693,15 +693,7 @@ fn text_of(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
 /// (interactive clients like s_client and gnutls-cli end the session at stdin EOF), the program exits, or the limit
 /// passes; then closes stdin and waits, bounded.
 pub fn converse(program: &str, args: &[&str], input: &[u8], done_when: &str) -> Ran {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
+    let (mut child, stdout, stderr) = spawn_collecting(program, args, Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let _ = stdin.write_all(input);
     let deadline = Instant::now() + CLIENT_LIMIT;
@@ -712,33 +704,40 @@ pub fn converse(program: &str, args: &[&str], input: &[u8], done_when: &str) -> 
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(stdin);
-    let status = wait_with_timeout(&mut child, Duration::from_secs(15));
-    // The readers finish at EOF, which follows the exit; give them a moment.
-    std::thread::sleep(Duration::from_millis(50));
-    Ran {
-        status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
-    }
+    finish(child, Duration::from_secs(15), &stdout, &stderr)
 }
 
 /// Runs a program without input to its end, bounded.
 pub fn run(program: &str, args: &[&str]) -> Ran {
+    let (child, stdout, stderr) = spawn_collecting(program, args, Stdio::null());
+    finish(child, CLIENT_LIMIT, &stdout, &stderr)
+}
+
+type Collected = Arc<Mutex<Vec<u8>>>;
+
+/// Starts a client program with `stdin`, its stdout and stderr collected by reader threads.
+fn spawn_collecting(program: &str, args: &[&str], stdin: Stdio) -> (Child, Collected, Collected) {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
-    let status = wait_with_timeout(&mut child, CLIENT_LIMIT);
+    (child, stdout, stderr)
+}
+
+/// Waits for the program up to `limit` (killing it after), then returns what it printed.
+fn finish(mut child: Child, limit: Duration, stdout: &Collected, stderr: &Collected) -> Ran {
+    let status = wait_with_timeout(&mut child, limit);
+    // The readers finish at EOF, which follows the exit; give them a moment.
     std::thread::sleep(Duration::from_millis(50));
     Ran {
         status,
-        stdout: text_of(&stdout),
-        stderr: text_of(&stderr),
+        stdout: text_of(stdout),
+        stderr: text_of(stderr),
     }
 }
 
