@@ -5,7 +5,7 @@
 //! listen backlog). SIGTERM/SIGINT: stop listening and exit 0, sessions in progress finish. SIGHUP: reload the
 //! certificate, key and CA files for new connections, keeping the old ones if the new ones are broken.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -34,17 +34,7 @@ pub fn listen_addresses(value: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("-accept: no address before the port in '{value}'"));
     }
     let port = parse_port("-accept", port)?;
-    let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("-accept: cannot resolve {host}: {e}"))?
-            .collect(),
-    };
-    if addresses.is_empty() {
-        return Err(format!("-accept: no address found for {host}"));
-    }
-    Ok(addresses)
+    session::resolve(host, port).map_err(|reason| format!("-accept: {reason}"))
 }
 
 /// Binds the listening socket (before privileges are dropped: ports below 1024 need root).

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::ClientIo;
-use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait};
+use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait, push_entry};
 use crate::starttls::{Prelude, StartTlsMode, Step};
 use crate::{log_debug, log_error, log_warning, sys, tls};
 
@@ -254,23 +254,9 @@ impl<P: Plaintext> Phase<'_, P> {
         if !self.to_backend.is_empty() {
             backend_events |= sys::POLLOUT;
         }
-        for (fd, events) in [
-            (client_read, client_read_events),
-            (client_write, client_write_events),
-        ] {
-            if events != 0 {
-                match entries
-                    .iter_mut()
-                    .find(|entry: &&mut sys::pollfd| entry.fd == fd)
-                {
-                    Some(entry) => entry.events |= events,
-                    None => entries.push(sys::poll_entry(fd, events)),
-                }
-            }
-        }
-        if backend_events != 0 {
-            entries.push(sys::poll_entry(self.backend.as_raw_fd(), backend_events));
-        }
+        push_entry(&mut entries, client_read, client_read_events);
+        push_entry(&mut entries, client_write, client_write_events);
+        push_entry(&mut entries, self.backend.as_raw_fd(), backend_events);
         if entries.is_empty() {
             return Err("both sides stopped without closing".to_string());
         }

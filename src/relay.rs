@@ -522,7 +522,9 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 }
 
-fn push_entry(entries: &mut Vec<sys::pollfd>, fd: RawFd, events: libc::c_short) {
+/// Adds interest in `events` on `fd` to a poll set, merging with an entry for the same descriptor (fds 0 and 1 of
+/// one socket, or one socket for both directions); no interest, no entry.
+pub fn push_entry(entries: &mut Vec<sys::pollfd>, fd: RawFd, events: libc::c_short) {
     if events == 0 {
         return;
     }

@@ -369,15 +369,8 @@ fn proxy_preamble(
 /// Connects to the backend (an IPv4 or IPv6 literal, or a host name tried address by address) and sends the
 /// preamble before any other byte.
 fn connect_backend(host: &str, port: u16, preamble: &[u8]) -> Result<TcpStream, String> {
-    let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .collect(),
-    };
-    let mut last_error = format!("no address found for {host}");
-    for address in addresses {
+    let mut last_error = String::new();
+    for address in resolve(host, port)? {
         match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
@@ -394,6 +387,21 @@ fn connect_backend(host: &str, port: u16, preamble: &[u8]) -> Result<TcpStream, 
         }
     }
     Err(last_error)
+}
+
+/// An IPv4 or IPv6 literal as it is, or every address a host name resolves to (never an empty list).
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addresses: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(format!("no address found for {host}"));
+    }
+    Ok(addresses)
 }
 
 /// The `-fd N` plaintext side: an inherited socket (usually a socketpair end given by a helper like makesock).

@@ -29,7 +29,8 @@ pub fn serve(args: &Args) -> Result<(), String> {
     let services: [(&str, Service); 3] = [("echo", echo), ("sink", sink), ("source", source)];
     let mut ports = Vec::new();
     for (name, service) in services {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("{name}: bind: {e}"))?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("{name}: bind: {e}"))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         ports.push((name, report::Value::Count(u64::from(port))));
         thread::spawn(move || accept_forever(listener, service, block));

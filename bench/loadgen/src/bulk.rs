@@ -40,32 +40,39 @@ impl Transfer {
 }
 
 pub fn upload(args: &Args) -> Result<(), String> {
-    let mut transfer = Transfer::prepare(args)?;
-    let cpu_before = report::cpu_seconds();
-    let started = Instant::now();
-    let connection = &mut transfer.connection;
-    connection
-        .write_all(&pattern::header(transfer.length))
-        .map_err(|e| format!("upload header: {e}"))?;
-    pattern::send(connection, &transfer.block, transfer.length).map_err(|e| format!("upload: {e}"))?;
-    let mut answer = [0u8; 32];
-    connection
-        .read_exact(&mut answer)
-        .map_err(|e| format!("reading the sink's digest: {e}"))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = report::cpu_seconds() - cpu_before;
-    finish(transfer, answer, seconds, cpu)
+    timed_transfer(args, "upload header", |transfer| {
+        let connection = &mut transfer.connection;
+        pattern::send(connection, &transfer.block, transfer.length)
+            .map_err(|e| format!("upload: {e}"))?;
+        let mut answer = [0u8; 32];
+        connection
+            .read_exact(&mut answer)
+            .map_err(|e| format!("reading the sink's digest: {e}"))?;
+        Ok(answer)
+    })
 }
 
 pub fn download(args: &Args) -> Result<(), String> {
+    timed_transfer(args, "download request", |transfer| {
+        receive_and_hash(&mut transfer.connection, transfer.length)
+    })
+}
+
+/// Sends the length header, runs one direction's transfer (which returns the digest to check), and reports its wall
+/// and CPU time: the frame shared by upload and download.
+fn timed_transfer(
+    args: &Args,
+    header_step: &str,
+    run: impl FnOnce(&mut Transfer) -> Result<[u8; 32], String>,
+) -> Result<(), String> {
     let mut transfer = Transfer::prepare(args)?;
     let cpu_before = report::cpu_seconds();
     let started = Instant::now();
-    let connection = &mut transfer.connection;
-    connection
+    transfer
+        .connection
         .write_all(&pattern::header(transfer.length))
-        .map_err(|e| format!("download request: {e}"))?;
-    let digest = receive_and_hash(connection, transfer.length)?;
+        .map_err(|e| format!("{header_step}: {e}"))?;
+    let digest = run(&mut transfer)?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = report::cpu_seconds() - cpu_before;
     finish(transfer, digest, seconds, cpu)
@@ -81,7 +88,9 @@ fn receive_and_hash(connection: &mut Connection, length: u64) -> Result<[u8; 32]
             .read(&mut buffer[..want])
             .map_err(|e| format!("download after {received} bytes: {e}"))?;
         if count == 0 {
-            return Err(format!("download: connection closed after {received} of {length} bytes"));
+            return Err(format!(
+                "download: connection closed after {received} of {length} bytes"
+            ));
         }
         hasher.update(&buffer[..count]);
         received += count as u64;

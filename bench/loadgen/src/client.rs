@@ -41,7 +41,10 @@ impl Client {
         let tls = if args.flag("plain") {
             None
         } else {
-            Some(tls_context(args.text_or("tls", "1.3"), args.text_or("cipher", "aes128"))?)
+            Some(tls_context(
+                args.text_or("tls", "1.3"),
+                args.text_or("cipher", "aes128"),
+            )?)
         };
         Ok(Client { address, tls })
     }
@@ -51,8 +54,10 @@ impl Client {
         let tcp = TcpStream::connect_timeout(&self.address, IO_LIMIT)
             .map_err(|e| format!("connect {}: {e}", self.address))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        tcp.set_read_timeout(Some(IO_LIMIT)).map_err(|e| e.to_string())?;
-        tcp.set_write_timeout(Some(IO_LIMIT)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(IO_LIMIT))
+            .map_err(|e| e.to_string())?;
+        tcp.set_write_timeout(Some(IO_LIMIT))
+            .map_err(|e| e.to_string())?;
         let Some(context) = &self.tls else {
             return Ok(Connection::Plain(tcp));
         };
@@ -71,8 +76,12 @@ fn tls_context(version: &str, cipher: &str) -> Result<SslContext, String> {
         "1.2" => SslVersion::TLS1_2,
         other => return Err(format!("--tls {other}: use 1.3 or 1.2")),
     };
-    builder.set_min_proto_version(Some(pinned)).map_err(failure)?;
-    builder.set_max_proto_version(Some(pinned)).map_err(failure)?;
+    builder
+        .set_min_proto_version(Some(pinned))
+        .map_err(failure)?;
+    builder
+        .set_max_proto_version(Some(pinned))
+        .map_err(failure)?;
     let (suite, legacy_list) = match cipher {
         "aes128" => (
             "TLS_AES_128_GCM_SHA256",
@@ -140,7 +149,9 @@ impl Write for Connection {
 
 /// Sends one byte and waits for it to come back through the echo backend: proof the whole path works.
 pub fn echo_one_byte(connection: &mut Connection) -> Result<(), String> {
-    connection.write_all(b"x").map_err(|e| format!("write: {e}"))?;
+    connection
+        .write_all(b"x")
+        .map_err(|e| format!("write: {e}"))?;
     let mut answer = [0u8; 1];
     connection
         .read_exact(&mut answer)

@@ -38,7 +38,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         let workers: Vec<_> = (0..clients.max(1))
             .map(|_| scope.spawn(|| one_client(&client, deadline, &take_ticket)))
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
     let client_cpu = report::cpu_seconds() - cpu_before;
@@ -46,7 +49,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn one_client(client: &Client, deadline: Instant, take_ticket: &(dyn Fn() -> bool + Sync)) -> Tally {
+fn one_client(
+    client: &Client,
+    deadline: Instant,
+    take_ticket: &(dyn Fn() -> bool + Sync),
+) -> Tally {
     let mut tally = Tally::default();
     while Instant::now() < deadline && take_ticket() {
         let began = Instant::now();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::client::{self, Client};
-use crate::report::{self, Value};
 use crate::lifetime;
+use crate::report::{self, Value};
 
 pub fn run(args: &Args) -> Result<(), String> {
     let count: usize = args.number("count", 200)?;
@@ -18,7 +18,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         let mut connection = client
             .connect()
             .map_err(|e| format!("idle connection {index}: {e}"))?;
-        client::echo_one_byte(&mut connection).map_err(|e| format!("idle connection {index}: {e}"))?;
+        client::echo_one_byte(&mut connection)
+            .map_err(|e| format!("idle connection {index}: {e}"))?;
         open.push(connection);
     }
     report::print(&[("ready", Value::Count(open.len() as u64))]);

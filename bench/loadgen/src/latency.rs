@@ -39,7 +39,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn round_trip(connection: &mut Connection, message: &[u8], answer: &mut [u8]) -> Result<Duration, String> {
+fn round_trip(
+    connection: &mut Connection,
+    message: &[u8],
+    answer: &mut [u8],
+) -> Result<Duration, String> {
     let started = Instant::now();
     connection
         .write_all(message)

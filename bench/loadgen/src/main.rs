@@ -15,8 +15,8 @@ mod bulk;
 mod client;
 mod handshakes;
 mod idle;
-mod lifetime;
 mod latency;
+mod lifetime;
 mod pattern;
 mod report;
 

@@ -27,7 +27,11 @@ pub fn block() -> Vec<u8> {
 }
 
 /// Calls `each` with consecutive slices of the repeated block that together make `length` bytes.
-fn for_each_slice(block: &[u8], length: u64, mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+fn for_each_slice(
+    block: &[u8],
+    length: u64,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let mut position: u64 = 0;
     while position < length {
         let start = (position % block.len() as u64) as usize;
