@@ -112,6 +112,7 @@ pub fn run(
         next_pause: FIRST_BACKOFF,
         last_accept_error_log: None,
     };
+    daemon.warm_up_context();
     daemon.serve_forever()
 }
 
@@ -251,10 +252,18 @@ impl Daemon<'_> {
         }
     }
 
+    /// Not with -state: its callback would log the warm-up's own handshake as if a client had connected.
+    fn warm_up_context(&self) {
+        if !self.config.state {
+            tls::warm_up(&self.context);
+        }
+    }
+
     fn reload(&mut self) {
         match tls::build_context(&self.config.tls, self.config.state) {
             Ok(context) => {
                 self.context = context;
+                self.warm_up_context();
                 log_notice!("SIGHUP: certificate, key and CA files reloaded");
             }
             Err(reason) => {

@@ -10,6 +10,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
 
 const MIB: usize = 1024 * 1024;
 
@@ -508,4 +510,64 @@ fn ipv6_listen_address() {
     assert_eq!(&echoed, b"six");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Python's ssl client connects twice per protocol version, the second time offering the first session's ticket.
+const RESUMING_CLIENT: &str = "
+import socket, ssl, sys
+port = int(sys.argv[1])
+for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = version
+    session = None
+    for attempt in ('first', 'second'):
+        with ctx.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20), session=session) as s:
+            s.sendall(b'r')
+            assert s.recv(1) == b'r'
+            print(s.version(), attempt, 'reused' if s.session_reused else 'new')
+            session = s.session
+";
+
+#[test]
+fn tls_sessions_resume_in_another_child_process() {
+    let s = setup("resume");
+    let daemon = s.daemon(backend(echo), &[]);
+    let output = std::process::Command::new("python3")
+        .args(["-c", RESUMING_CLIENT, &daemon.port.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text,
+        "TLSv1.3 first new\nTLSv1.3 second reused\nTLSv1.2 first new\nTLSv1.2 second reused\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_warm_up_handshake_never_uses_an_rsa_key() {
+    let mut ecdsa = setup("warm-up-ecdsa");
+    let _daemon = ecdsa.daemon(backend(echo), &["-debug"]);
+    ecdsa
+        .syslog
+        .expect("warm-up: handshakes done with the configured key");
+
+    let mut rsa = setup("warm-up-rsa");
+    let rsa_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    write_identity(
+        &rsa.pki.server_pem,
+        &issue_with_key("rsa server", None, false, rsa_key),
+    );
+    let daemon = rsa.daemon(backend(echo), &["-debug"]);
+    rsa.syslog
+        .expect("warm-up: handshakes done with a stand-in ECDSA key");
+    assert!(
+        !rsa.syslog
+            .settle()
+            .iter()
+            .any(|line| line.contains("with the configured key")),
+        "the RSA key was used before any client connected"
+    );
+    assert_eq!(server_common_name(daemon.port), "rsa server");
 }

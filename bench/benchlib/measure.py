@@ -259,6 +259,8 @@ def inetd_phase(bench):
 
 
 PHASES = (handshake_and_latency_phase, throughput_phase, memory_phase, inetd_phase)
+PHASE_NAMES = {"handshakes": handshake_and_latency_phase, "throughput": throughput_phase, "memory": memory_phase,
+               "inetd": inetd_phase}
 
 
 def start_backends(loadgen, workdir, lifetime):

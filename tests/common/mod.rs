@@ -132,9 +132,18 @@ fn new_key() -> PKey<Private> {
     PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
 }
 
-/// Issues a certificate for `common_name`, signed by `issuer` (self-signed when None).
+/// Issues a certificate for `common_name` with a new ECDSA P-256 key, signed by `issuer` (self-signed when None).
 pub fn issue(common_name: &str, issuer: Option<&Identity>, is_ca: bool) -> Identity {
-    let key = new_key();
+    issue_with_key(common_name, issuer, is_ca, new_key())
+}
+
+/// Issues a certificate for `common_name` and the given key, signed by `issuer` (self-signed when None).
+pub fn issue_with_key(
+    common_name: &str,
+    issuer: Option<&Identity>,
+    is_ca: bool,
+    key: PKey<Private>,
+) -> Identity {
     let mut name = X509NameBuilder::new().unwrap();
     name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "sslwrap tests")
         .unwrap();
