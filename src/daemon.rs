@@ -257,6 +257,7 @@ impl Daemon<'_> {
         if !self.config.state {
             tls::warm_up(&self.context);
         }
+        sys::release_free_memory();
     }
 
     fn reload(&mut self) {

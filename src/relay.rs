@@ -18,6 +18,8 @@ use crate::sys;
 
 /// One TLS record of plaintext: the most a single SSL_read returns, and the most worth handing to SSL_write.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+/// A session on which nothing moved for this long gives its buffers back until something moves again.
+const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(1);
 
 /// The plaintext end of a session: a TCP connection to the backend, or a socketpair end (-exec, -fd).
 pub trait Plaintext: Read + Write + AsRawFd {
@@ -228,6 +230,15 @@ impl Pending {
         self.bytes.truncate(self.end);
         fill(&mut self.bytes);
         self.end = self.bytes.len();
+    }
+
+    /// Gives the buffer back while nothing is pending; the next read allocates it again.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.bytes = Vec::new();
+            self.written = 0;
+            self.end = 0;
+        }
     }
 }
 
@@ -490,8 +501,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             ));
         }
         let started = Instant::now();
-        let ready = sys::poll(&mut entries, idle)
-            .map_err(|e| RelayError::Client(format!("poll failed: {e}")))?;
+        let ready = self.poll_releasing_memory_when_quiet(&mut entries, idle)?;
         if ready == 0 && idle.is_some_and(|limit| started.elapsed() >= limit) {
             return Err(RelayError::Idle(idle.unwrap_or_default()));
         }
@@ -499,6 +509,38 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             self.note_ready(entry.fd, client_read, client_write);
         }
         Ok(())
+    }
+
+    /// Polls; a session that stays quiet for RELEASE_MEMORY_AFTER first gives its empty buffers (and the heap pages
+    /// freed since) back, then polls on: a long idle session, the common case for mail clients, keeps no buffers.
+    fn poll_releasing_memory_when_quiet(
+        &mut self,
+        entries: &mut [sys::pollfd],
+        idle: Option<Duration>,
+    ) -> Result<usize, RelayError> {
+        let started = Instant::now();
+        if self.holds_empty_buffers() {
+            let quiet = idle.map_or(RELEASE_MEMORY_AFTER, |limit| {
+                limit.min(RELEASE_MEMORY_AFTER)
+            });
+            let ready = poll_or_fail(entries, Some(quiet))?;
+            if ready > 0 {
+                return Ok(ready);
+            }
+            self.to_backend.release();
+            self.to_client.release();
+            sys::release_free_memory();
+        }
+        poll_or_fail(
+            entries,
+            idle.map(|limit| limit.saturating_sub(started.elapsed())),
+        )
+    }
+
+    fn holds_empty_buffers(&self) -> bool {
+        [&self.to_backend, &self.to_client]
+            .iter()
+            .any(|pending| pending.is_empty() && pending.bytes.capacity() > 0)
     }
 
     /// Lets the operations that were waiting on `fd` be tried again (readiness, a hang-up or an error alike: the
@@ -520,6 +562,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             self.backend_write_blocked = false;
         }
     }
+}
+
+fn poll_or_fail(entries: &mut [sys::pollfd], timeout: Option<Duration>) -> Result<usize, RelayError> {
+    sys::poll(entries, timeout).map_err(|e| RelayError::Client(format!("poll failed: {e}")))
 }
 
 /// Adds interest in `events` on `fd` to a poll set, merging with an entry for the same descriptor (fds 0 and 1 of

@@ -51,7 +51,6 @@ fn serve_tls_from_the_start(
             return 1;
         }
     };
-    sys::release_free_memory();
     let facts = TlsFacts::of(&stream);
     log_debug!("{peer}: {} {} established", facts.protocol, facts.cipher);
     let mut backend = match Backside::open(config, addresses, TlsState::Established(&facts)) {
