@@ -4,6 +4,7 @@
 
 mod client;
 mod daemon;
+mod der;
 mod exec;
 mod inetd;
 mod log;

@@ -564,7 +564,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 }
 
-fn poll_or_fail(entries: &mut [sys::pollfd], timeout: Option<Duration>) -> Result<usize, RelayError> {
+fn poll_or_fail(
+    entries: &mut [sys::pollfd],
+    timeout: Option<Duration>,
+) -> Result<usize, RelayError> {
     sys::poll(entries, timeout).map_err(|e| RelayError::Client(format!("poll failed: {e}")))
 }
 

@@ -1,5 +1,5 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
-//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, two OpenSSL context knobs). Each
+//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, two OpenSSL context knobs, OPENSSL_cleanse). Each
 //! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
 //! this file may use `unsafe`.
 
@@ -90,6 +90,17 @@ pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
     // `null` stays valid during the call and is closed when dropped.
     unsafe { check(libc::dup2(null.as_raw_fd(), fd))? };
     Ok(())
+}
+
+unsafe extern "C" {
+    /// libcrypto's memset that the compiler cannot remove as a dead store.
+    fn OPENSSL_cleanse(pointer: *mut libc::c_void, length: usize);
+}
+
+/// Overwrites secret bytes (a key file's contents) before their memory is given back.
+pub fn cleanse(secret: &mut [u8]) {
+    // SAFETY: the pointer and length describe one live, exclusively borrowed slice.
+    unsafe { OPENSSL_cleanse(secret.as_mut_ptr().cast(), secret.len()) }
 }
 
 /// Hands freed heap pages back to the kernel. After a handshake a forked session holds a few hundred KiB of freed

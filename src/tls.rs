@@ -6,13 +6,14 @@
 use std::path::Path;
 
 use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
+use openssl::bn::{BigNum, BigNumContext, MsbOption};
 use openssl::dh::Dh;
-use openssl::ec::{EcGroup, EcKey};
+use openssl::ec::{EcGroup, EcKey, EcPoint};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
 use openssl::ssl::{
     SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
@@ -20,6 +21,7 @@ use openssl::ssl::{
 use openssl::x509::store::X509Lookup;
 use openssl::x509::{X509, X509Name, X509NameBuilder};
 
+use crate::der::{self, Pkcs8Key};
 use crate::options::{Protocol, TlsOptions};
 use crate::{log_debug, log_warning, sys};
 
@@ -390,7 +392,7 @@ fn use_certificate_files(
 }
 
 fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
-    let pem = read_file("key", path)?;
+    let mut pem = read_file("key", path)?;
     if is_encrypted_pem(&pem) {
         return Err(format!(
             "the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
@@ -407,14 +409,89 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
             path.display()
         ));
     }
-    // An empty pass phrase callback: OpenSSL must never prompt on the terminal.
-    PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| {
-        format!(
-            "cannot read the private key in {}: {}",
-            path.display(),
-            openssl_reason(&e)
-        )
-    })
+    let key = match decode_key_directly(&pem) {
+        Some(key) => Ok(key),
+        // An empty pass phrase callback: OpenSSL must never prompt on the terminal.
+        None => PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| {
+            format!(
+                "cannot read the private key in {}: {}",
+                path.display(),
+                openssl_reason(&e)
+            )
+        }),
+    };
+    sys::cleanse(&mut pem);
+    key
+}
+
+/// The usual unencrypted RSA and EC key files (PKCS#8, PKCS#1, SEC1) decoded through OpenSSL's direct RSA and EC
+/// constructors (see der.rs for why); None leaves the file to the generic decoder.
+fn decode_key_directly(pem: &[u8]) -> Option<PKey<Private>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let (label, body) = private_key_block(text)?;
+    let mut base64 = body.split_whitespace().collect::<String>().into_bytes();
+    let mut der = std::str::from_utf8(&base64)
+        .ok()
+        .and_then(|base64| openssl::base64::decode_block(base64).ok());
+    sys::cleanse(&mut base64);
+    let key = der.as_deref().and_then(|der| match label {
+        "RSA PRIVATE KEY" => rsa_key(der),
+        "EC PRIVATE KEY" => ec_key(None, der),
+        "PRIVATE KEY" => match der::unwrap_pkcs8(der)? {
+            Pkcs8Key::Rsa(pkcs1) => rsa_key(pkcs1),
+            Pkcs8Key::Ec { curve, sec1 } => ec_key(Some(curve), sec1),
+        },
+        _ => None,
+    });
+    if let Some(der) = der.as_mut() {
+        sys::cleanse(der);
+    }
+    key
+}
+
+/// The label and base64 body of the first `-----BEGIN ... PRIVATE KEY-----` block without PEM headers.
+fn private_key_block(text: &str) -> Option<(&str, &str)> {
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start + "-----BEGIN ".len()..];
+        let (label, body) = after.split_once("-----")?;
+        if label.ends_with("PRIVATE KEY") {
+            let (body, _) = body.split_once(&format!("-----END {label}-----"))?;
+            return (!body.contains(':')).then_some((label, body));
+        }
+        rest = body;
+    }
+    None
+}
+
+fn rsa_key(pkcs1: &[u8]) -> Option<PKey<Private>> {
+    PKey::from_rsa(Rsa::private_key_from_der(pkcs1).ok()?).ok()
+}
+
+/// A SEC1 key; its curve comes from the PKCS#8 wrapping when given, else from the key itself.
+fn ec_key(curve: Option<&[u8]>, sec1: &[u8]) -> Option<PKey<Private>> {
+    let Some(curve) = curve else {
+        return PKey::from_ec_key(EcKey::private_key_from_der(sec1).ok()?).ok();
+    };
+    let nid = match curve {
+        der::P256 => Nid::X9_62_PRIME256V1,
+        der::P384 => Nid::SECP384R1,
+        der::P521 => Nid::SECP521R1,
+        _ => return None,
+    };
+    let group = EcGroup::from_curve_name(nid).ok()?;
+    let (scalar, point) = der::sec1_parts(sec1)?;
+    let private = BigNum::from_slice(scalar).ok()?;
+    let mut context = BigNumContext::new().ok()?;
+    let public = match point {
+        Some(encoded) => EcPoint::from_bytes(&group, encoded, &mut context).ok()?,
+        None => {
+            let mut public = EcPoint::new(&group).ok()?;
+            public.mul_generator2(&group, &private, &mut context).ok()?;
+            public
+        }
+    };
+    PKey::from_ec_key(EcKey::from_private_components(&group, &private, &public).ok()?).ok()
 }
 
 fn is_encrypted_pem(pem: &[u8]) -> bool {

@@ -571,3 +571,20 @@ fn the_warm_up_handshake_never_uses_an_rsa_key() {
     );
     assert_eq!(server_common_name(daemon.port), "rsa server");
 }
+
+/// After a second without traffic a session gives its buffers back; data sent after such pauses must still arrive
+/// whole, in both directions.
+#[test]
+fn data_after_quiet_pauses_still_arrives_intact() {
+    let s = setup("quiet");
+    let daemon = s.daemon(backend(echo), &[]);
+    let mut client = tls(daemon.port);
+    for round in 0..3 {
+        let data = pattern(48 * 1024, round);
+        client.write_all(&data).unwrap();
+        let mut echoed = vec![0u8; data.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(sha256_hex(&echoed), sha256_hex(&data), "round {round}");
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+}

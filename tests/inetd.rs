@@ -7,7 +7,11 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use openssl::ssl::{SslFiletype, SslVersion};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::{Id, PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::ssl::{SslFiletype, SslVerifyMode, SslVersion};
 
 impl Setup {
     fn inetd(&self, backend_port: u16, extra: &[&str]) -> Inetd {
@@ -367,4 +371,58 @@ fn capath_directory_of_hashed_cas_verifies_clients() {
         refused.is_err(),
         "a certificate from a CA outside -CApath must be refused"
     );
+}
+
+/// Key files as the usual tools write them. sslwrap reads the RSA and EC ones itself (faster than OpenSSL's generic
+/// decoder) and leaves the rest to OpenSSL; either way a client that verifies the server's signature against the CA
+/// must succeed, which proves the key in use is the one in the file.
+#[test]
+fn every_usual_key_file_format_signs_the_handshake() {
+    let s = setup("key-formats");
+    let ec = |curve| {
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(curve).unwrap()).unwrap())
+            .unwrap()
+    };
+    let rsa = || PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    type Format = fn(&PKey<Private>) -> Vec<u8>;
+    let pkcs8: Format = |key| key.private_key_to_pem_pkcs8().unwrap();
+    let traditional: Format = |key| match key.id() {
+        Id::RSA => key.rsa().unwrap().private_key_to_pem().unwrap(),
+        Id::EC => key.ec_key().unwrap().private_key_to_pem().unwrap(),
+        _ => unreachable!("no traditional format"),
+    };
+    let cases: Vec<(&str, PKey<Private>, Format)> = vec![
+        ("EC P-256 PKCS#8", ec(Nid::X9_62_PRIME256V1), pkcs8),
+        ("EC P-256 SEC1", ec(Nid::X9_62_PRIME256V1), traditional),
+        ("EC P-384 PKCS#8", ec(Nid::SECP384R1), pkcs8),
+        ("EC P-521 SEC1", ec(Nid::SECP521R1), traditional),
+        ("RSA PKCS#8", rsa(), pkcs8),
+        ("RSA PKCS#1", rsa(), traditional),
+        ("Ed25519 PKCS#8", PKey::generate_ed25519().unwrap(), pkcs8),
+    ];
+    for (name, key, format) in cases {
+        let identity = issue_with_key("localhost", Some(&s.pki.ca), false, key);
+        let pem_path = s.dir.path("key-format.pem");
+        let mut pem = identity.cert.to_pem().unwrap();
+        pem.extend(format(&identity.key));
+        std::fs::write(&pem_path, pem).unwrap();
+        let inetd = Inetd::start(
+            &[
+                "-cert",
+                pem_path.to_str().unwrap(),
+                "-port",
+                &backend(echo).to_string(),
+            ],
+            &s.syslog,
+        );
+        let mut client = try_tls(inetd.port, |builder| {
+            builder.set_ca_file(&s.pki.ca_pem).unwrap();
+            builder.set_verify(SslVerifyMode::PEER);
+        })
+        .unwrap_or_else(|error| panic!("{name}: {error}"));
+        client.write_all(b"signed").unwrap();
+        let mut reply = [0u8; 6];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"signed", "{name}");
+    }
 }

@@ -1,0 +1,215 @@
+//! Just enough DER to take a private key out of its PKCS#8 wrapping (RFC 5208) and an EC key out of its SEC1
+//! structure (RFC 5915), so that tls.rs can hand the parts to OpenSSL's direct RSA and EC constructors. OpenSSL 3's
+//! generic key decoder builds its whole decoder table first, about 4 M instructions per process start, a sixth of an
+//! inetd-mode connection. This reader never decides whether a key is valid: anything it does not recognise yields
+//! None and the caller uses the generic decoder, which then reports the problem.
+
+/// One DER element: its tag byte and its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
+}
+
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+const OCTET_STRING: u8 = 0x04;
+const OBJECT_IDENTIFIER: u8 = 0x06;
+const SEQUENCE: u8 = 0x30;
+const CONTEXT_1: u8 = 0xa1;
+
+/// 1.2.840.113549.1.1.1, rsaEncryption.
+const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+/// 1.2.840.10045.2.1, id-ecPublicKey.
+const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// The named curves read directly: 1.2.840.10045.3.1.7 (P-256), 1.3.132.0.34 (P-384), 1.3.132.0.35 (P-521).
+pub const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+pub const P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+
+/// The key inside a PKCS#8 PrivateKeyInfo, for the two algorithms read directly.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pkcs8Key<'a> {
+    /// A PKCS#1 RSAPrivateKey.
+    Rsa(&'a [u8]),
+    /// The named curve's OID contents and the SEC1 ECPrivateKey.
+    Ec { curve: &'a [u8], sec1: &'a [u8] },
+}
+
+/// Splits the first element off `input`; None if it is cut short or its length is not a definite one of at most
+/// four bytes.
+pub fn split_element(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let length = rest[..count]
+            .iter()
+            .fold(0usize, |length, &byte| length << 8 | usize::from(byte));
+        (length, &rest[count..])
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (content, rest) = rest.split_at(length);
+    Some((Element { tag, content }, rest))
+}
+
+/// The first element of `input` if it has the tag, with what follows it.
+fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (element, rest) = split_element(input)?;
+    (element.tag == tag).then_some((element.content, rest))
+}
+
+/// PrivateKeyInfo ::= SEQUENCE { version 0, AlgorithmIdentifier, privateKey OCTET STRING, [0] attributes OPTIONAL }
+pub fn unwrap_pkcs8(der: &[u8]) -> Option<Pkcs8Key<'_>> {
+    let (info, _) = expect(der, SEQUENCE)?;
+    let (version, rest) = expect(info, INTEGER)?;
+    if version != [0] {
+        return None;
+    }
+    let (algorithm, rest) = expect(rest, SEQUENCE)?;
+    let (private_key, _) = expect(rest, OCTET_STRING)?;
+    let (oid, parameters) = expect(algorithm, OBJECT_IDENTIFIER)?;
+    match oid {
+        RSA_ENCRYPTION => Some(Pkcs8Key::Rsa(private_key)),
+        EC_PUBLIC_KEY => {
+            let (curve, _) = expect(parameters, OBJECT_IDENTIFIER)?;
+            Some(Pkcs8Key::Ec {
+                curve,
+                sec1: private_key,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The private scalar and, when present, the public point of a SEC1 key:
+/// ECPrivateKey ::= SEQUENCE { version 1, privateKey OCTET STRING, [0] parameters OPTIONAL, [1] publicKey OPTIONAL }
+pub fn sec1_parts(der: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (key, _) = expect(der, SEQUENCE)?;
+    let (version, rest) = expect(key, INTEGER)?;
+    if version != [1] {
+        return None;
+    }
+    let (scalar, mut rest) = expect(rest, OCTET_STRING)?;
+    let mut point = None;
+    while let Some((element, after)) = split_element(rest) {
+        if element.tag == CONTEXT_1 {
+            let (bits, _) = expect(element.content, BIT_STRING)?;
+            // The first content byte of a BIT STRING counts the unused bits: a point has none.
+            match bits.split_first() {
+                Some((0, encoded)) => point = Some(encoded),
+                _ => return None,
+            }
+        }
+        rest = after;
+    }
+    Some((scalar, point))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn short_and_long_lengths() {
+        assert_eq!(
+            split_element(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]),
+            Some((
+                Element {
+                    tag: 0x04,
+                    content: &[0xaa, 0xbb]
+                },
+                &[0xcc][..]
+            ))
+        );
+        let mut long = vec![0x04, 0x81, 0x80];
+        long.extend([7u8; 0x80]);
+        let (element, rest) = split_element(&long).unwrap();
+        assert_eq!(element.content.len(), 0x80);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn truncated_or_indefinite_elements_are_refused() {
+        assert_eq!(split_element(&[]), None);
+        assert_eq!(split_element(&[0x04]), None);
+        assert_eq!(split_element(&[0x04, 0x03, 0x00]), None);
+        assert_eq!(split_element(&[0x30, 0x80, 0x00, 0x00]), None);
+        assert_eq!(split_element(&[0x04, 0x85, 1, 0, 0, 0, 0]), None);
+    }
+
+    /// An RSA PrivateKeyInfo around a (dummy) PKCS#1 body.
+    #[test]
+    fn pkcs8_rsa() {
+        let der = decode_hex("301a020100300d06092a864886f70d01010105000406300402010000");
+        assert_eq!(
+            unwrap_pkcs8(&der),
+            Some(Pkcs8Key::Rsa(&decode_hex("300402010000")))
+        );
+    }
+
+    /// A P-256 PrivateKeyInfo as `openssl genpkey` writes it (scalar shortened).
+    #[test]
+    fn pkcs8_ec_names_its_curve() {
+        let der = decode_hex(
+            "3027020100301306072a8648ce3d020106082a8648ce3d030107040d300b0201010406010203040506",
+        );
+        assert_eq!(
+            unwrap_pkcs8(&der),
+            Some(Pkcs8Key::Ec {
+                curve: &decode_hex("2a8648ce3d030107"),
+                sec1: &decode_hex("300b0201010406010203040506"),
+            })
+        );
+    }
+
+    #[test]
+    fn other_algorithms_and_versions_are_left_to_openssl() {
+        // Ed25519 (1.3.101.112).
+        let ed25519 = decode_hex("3010020100300506032b657004040400000000");
+        assert_eq!(unwrap_pkcs8(&ed25519), None);
+        // Version 1 (OneAsymmetricKey with a public key).
+        let version_1 = decode_hex("301a020101300d06092a864886f70d01010105000406300402010000");
+        assert_eq!(unwrap_pkcs8(&version_1), None);
+    }
+
+    #[test]
+    fn sec1_with_and_without_public_point() {
+        let with_point = decode_hex("300e0201010402010ba1050303000405");
+        assert_eq!(
+            sec1_parts(&with_point),
+            Some((&[0x01, 0x0b][..], Some(&[0x04, 0x05][..])))
+        );
+        let with_curve_and_point =
+            decode_hex("301a0201010402010ba00a06082a8648ce3d030107a1050303000405");
+        assert_eq!(
+            sec1_parts(&with_curve_and_point),
+            Some((&[0x01, 0x0b][..], Some(&[0x04, 0x05][..])))
+        );
+        let without = decode_hex("300702010104020102");
+        assert_eq!(sec1_parts(&without), Some((&[0x01, 0x02][..], None)));
+    }
+
+    #[test]
+    fn odd_sec1_keys_are_left_to_openssl() {
+        let unused_bits = decode_hex("300e0201010402010ba1050303010405");
+        assert_eq!(sec1_parts(&unused_bits), None);
+        let version_2 = decode_hex("300702010204020102");
+        assert_eq!(sec1_parts(&version_2), None);
+    }
+}
