@@ -214,7 +214,7 @@ def memory_run(bench, kind):
         ready = json.loads(_read_line(idle.stdout, 120))
         if ready.get("ready") != count:
             raise BenchError(f"only {ready.get('ready')} of {count} idle connections opened")
-        time.sleep(0.5)  # let the last sessions reach their idle state
+        time.sleep(2.0)  # let every session reach its steady idle state (sslwrap gives buffers back after 1 s)
         loaded = procs.tree_memory_kib(endpoint.process.pid)
     finally:
         if idle is not None:
