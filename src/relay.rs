@@ -66,6 +66,8 @@ pub trait ClientSide {
     /// Ends the direction towards the client: close_notify for TLS, shutdown(SHUT_WR) for plaintext.
     fn finish_writing(&mut self) -> Io;
     fn client_io(&self) -> &ClientIo;
+    /// Received bytes held above the socket, which poll cannot report.
+    fn holds_unread_input(&self) -> bool;
 }
 
 impl ClientSide for SslStream<ClientIo> {
@@ -92,6 +94,10 @@ impl ClientSide for SslStream<ClientIo> {
 
     fn client_io(&self) -> &ClientIo {
         self.get_ref()
+    }
+
+    fn holds_unread_input(&self) -> bool {
+        sys::holds_unread_input(self.ssl())
     }
 }
 
@@ -124,6 +130,10 @@ impl ClientSide for ClientIo {
 
     fn client_io(&self) -> &ClientIo {
         self
+    }
+
+    fn holds_unread_input(&self) -> bool {
+        false
     }
 }
 
@@ -332,6 +342,12 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         self.to_backend.filled(count);
         match outcome {
             Io::Done(count) => {
+                // A short read drained the socket (all but certainly): the next read waits for poll instead of
+                // costing a system call that would only say "try again". poll is level-triggered, so nothing is
+                // missed, and bytes OpenSSL already holds are checked for first.
+                if count < BUFFER_SIZE && !self.client.holds_unread_input() {
+                    self.client_read_wait = Wait::Readable;
+                }
                 self.transfer.from_client += count as u64;
                 if let Some(filter) = self.filter.as_deref_mut() {
                     filter.client_to_backend(self.to_backend.unwritten());
@@ -402,7 +418,13 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 }
                 Ok(true)
             }
-            Ok(_) => Ok(true),
+            Ok(count) => {
+                // As for the client: after a short read, poll says when there is more.
+                if count < BUFFER_SIZE {
+                    self.backend_read_blocked = true;
+                }
+                Ok(true)
+            }
             Err(error) => {
                 if is_would_block(&error) {
                     self.backend_read_blocked = true;

@@ -95,6 +95,16 @@ pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
 unsafe extern "C" {
     /// libcrypto's memset that the compiler cannot remove as a dead store.
     fn OPENSSL_cleanse(pointer: *mut libc::c_void, length: usize);
+    /// libssl: whether received bytes wait inside the SSL object (not exposed by the `openssl` crate).
+    fn SSL_has_pending(ssl: *const openssl_sys::SSL) -> libc::c_int;
+}
+
+/// Whether OpenSSL holds received bytes that SSL_read has not returned yet (a record, or part of one read ahead):
+/// poll(2) on the socket cannot see them.
+pub fn holds_unread_input(ssl: &openssl::ssl::SslRef) -> bool {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: the reference keeps the SSL object alive for the call; SSL_has_pending only reads it.
+    unsafe { SSL_has_pending(ssl.as_ptr()) != 0 }
 }
 
 /// Overwrites secret bytes (a key file's contents) before their memory is given back.

@@ -588,3 +588,59 @@ fn data_after_quiet_pauses_still_arrives_intact() {
         std::thread::sleep(Duration::from_millis(1300));
     }
 }
+
+/// A client socket that holds what TLS writes until told to send, so several records leave in one TCP segment.
+#[derive(Debug)]
+struct Batched {
+    socket: TcpStream,
+    held: Vec<u8>,
+}
+
+impl Read for Batched {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.socket.read(buffer)
+    }
+}
+
+impl Write for Batched {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.held.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    /// OpenSSL flushes after each handshake flight; application records wait for `send_held`.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_held()
+    }
+}
+
+impl Batched {
+    fn send_held(&mut self) -> std::io::Result<()> {
+        self.socket.write_all(&self.held)?;
+        self.held.clear();
+        Ok(())
+    }
+}
+
+/// Three records in one segment: OpenSSL reads them all at once, and the relay must pass on the two it holds
+/// without waiting for the socket to become readable again (it will not: nothing more is coming).
+#[test]
+fn records_that_arrive_together_are_all_relayed_at_once() {
+    let s = setup("batched");
+    let daemon = s.daemon(backend(echo), &[]);
+    let connector = connector(|_| {});
+    let mut config = connector.configure().unwrap();
+    config.set_verify_hostname(false);
+    let batched = Batched {
+        socket: tcp(daemon.port),
+        held: Vec::new(),
+    };
+    let mut client = config.connect("localhost", batched).unwrap();
+    for word in [&b"one "[..], b"two ", b"three"] {
+        client.ssl_write(word).unwrap();
+    }
+    client.get_mut().send_held().unwrap();
+    let mut echoed = vec![0u8; 13];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, b"one two three");
+}
