@@ -16,6 +16,7 @@ const BIT_STRING: u8 = 0x03;
 const OCTET_STRING: u8 = 0x04;
 const OBJECT_IDENTIFIER: u8 = 0x06;
 const SEQUENCE: u8 = 0x30;
+const CONTEXT_0: u8 = 0xa0;
 const CONTEXT_1: u8 = 0xa1;
 
 /// 1.2.840.113549.1.1.1, rsaEncryption.
@@ -90,28 +91,34 @@ pub fn unwrap_pkcs8(der: &[u8]) -> Option<Pkcs8Key<'_>> {
     }
 }
 
-/// The private scalar and, when present, the public point of a SEC1 key:
+/// The private scalar and, when present, the public point of a SEC1 key on `curve` (the PKCS#8 wrapping's):
 /// ECPrivateKey ::= SEQUENCE { version 1, privateKey OCTET STRING, [0] parameters OPTIONAL, [1] publicKey OPTIONAL }
-pub fn sec1_parts(der: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+/// Parameters naming another curve, or anything else inside, make it None (OpenSSL then decides).
+pub fn sec1_parts<'a>(der: &'a [u8], curve: &[u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
     let (key, _) = expect(der, SEQUENCE)?;
     let (version, rest) = expect(key, INTEGER)?;
     if version != [1] {
         return None;
     }
     let (scalar, mut rest) = expect(rest, OCTET_STRING)?;
-    let mut point = None;
-    while let Some((element, after)) = split_element(rest) {
-        if element.tag == CONTEXT_1 {
-            let (bits, _) = expect(element.content, BIT_STRING)?;
-            // The first content byte of a BIT STRING counts the unused bits: a point has none.
-            match bits.split_first() {
-                Some((0, encoded)) => point = Some(encoded),
-                _ => return None,
-            }
+    if let Some((parameters, after)) = expect(rest, CONTEXT_0) {
+        let (named, nothing) = expect(parameters, OBJECT_IDENTIFIER)?;
+        if named != curve || !nothing.is_empty() {
+            return None;
         }
         rest = after;
     }
-    Some((scalar, point))
+    let mut point = None;
+    if let Some((public, after)) = expect(rest, CONTEXT_1) {
+        let (bits, nothing) = expect(public, BIT_STRING)?;
+        // The first content byte of a BIT STRING counts the unused bits: a point has none.
+        match bits.split_first() {
+            Some((0, encoded)) if nothing.is_empty() => point = Some(encoded),
+            _ => return None,
+        }
+        rest = after;
+    }
+    rest.is_empty().then_some((scalar, point))
 }
 
 #[cfg(test)]
@@ -192,24 +199,28 @@ mod tests {
     fn sec1_with_and_without_public_point() {
         let with_point = decode_hex("300e0201010402010ba1050303000405");
         assert_eq!(
-            sec1_parts(&with_point),
+            sec1_parts(&with_point, P256),
             Some((&[0x01, 0x0b][..], Some(&[0x04, 0x05][..])))
         );
         let with_curve_and_point =
             decode_hex("301a0201010402010ba00a06082a8648ce3d030107a1050303000405");
         assert_eq!(
-            sec1_parts(&with_curve_and_point),
+            sec1_parts(&with_curve_and_point, P256),
             Some((&[0x01, 0x0b][..], Some(&[0x04, 0x05][..])))
         );
         let without = decode_hex("300702010104020102");
-        assert_eq!(sec1_parts(&without), Some((&[0x01, 0x02][..], None)));
+        assert_eq!(sec1_parts(&without, P256), Some((&[0x01, 0x02][..], None)));
     }
 
     #[test]
     fn odd_sec1_keys_are_left_to_openssl() {
         let unused_bits = decode_hex("300e0201010402010ba1050303010405");
-        assert_eq!(sec1_parts(&unused_bits), None);
+        assert_eq!(sec1_parts(&unused_bits, P256), None);
         let version_2 = decode_hex("300702010204020102");
-        assert_eq!(sec1_parts(&version_2), None);
+        assert_eq!(sec1_parts(&version_2, P256), None);
+        let other_curve = decode_hex("30100201010402010ba00706052b81040022");
+        assert_eq!(sec1_parts(&other_curve, P256), None);
+        let trailing_element = decode_hex("3009020101040201020500");
+        assert_eq!(sec1_parts(&trailing_element, P256), None);
     }
 }

@@ -21,7 +21,10 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
 /// Waits for readiness on the given descriptors; `None` waits without a time limit. Returns how many are ready
 /// (0 = timed out). An interrupted wait reports 0 ready descriptors so callers simply look again.
 pub fn poll(fds: &mut [pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // Rounded up: a wait cut short by a fraction of a millisecond would look like a wake-up before the deadline.
+    let millis = timeout.map_or(-1, |t| {
+        t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+    });
     // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the duration of the call and its length is
     // passed alongside it.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
@@ -92,6 +95,7 @@ pub fn point_at_dev_null(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+// SAFETY: these declarations match the prototypes in OpenSSL 3's <openssl/crypto.h> and <openssl/ssl.h>.
 unsafe extern "C" {
     /// libcrypto's memset that the compiler cannot remove as a dead store.
     fn OPENSSL_cleanse(pointer: *mut libc::c_void, length: usize);
@@ -351,6 +355,7 @@ const SSL_CB_ALERT: libc::c_int = 0x4000;
 static STATE_REPORTER: std::sync::atomic::AtomicPtr<()> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
+// SAFETY: these declarations match the prototypes in OpenSSL 3's <openssl/ssl.h>.
 unsafe extern "C" {
     fn SSL_CTX_set_info_callback(
         ctx: *mut openssl_sys::SSL_CTX,

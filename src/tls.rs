@@ -90,10 +90,13 @@ pub fn build_context(options: &TlsOptions, log_states: bool) -> Result<SslContex
 /// child. Such a context (and one a default client cannot talk to, e.g. with -Verify) warms up through a stand-in
 /// context with an ephemeral ECDSA certificate, which still caches everything but the RSA signature itself.
 pub fn warm_up(context: &SslContext) {
-    let holds_rsa_key = context
+    use openssl::pkey::Id;
+    // Only key types without per-key secret state are used here: RSA and RSA-PSS (blinding) and anything unknown
+    // go through the stand-in.
+    let stateless_key = context
         .private_key()
-        .is_some_and(|key| key.id() == openssl::pkey::Id::RSA);
-    if !holds_rsa_key && handshake_both_versions(context).is_ok() {
+        .is_some_and(|key| matches!(key.id(), Id::EC | Id::ED25519 | Id::ED448));
+    if stateless_key && handshake_both_versions(context).is_ok() {
         log_debug!("warm-up: handshakes done with the configured key");
         return;
     }
@@ -412,7 +415,10 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
         ));
     }
     let key = match decode_key_directly(&pem) {
-        Some(key) => Ok(key),
+        Some(key) => {
+            log_debug!("key in {} read directly", path.display());
+            Ok(key)
+        }
         // An empty pass phrase callback: OpenSSL must never prompt on the terminal.
         None => PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| {
             format!(
@@ -431,7 +437,9 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
 fn decode_key_directly(pem: &[u8]) -> Option<PKey<Private>> {
     let text = std::str::from_utf8(pem).ok()?;
     let (label, body) = private_key_block(text)?;
-    let mut base64 = body.split_whitespace().collect::<String>().into_bytes();
+    // Sized once: a growing string would leave freed partial copies of the key behind.
+    let mut base64 = Vec::with_capacity(body.len());
+    base64.extend(body.bytes().filter(|byte| !byte.is_ascii_whitespace()));
     let mut der = std::str::from_utf8(&base64)
         .ok()
         .and_then(|base64| openssl::base64::decode_block(base64).ok());
@@ -482,18 +490,29 @@ fn ec_key(curve: Option<&[u8]>, sec1: &[u8]) -> Option<PKey<Private>> {
         _ => return None,
     };
     let group = EcGroup::from_curve_name(nid).ok()?;
-    let (scalar, point) = der::sec1_parts(sec1)?;
-    let private = BigNum::from_slice(scalar).ok()?;
+    let (scalar, point) = der::sec1_parts(sec1, curve)?;
+    let mut private = BigNum::from_slice(scalar).ok()?;
+    let key = ec_key_from_scalar(&group, &private, point);
+    // BN_free does not zero; the parent's freed heap is inherited by every child.
+    private.clear();
+    key
+}
+
+fn ec_key_from_scalar(
+    group: &EcGroup,
+    private: &BigNum,
+    point: Option<&[u8]>,
+) -> Option<PKey<Private>> {
     let mut context = BigNumContext::new().ok()?;
     let public = match point {
-        Some(encoded) => EcPoint::from_bytes(&group, encoded, &mut context).ok()?,
+        Some(encoded) => EcPoint::from_bytes(group, encoded, &mut context).ok()?,
         None => {
-            let mut public = EcPoint::new(&group).ok()?;
-            public.mul_generator2(&group, &private, &mut context).ok()?;
+            let mut public = EcPoint::new(group).ok()?;
+            public.mul_generator2(group, private, &mut context).ok()?;
             public
         }
     };
-    PKey::from_ec_key(EcKey::from_private_components(&group, &private, &public).ok()?).ok()
+    PKey::from_ec_key(EcKey::from_private_components(group, private, &public).ok()?).ok()
 }
 
 fn is_encrypted_pem(pem: &[u8]) -> bool {

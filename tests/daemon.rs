@@ -570,6 +570,35 @@ fn the_warm_up_handshake_never_uses_an_rsa_key() {
         "the RSA key was used before any client connected"
     );
     assert_eq!(server_common_name(daemon.port), "rsa server");
+
+    // RSA-PSS keys carry the same blinding state.
+    let mut pss = setup("warm-up-rsa-pss");
+    let key = pss.dir.path("pss.key");
+    let certificate = pss.dir.path("pss.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa-pss",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .args(["-nodes", "-subj", "/CN=pss server", "-days", "2"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut pem = std::fs::read(&certificate).unwrap();
+    pem.extend(std::fs::read(&key).unwrap());
+    std::fs::write(&pss.pki.server_pem, pem).unwrap();
+    let daemon = pss.daemon(backend(echo), &["-debug"]);
+    pss.syslog
+        .expect("warm-up: handshakes done with a stand-in ECDSA key");
+    assert_eq!(server_common_name(daemon.port), "pss server");
 }
 
 /// After a second without traffic a session gives its buffers back; data sent after such pauses must still arrive

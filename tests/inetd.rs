@@ -374,11 +374,11 @@ fn capath_directory_of_hashed_cas_verifies_clients() {
 }
 
 /// Key files as the usual tools write them. sslwrap reads the RSA and EC ones itself (faster than OpenSSL's generic
-/// decoder) and leaves the rest to OpenSSL; either way a client that verifies the server's signature against the CA
-/// must succeed, which proves the key in use is the one in the file.
+/// decoder, and it says so at -debug) and leaves the rest to OpenSSL; either way a client that verifies the server's
+/// signature against the CA must succeed, which proves the key in use is the one in the file.
 #[test]
 fn every_usual_key_file_format_signs_the_handshake() {
-    let s = setup("key-formats");
+    let mut s = setup("key-formats");
     let ec = |curve| {
         PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(curve).unwrap()).unwrap())
             .unwrap()
@@ -391,28 +391,40 @@ fn every_usual_key_file_format_signs_the_handshake() {
         Id::EC => key.ec_key().unwrap().private_key_to_pem().unwrap(),
         _ => unreachable!("no traditional format"),
     };
-    let cases: Vec<(&str, PKey<Private>, Format)> = vec![
-        ("EC P-256 PKCS#8", ec(Nid::X9_62_PRIME256V1), pkcs8),
-        ("EC P-256 SEC1", ec(Nid::X9_62_PRIME256V1), traditional),
-        ("EC P-384 PKCS#8", ec(Nid::SECP384R1), pkcs8),
-        ("EC P-521 SEC1", ec(Nid::SECP521R1), traditional),
-        ("RSA PKCS#8", rsa(), pkcs8),
-        ("RSA PKCS#1", rsa(), traditional),
-        ("Ed25519 PKCS#8", PKey::generate_ed25519().unwrap(), pkcs8),
+    let cases: Vec<(&str, PKey<Private>, Format, bool)> = vec![
+        ("EC P-256 PKCS#8", ec(Nid::X9_62_PRIME256V1), pkcs8, true),
+        (
+            "EC P-256 PKCS#8 without public point",
+            ec(Nid::X9_62_PRIME256V1),
+            p256_pkcs8_without_point,
+            true,
+        ),
+        (
+            "EC P-256 SEC1",
+            ec(Nid::X9_62_PRIME256V1),
+            traditional,
+            true,
+        ),
+        ("EC P-384 PKCS#8", ec(Nid::SECP384R1), pkcs8, true),
+        ("EC P-521 SEC1", ec(Nid::SECP521R1), traditional, true),
+        ("RSA PKCS#8", rsa(), pkcs8, true),
+        ("RSA PKCS#1", rsa(), traditional, true),
+        (
+            "Ed25519 PKCS#8",
+            PKey::generate_ed25519().unwrap(),
+            pkcs8,
+            false,
+        ),
     ];
-    for (name, key, format) in cases {
+    for (number, (name, key, format, read_directly)) in cases.into_iter().enumerate() {
         let identity = issue_with_key("localhost", Some(&s.pki.ca), false, key);
-        let pem_path = s.dir.path("key-format.pem");
+        let pem_path = s.dir.path(&format!("key-format-{number}.pem"));
         let mut pem = identity.cert.to_pem().unwrap();
         pem.extend(format(&identity.key));
         std::fs::write(&pem_path, pem).unwrap();
+        let path = pem_path.to_str().unwrap();
         let inetd = Inetd::start(
-            &[
-                "-cert",
-                pem_path.to_str().unwrap(),
-                "-port",
-                &backend(echo).to_string(),
-            ],
+            &["-cert", path, "-port", &backend(echo).to_string(), "-debug"],
             &s.syslog,
         );
         let mut client = try_tls(inetd.port, |builder| {
@@ -424,5 +436,30 @@ fn every_usual_key_file_format_signs_the_handshake() {
         let mut reply = [0u8; 6];
         client.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"signed", "{name}");
+        let direct_line = format!("key in {path} read directly");
+        let logged = s
+            .syslog
+            .settle()
+            .iter()
+            .any(|line| line.contains(&direct_line));
+        assert_eq!(logged, read_directly, "{name}");
     }
+}
+
+/// A P-256 PKCS#8 key whose SEC1 part carries only the scalar (RFC 5915 makes the public key optional).
+fn p256_pkcs8_without_point(key: &PKey<Private>) -> Vec<u8> {
+    let scalar = key
+        .ec_key()
+        .unwrap()
+        .private_key()
+        .to_vec_padded(32)
+        .unwrap();
+    let mut der = vec![
+        0x30, 0x41, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+        0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x27, 0x30, 0x25,
+        0x02, 0x01, 0x01, 0x04, 0x20,
+    ];
+    der.extend(scalar);
+    let body = openssl::base64::encode_block(&der);
+    format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n").into_bytes()
 }
