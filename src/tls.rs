@@ -84,7 +84,8 @@ pub fn build_context(options: &TlsOptions, log_states: bool) -> Result<SslContex
 
 /// One full handshake of each protocol version inside this process, before any client is served: OpenSSL fetches
 /// and caches its algorithm implementations on first use, and forked children inherit what the parent has already
-/// cached instead of each building (and writing) it anew (measured: ~15 % less CPU per handshake in daemon mode).
+/// cached instead of each building (and writing) it anew (measured: 8 % fewer instructions and ~30 KiB fewer copied
+/// pages per child).
 ///
 /// An RSA key is never used here: its blinding values are made on first use and would then be the same in every
 /// child. Such a context (and one a default client cannot talk to, e.g. with -Verify) warms up through a stand-in
