@@ -201,24 +201,13 @@ fn exec_in_daemon_mode_reaps_every_program() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        zombie_children_of(daemon.id()),
+        children_of(daemon.id())
+            .iter()
+            .filter(|(_, state)| *state == 'Z')
+            .count(),
         0,
         "zombie processes left behind"
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
-}
-
-/// Ended but unreaped children of `pid`.
-fn zombie_children_of(pid: u32) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
-        .filter_map(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_string()))
-        .filter(|rest| {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str())
-        })
-        .count()
 }

@@ -35,28 +35,6 @@ fn jail(s: &Setup) -> PathBuf {
     path
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command name in parentheses may hold spaces: the fields after its closing parenthesis are fixed.
-        let parent = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|ppid| ppid.parse::<u32>().ok());
-        if parent == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
-}
-
 /// The values of a `Name:` line of /proc/PID/status.
 fn status_field(pid: u32, name: &str) -> Vec<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -116,7 +94,10 @@ fn daemon_parent_and_sessions_run_as_nobody_nogroup_inside_the_chroot() {
     let mut second = tls(daemon.port);
     echo_round_trip(&mut second, b"second session\n");
     assert_dropped(daemon.pid(), &jail, "the listening parent");
-    let sessions = children_of(daemon.pid());
+    let sessions: Vec<u32> = children_of(daemon.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
     assert_eq!(
         sessions.len(),
         2,
@@ -264,7 +245,10 @@ fn fd_option_works_chrooted_as_nobody_like_the_seed_setup() {
     let mut client = tls(inetd.port);
     expect_helper_greeting(&mut client, &mut s.syslog);
     let helper = inetd.children.lock().unwrap()[0].id();
-    let sslwrap = children_of(helper);
+    let sslwrap: Vec<u32> = children_of(helper)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
     assert_eq!(sslwrap.len(), 1, "the helper's sslwrap: {sslwrap:?}");
     assert_dropped(sslwrap[0], &jail, "sslwrap -fd 3");
     drop(client);

@@ -570,3 +570,25 @@ impl Inetd {
         }
     }
 }
+
+/// The processes whose parent is `pid`, each with its state letter from /proc (`Z` for a zombie).
+pub fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child_pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name in parentheses may hold spaces: the fields after its closing parenthesis are fixed.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(pid) {
+            children.push((child_pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    children
+}
