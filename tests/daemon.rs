@@ -652,3 +652,40 @@ fn records_that_arrive_together_are_all_relayed_at_once() {
     client.read_exact(&mut echoed).unwrap();
     assert_eq!(echoed, b"one two three");
 }
+
+/// Private dirty memory of a process, in KiB, from /proc/PID/smaps_rollup.
+fn private_dirty_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Private_Dirty:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// What an administrator sees in /proc: a session that has gone quiet holds less memory than one in full flow (its
+/// two 16 KiB relay buffers and the heap pages freed since are given back).
+#[test]
+fn a_quiet_session_gives_memory_back() {
+    let s = setup("quiet-memory");
+    let daemon = s.daemon(backend(echo), &[]);
+    let mut client = tls(daemon.port);
+    let data = pattern(64 * 1024, 3);
+    client.write_all(&data).unwrap();
+    let mut echoed = vec![0u8; data.len()];
+    client.read_exact(&mut echoed).unwrap();
+    let sessions: Vec<u32> = children_of(daemon.pid())
+        .into_iter()
+        .filter(|(_, state)| *state != 'Z')
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(sessions.len(), 1, "one session process: {sessions:?}");
+    let busy = private_dirty_kib(sessions[0]);
+    std::thread::sleep(Duration::from_millis(1800));
+    let quiet = private_dirty_kib(sessions[0]);
+    eprintln!("private dirty: {busy} KiB in flow, {quiet} KiB quiet");
+    assert!(
+        quiet + 16 <= busy,
+        "a quiet session still holds {quiet} KiB (it held {busy} KiB in flow)"
+    );
+}
