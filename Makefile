@@ -79,8 +79,10 @@ demo: build
 bench: build
 	@if [ -x bench/run ]; then bench/run; else echo "bench/run missing"; exit 1; fi
 
-# The benchmark driver still runs (tiny sizes, sslwrap only); timings are not judged here.
+# The benchmark driver still runs (tiny sizes, sslwrap only) and the load client's own checks pass (its integrity
+# check must catch an altered byte); timings are not judged here.
 bench-smoke: build
+	$(CARGO) test --release --locked --quiet --manifest-path bench/loadgen/Cargo.toml
 	@if [ -x bench/run ]; then bench/run --smoke; else echo "bench-smoke: bench/run not present yet, skipped"; fi
 
 clean:

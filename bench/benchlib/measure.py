@@ -162,7 +162,7 @@ def bulk_run(bench, endpoint, direction):
                            timeout=300)
     cpu, _ = usage.finish()
     if not result["intact"]:
-        raise BenchError(f"{direction}: SHA-256 mismatch")
+        raise BenchError(f"{direction}: the data arrived altered (byte-for-byte check against the pattern)")
     bench.store.add(f"{direction}_mib_s", endpoint.kind, result["mib_per_s"])
     bench.store.add(f"cpu_per_gib_{direction}", endpoint.kind, cpu / (result["bytes"] / GIB))
     if endpoint.kind != "socat":

@@ -263,7 +263,7 @@ time, memory): lower is better. socat is a plain TCP relay (no TLS): the through
 
 Settings: {settings['clients']} concurrent clients for {settings['handshake_seconds']} s per handshake run (full
 handshake, no resumption, 1 byte echoed, X25519, AES-128-GCM); {settings['bulk_mib']} MiB per bulk transfer on one
-connection, SHA-256 checked; {settings['rtt_count']} round trips of 64 bytes; {settings['idle_connections']} idle
+connection, every byte compared with what was sent; {settings['rtt_count']} round trips of 64 bytes; {settings['idle_connections']} idle
 connections for memory (summed PSS of the program and all its children); {settings['inetd_connections']}
 sequential connections per inetd run under tcpserver. Throughput, latency, memory and inetd runs use the ECDSA
 certificate and TLS 1.3. CPU figures are /proc deltas of the program's whole process tree.

@@ -1,6 +1,7 @@
 //! The plaintext services every wrapper is put in front of, all on 127.0.0.1 in one process:
 //!   echo    returns whatever arrives (handshake, latency and idle runs);
-//!   sink    reads an 8-byte length and that many bytes, answers their SHA-256 (upload);
+//!   sink    reads an 8-byte length and that many bytes, checks them against the pattern and answers, as 8 bytes,
+//!           how many arrived intact from the start (upload);
 //!   source  reads an 8-byte length and sends that many pattern bytes (download).
 //! One thread per connection keeps them obviously correct; their cost is the same whichever wrapper is in front.
 
@@ -8,8 +9,6 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
-
-use openssl::sha::Sha256;
 
 use crate::args::Args;
 use crate::{lifetime, pattern, report};
@@ -88,9 +87,9 @@ fn drain_until_closed(stream: &mut TcpStream) {
     while matches!(stream.read(&mut scratch), Ok(count) if count > 0) {}
 }
 
-fn sink(mut stream: TcpStream, _block: &'static [u8]) -> io::Result<()> {
+fn sink(mut stream: TcpStream, block: &'static [u8]) -> io::Result<()> {
     let length = read_length(&mut stream)?;
-    let mut hasher = Sha256::new();
+    let mut check = pattern::PatternCheck::new(block);
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut received: u64 = 0;
     while received < length {
@@ -99,10 +98,10 @@ fn sink(mut stream: TcpStream, _block: &'static [u8]) -> io::Result<()> {
         if count == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        hasher.update(&buffer[..count]);
+        check.feed(&buffer[..count]);
         received += count as u64;
     }
-    stream.write_all(&hasher.finish())?;
+    stream.write_all(&check.intact_prefix().to_be_bytes())?;
     drain_until_closed(&mut stream);
     Ok(())
 }

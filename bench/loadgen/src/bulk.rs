@@ -1,12 +1,10 @@
-//! Bulk throughput of one connection. upload: `--mib N` pattern bytes to the sink, which answers their SHA-256;
-//! download: the same from the source, hashed here. Both digests are checked against one computed before the clock
-//! starts, so a wrapper that drops or mangles a byte fails instead of looking fast. The clock covers the transfer
-//! only, not the handshake.
+//! Bulk throughput of one connection. upload: `--mib N` pattern bytes to the sink, which compares each with the
+//! pattern and answers how many arrived intact; download: the same from the source, compared here. A wrapper that
+//! drops, adds or mangles a byte fails instead of looking fast. The clock covers the transfer only, not the
+//! handshake.
 
 use std::io::{Read, Write};
 use std::time::Instant;
-
-use openssl::sha::Sha256;
 
 use crate::args::Args;
 use crate::client::{Client, Connection};
@@ -15,12 +13,11 @@ use crate::report::{self, Value};
 
 const READ_BUFFER: usize = 256 * 1024;
 
-/// The parts every transfer shares: the connection, the payload and what its digest must be.
+/// The parts every transfer shares: the connection and the payload.
 struct Transfer {
     connection: Connection,
     block: Vec<u8>,
     length: u64,
-    expected: [u8; 32],
 }
 
 impl Transfer {
@@ -28,13 +25,11 @@ impl Transfer {
         let mib: u64 = args.number("mib", 64)?;
         let length = mib * 1024 * 1024;
         let block = pattern::block();
-        let expected = pattern::digest(&block, length);
         let connection = Client::from_args(args)?.connect()?;
         Ok(Transfer {
             connection,
             block,
             length,
-            expected,
         })
     }
 }
@@ -44,26 +39,26 @@ pub fn upload(args: &Args) -> Result<(), String> {
         let connection = &mut transfer.connection;
         pattern::send(connection, &transfer.block, transfer.length)
             .map_err(|e| format!("upload: {e}"))?;
-        let mut answer = [0u8; 32];
+        let mut answer = [0u8; 8];
         connection
             .read_exact(&mut answer)
-            .map_err(|e| format!("reading the sink's digest: {e}"))?;
-        Ok(answer)
+            .map_err(|e| format!("reading the sink's answer: {e}"))?;
+        Ok(u64::from_be_bytes(answer))
     })
 }
 
 pub fn download(args: &Args) -> Result<(), String> {
     timed_transfer(args, "download request", |transfer| {
-        receive_and_hash(&mut transfer.connection, transfer.length)
+        receive_and_check(&mut transfer.connection, &transfer.block, transfer.length)
     })
 }
 
-/// Sends the length header, runs one direction's transfer (which returns the digest to check), and reports its wall
-/// and CPU time: the frame shared by upload and download.
+/// Sends the length header, runs one direction's transfer (which returns how many bytes arrived intact), and reports
+/// its wall and CPU time: the frame shared by upload and download.
 fn timed_transfer(
     args: &Args,
     header_step: &str,
-    run: impl FnOnce(&mut Transfer) -> Result<[u8; 32], String>,
+    run: impl FnOnce(&mut Transfer) -> Result<u64, String>,
 ) -> Result<(), String> {
     let mut transfer = Transfer::prepare(args)?;
     let cpu_before = report::cpu_seconds();
@@ -72,14 +67,18 @@ fn timed_transfer(
         .connection
         .write_all(&pattern::header(transfer.length))
         .map_err(|e| format!("{header_step}: {e}"))?;
-    let digest = run(&mut transfer)?;
+    let intact_prefix = run(&mut transfer)?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = report::cpu_seconds() - cpu_before;
-    finish(transfer, digest, seconds, cpu)
+    finish(transfer, intact_prefix, seconds, cpu)
 }
 
-fn receive_and_hash(connection: &mut Connection, length: u64) -> Result<[u8; 32], String> {
-    let mut hasher = Sha256::new();
+fn receive_and_check(
+    connection: &mut Connection,
+    block: &[u8],
+    length: u64,
+) -> Result<u64, String> {
+    let mut check = pattern::PatternCheck::new(block);
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut received: u64 = 0;
     while received < length {
@@ -92,14 +91,14 @@ fn receive_and_hash(connection: &mut Connection, length: u64) -> Result<[u8; 32]
                 "download: connection closed after {received} of {length} bytes"
             ));
         }
-        hasher.update(&buffer[..count]);
+        check.feed(&buffer[..count]);
         received += count as u64;
     }
-    Ok(hasher.finish())
+    Ok(check.intact_prefix())
 }
 
-fn finish(transfer: Transfer, digest: [u8; 32], seconds: f64, cpu: f64) -> Result<(), String> {
-    let intact = digest == transfer.expected;
+fn finish(transfer: Transfer, intact_prefix: u64, seconds: f64, cpu: f64) -> Result<(), String> {
+    let intact = intact_prefix == transfer.length;
     let session = transfer.connection.describe();
     transfer.connection.close();
     let mib = transfer.length as f64 / (1024.0 * 1024.0);
@@ -114,6 +113,9 @@ fn finish(transfer: Transfer, digest: [u8; 32], seconds: f64, cpu: f64) -> Resul
     if intact {
         Ok(())
     } else {
-        Err("SHA-256 mismatch: the data arrived altered".to_string())
+        Err(format!(
+            "the data arrived altered: byte {intact_prefix} of {} differs from what was sent",
+            transfer.length
+        ))
     }
 }

@@ -4,8 +4,8 @@
 //!
 //!   serve       echo, sink and source backends on 127.0.0.1, ports printed as JSON, until stdin closes
 //!   handshakes  full handshakes per second with N concurrent clients
-//!   upload      one connection, N MiB to the sink, SHA-256 checked by the sink
-//!   download    one connection, N MiB from the source, SHA-256 checked here
+//!   upload      one connection, N MiB to the sink, every byte checked by the sink
+//!   download    one connection, N MiB from the source, every byte checked here
 //!   latency     64-byte round trips on one connection through the echo backend
 //!   idle        N established connections held open until stdin closes
 
