@@ -17,7 +17,6 @@ use crate::{lifetime, pattern, report};
 const THREAD_STACK: usize = 256 * 1024;
 /// A backend connection that sees nothing for this long is dropped, so a vanished client frees its thread.
 const IDLE_LIMIT: Duration = Duration::from_secs(120);
-const READ_BUFFER: usize = 256 * 1024;
 
 type Service = fn(TcpStream, &'static [u8]) -> io::Result<()>;
 
@@ -89,19 +88,8 @@ fn drain_until_closed(stream: &mut TcpStream) {
 
 fn sink(mut stream: TcpStream, block: &'static [u8]) -> io::Result<()> {
     let length = read_length(&mut stream)?;
-    let mut check = pattern::PatternCheck::new(block);
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut received: u64 = 0;
-    while received < length {
-        let want = (length - received).min(READ_BUFFER as u64) as usize;
-        let count = stream.read(&mut buffer[..want])?;
-        if count == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        check.feed(&buffer[..count]);
-        received += count as u64;
-    }
-    stream.write_all(&check.intact_prefix().to_be_bytes())?;
+    let intact_prefix = pattern::receive_and_check(&mut stream, block, length)?;
+    stream.write_all(&intact_prefix.to_be_bytes())?;
     drain_until_closed(&mut stream);
     Ok(())
 }

@@ -11,8 +11,6 @@ use crate::client::{Client, Connection};
 use crate::pattern;
 use crate::report::{self, Value};
 
-const READ_BUFFER: usize = 256 * 1024;
-
 /// The parts every transfer shares: the connection and the payload.
 struct Transfer {
     connection: Connection,
@@ -49,7 +47,8 @@ pub fn upload(args: &Args) -> Result<(), String> {
 
 pub fn download(args: &Args) -> Result<(), String> {
     timed_transfer(args, "download request", |transfer| {
-        receive_and_check(&mut transfer.connection, &transfer.block, transfer.length)
+        pattern::receive_and_check(&mut transfer.connection, &transfer.block, transfer.length)
+            .map_err(|e| format!("download: {e}"))
     })
 }
 
@@ -71,30 +70,6 @@ fn timed_transfer(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = report::cpu_seconds() - cpu_before;
     finish(transfer, intact_prefix, seconds, cpu)
-}
-
-fn receive_and_check(
-    connection: &mut Connection,
-    block: &[u8],
-    length: u64,
-) -> Result<u64, String> {
-    let mut check = pattern::PatternCheck::new(block);
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut received: u64 = 0;
-    while received < length {
-        let want = (length - received).min(READ_BUFFER as u64) as usize;
-        let count = connection
-            .read(&mut buffer[..want])
-            .map_err(|e| format!("download after {received} bytes: {e}"))?;
-        if count == 0 {
-            return Err(format!(
-                "download: connection closed after {received} of {length} bytes"
-            ));
-        }
-        check.feed(&buffer[..count]);
-        received += count as u64;
-    }
-    Ok(check.intact_prefix())
 }
 
 fn finish(transfer: Transfer, intact_prefix: u64, seconds: f64, cpu: f64) -> Result<(), String> {

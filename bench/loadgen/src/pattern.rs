@@ -3,10 +3,13 @@
 //! (a memcmp against the block, far cheaper than hashing, so the receiving end never slows the transfer down), and the
 //! sender never reads the data from anywhere but memory.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 /// Large enough that no TLS record or socket buffer ever lines up with the repetition.
 pub const BLOCK_SIZE: usize = (1 << 20) + 4093;
+
+/// The most taken from one read call on the receiving end.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// The most handed to one write call: big writes keep the sender's syscall count, not the wrapper's, out of the way.
 pub const WRITE_CHUNK: usize = 256 * 1024;
@@ -82,6 +85,26 @@ impl<'a> PatternCheck<'a> {
     }
 }
 
+/// Reads exactly `length` bytes and returns how many of them arrived intact from the start (see `PatternCheck`).
+pub fn receive_and_check(input: &mut impl Read, block: &[u8], length: u64) -> io::Result<u64> {
+    let mut check = PatternCheck::new(block);
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut received: u64 = 0;
+    while received < length {
+        let want = (length - received).min(READ_BUFFER as u64) as usize;
+        let count = input.read(&mut buffer[..want])?;
+        if count == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed after {received} of {length} bytes"),
+            ));
+        }
+        check.feed(&buffer[..count]);
+        received += count as u64;
+    }
+    Ok(check.intact_prefix())
+}
+
 /// Writes the first `length` bytes of the repeated block.
 pub fn send(out: &mut impl Write, block: &[u8], length: u64) -> io::Result<()> {
     for_each_slice(block, length, |slice| out.write_all(slice))?;
@@ -129,6 +152,18 @@ mod tests {
             check.feed(piece);
         }
         assert_eq!(check.intact_prefix(), altered as u64);
+    }
+
+    #[test]
+    fn a_whole_transfer_is_read_and_checked_and_a_short_one_is_an_error() {
+        let block = block();
+        let sent = sent_bytes(&block, 300_000);
+        assert_eq!(
+            receive_and_check(&mut &sent[..], &block, 300_000).unwrap(),
+            300_000
+        );
+        let error = receive_and_check(&mut &sent[..299_999], &block, 300_000).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
