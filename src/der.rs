@@ -6,14 +6,15 @@
 
 /// One DER element: its tag byte and its contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Element<'a> {
-    pub tag: u8,
-    pub content: &'a [u8],
+struct Element<'a> {
+    tag: u8,
+    content: &'a [u8],
 }
 
 const INTEGER: u8 = 0x02;
 const BIT_STRING: u8 = 0x03;
 const OCTET_STRING: u8 = 0x04;
+const NULL: &[u8] = &[0x05, 0x00];
 const OBJECT_IDENTIFIER: u8 = 0x06;
 const SEQUENCE: u8 = 0x30;
 const CONTEXT_0: u8 = 0xa0;
@@ -40,7 +41,7 @@ pub enum Pkcs8Key<'a> {
 
 /// Splits the first element off `input`; None if it is cut short or its length is not a definite one of at most
 /// four bytes.
-pub fn split_element(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
+fn split_element(input: &[u8]) -> Option<(Element<'_>, &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (length, rest) = if first < 0x80 {
@@ -68,7 +69,14 @@ fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     (element.tag == tag).then_some((element.content, rest))
 }
 
+/// The contents of `input` if it is exactly one element with the tag and nothing after it.
+fn expect_only(input: &[u8], tag: u8) -> Option<&[u8]> {
+    let (content, rest) = expect(input, tag)?;
+    rest.is_empty().then_some(content)
+}
+
 /// PrivateKeyInfo ::= SEQUENCE { version 0, AlgorithmIdentifier, privateKey OCTET STRING, [0] attributes OPTIONAL }
+/// Anything more inside, or parameters that are not the algorithm's own, make it None (OpenSSL then decides).
 pub fn unwrap_pkcs8(der: &[u8]) -> Option<Pkcs8Key<'_>> {
     let (info, _) = expect(der, SEQUENCE)?;
     let (version, rest) = expect(info, INTEGER)?;
@@ -76,17 +84,19 @@ pub fn unwrap_pkcs8(der: &[u8]) -> Option<Pkcs8Key<'_>> {
         return None;
     }
     let (algorithm, rest) = expect(rest, SEQUENCE)?;
-    let (private_key, _) = expect(rest, OCTET_STRING)?;
+    let (private_key, attributes) = expect(rest, OCTET_STRING)?;
+    if !attributes.is_empty() {
+        expect_only(attributes, CONTEXT_0)?;
+    }
     let (oid, parameters) = expect(algorithm, OBJECT_IDENTIFIER)?;
     match oid {
-        RSA_ENCRYPTION => Some(Pkcs8Key::Rsa(private_key)),
-        EC_PUBLIC_KEY => {
-            let (curve, _) = expect(parameters, OBJECT_IDENTIFIER)?;
-            Some(Pkcs8Key::Ec {
-                curve,
-                sec1: private_key,
-            })
+        RSA_ENCRYPTION if parameters.is_empty() || parameters == NULL => {
+            Some(Pkcs8Key::Rsa(private_key))
         }
+        EC_PUBLIC_KEY => Some(Pkcs8Key::Ec {
+            curve: expect_only(parameters, OBJECT_IDENTIFIER)?,
+            sec1: private_key,
+        }),
         _ => None,
     }
 }
@@ -102,18 +112,16 @@ pub fn sec1_parts<'a>(der: &'a [u8], curve: &[u8]) -> Option<(&'a [u8], Option<&
     }
     let (scalar, mut rest) = expect(rest, OCTET_STRING)?;
     if let Some((parameters, after)) = expect(rest, CONTEXT_0) {
-        let (named, nothing) = expect(parameters, OBJECT_IDENTIFIER)?;
-        if named != curve || !nothing.is_empty() {
+        if expect_only(parameters, OBJECT_IDENTIFIER)? != curve {
             return None;
         }
         rest = after;
     }
     let mut point = None;
     if let Some((public, after)) = expect(rest, CONTEXT_1) {
-        let (bits, nothing) = expect(public, BIT_STRING)?;
         // The first content byte of a BIT STRING counts the unused bits: a point has none.
-        match bits.split_first() {
-            Some((0, encoded)) if nothing.is_empty() => point = Some(encoded),
+        match expect_only(public, BIT_STRING)?.split_first() {
+            Some((0, encoded)) => point = Some(encoded),
             _ => return None,
         }
         rest = after;
@@ -193,6 +201,27 @@ mod tests {
         // Version 1 (OneAsymmetricKey with a public key).
         let version_1 = decode_hex("301a020101300d06092a864886f70d01010105000406300402010000");
         assert_eq!(unwrap_pkcs8(&version_1), None);
+    }
+
+    /// What OpenSSL's own decoder refuses is never accepted here either: junk after the key, RSA parameters other
+    /// than NULL, anything after the curve.
+    #[test]
+    fn pkcs8_with_anything_extra_is_left_to_openssl() {
+        let junk_after_key =
+            decode_hex("301c020100300d06092a864886f70d010101050004063004020100000500");
+        assert_eq!(unwrap_pkcs8(&junk_after_key), None);
+        let rsa_parameters = decode_hex("301a020100300d06092a864886f70d01010102000406300402010000");
+        assert_eq!(unwrap_pkcs8(&rsa_parameters), None);
+        let after_curve = decode_hex(
+            "3029020100301506072a8648ce3d020106082a8648ce3d0301070500040d300b0201010406010203040506",
+        );
+        assert_eq!(unwrap_pkcs8(&after_curve), None);
+        let with_attributes =
+            decode_hex("301c020100300d06092a864886f70d01010105000406300402010000a000");
+        assert_eq!(
+            unwrap_pkcs8(&with_attributes),
+            Some(Pkcs8Key::Rsa(&decode_hex("300402010000")))
+        );
     }
 
     #[test]

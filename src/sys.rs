@@ -1,7 +1,7 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
-//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, two OpenSSL context knobs, OPENSSL_cleanse). Each
-//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
-//! this file may use `unsafe`.
+//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
+//! knobs, SSL_has_pending, OPENSSL_cleanse). Each wrapper is small, returns `io::Result` where the call can fail,
+//! and states why its block is sound. Nothing outside this file may use `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -111,10 +111,34 @@ pub fn holds_unread_input(ssl: &openssl::ssl::SslRef) -> bool {
     unsafe { SSL_has_pending(ssl.as_ptr()) != 0 }
 }
 
-/// Overwrites secret bytes (a key file's contents) before their memory is given back.
-pub fn cleanse(secret: &mut [u8]) {
+/// Overwrites secret bytes before their memory is given back.
+fn cleanse(secret: &mut [u8]) {
     // SAFETY: the pointer and length describe one live, exclusively borrowed slice.
     unsafe { OPENSSL_cleanse(secret.as_mut_ptr().cast(), secret.len()) }
+}
+
+/// Bytes that hold a secret (a key file, its base64 or DER): overwritten when dropped, on every path out, because
+/// the daemon parent's freed heap is inherited by every child.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        cleanse(&mut self.0);
+    }
 }
 
 /// Hands freed heap pages back to the kernel. After a handshake a forked session holds a few hundred KiB of freed

@@ -356,7 +356,8 @@ fn use_certificate_files(
 ) -> Result<(), String> {
     let cert_path = &options.cert;
     let key_path = options.key.as_deref().unwrap_or(cert_path);
-    let cert_pem = read_file("-cert", cert_path)?;
+    // Without -key the certificate file holds the private key too.
+    let cert_pem = sys::Secret::new(read_file("-cert", cert_path)?);
     let chain = X509::stack_from_pem(&cert_pem).map_err(|e| {
         format!(
             "-cert: {} is not a PEM certificate: {}",
@@ -398,7 +399,7 @@ fn use_certificate_files(
 }
 
 fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
-    let mut pem = read_file("key", path)?;
+    let pem = sys::Secret::new(read_file("key", path)?);
     if is_encrypted_pem(&pem) {
         return Err(format!(
             "the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
@@ -415,7 +416,7 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
             path.display()
         ));
     }
-    let key = match decode_key_directly(&pem) {
+    match decode_key_directly(&pem) {
         Some(key) => {
             log_debug!("key in {} read directly", path.display());
             Ok(key)
@@ -428,9 +429,7 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
                 openssl_reason(&e)
             )
         }),
-    };
-    sys::cleanse(&mut pem);
-    key
+    }
 }
 
 /// The usual unencrypted RSA and EC key files (PKCS#8, PKCS#1, SEC1) decoded through OpenSSL's direct RSA and EC
@@ -438,26 +437,21 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
 fn decode_key_directly(pem: &[u8]) -> Option<PKey<Private>> {
     let text = std::str::from_utf8(pem).ok()?;
     let (label, body) = private_key_block(text)?;
-    // Sized once: a growing string would leave freed partial copies of the key behind.
+    // Sized once: a growing vector would leave freed partial copies of the key behind.
     let mut base64 = Vec::with_capacity(body.len());
     base64.extend(body.bytes().filter(|byte| !byte.is_ascii_whitespace()));
-    let mut der = std::str::from_utf8(&base64)
-        .ok()
-        .and_then(|base64| openssl::base64::decode_block(base64).ok());
-    sys::cleanse(&mut base64);
-    let key = der.as_deref().and_then(|der| match label {
-        "RSA PRIVATE KEY" => rsa_key(der),
-        "EC PRIVATE KEY" => ec_key(None, der),
-        "PRIVATE KEY" => match der::unwrap_pkcs8(der)? {
+    let base64 = sys::Secret::new(base64);
+    let der =
+        sys::Secret::new(openssl::base64::decode_block(std::str::from_utf8(&base64).ok()?).ok()?);
+    match label {
+        "RSA PRIVATE KEY" => rsa_key(&der),
+        "EC PRIVATE KEY" => PKey::from_ec_key(EcKey::private_key_from_der(&der).ok()?).ok(),
+        "PRIVATE KEY" => match der::unwrap_pkcs8(&der)? {
             Pkcs8Key::Rsa(pkcs1) => rsa_key(pkcs1),
-            Pkcs8Key::Ec { curve, sec1 } => ec_key(Some(curve), sec1),
+            Pkcs8Key::Ec { curve, sec1 } => ec_key(curve, sec1),
         },
         _ => None,
-    });
-    if let Some(der) = der.as_mut() {
-        sys::cleanse(der);
     }
-    key
 }
 
 /// The label and base64 body of the first `-----BEGIN ... PRIVATE KEY-----` block without PEM headers.
@@ -479,11 +473,8 @@ fn rsa_key(pkcs1: &[u8]) -> Option<PKey<Private>> {
     PKey::from_rsa(Rsa::private_key_from_der(pkcs1).ok()?).ok()
 }
 
-/// A SEC1 key; its curve comes from the PKCS#8 wrapping when given, else from the key itself.
-fn ec_key(curve: Option<&[u8]>, sec1: &[u8]) -> Option<PKey<Private>> {
-    let Some(curve) = curve else {
-        return PKey::from_ec_key(EcKey::private_key_from_der(sec1).ok()?).ok();
-    };
+/// A SEC1 key on the curve its PKCS#8 wrapping names.
+fn ec_key(curve: &[u8], sec1: &[u8]) -> Option<PKey<Private>> {
     let nid = match curve {
         der::P256 => Nid::X9_62_PRIME256V1,
         der::P384 => Nid::SECP384R1,
