@@ -523,7 +523,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             ));
         }
         let started = Instant::now();
-        let ready = self.poll_releasing_memory_when_quiet(&mut entries, idle)?;
+        let ready = self.poll_releasing_memory_when_quiet(&mut entries, idle, started)?;
         if ready == 0 && idle.is_some_and(|limit| started.elapsed() >= limit) {
             return Err(RelayError::Idle(idle.unwrap_or_default()));
         }
@@ -533,14 +533,15 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         Ok(())
     }
 
-    /// Polls; a session that stays quiet for RELEASE_MEMORY_AFTER first gives its empty buffers (and the heap pages
-    /// freed since) back, then polls on: a long idle session, the common case for mail clients, keeps no buffers.
+    /// Polls until `idle` after `started`; a session that stays quiet for RELEASE_MEMORY_AFTER first gives its empty
+    /// buffers (and the heap pages freed since) back, then polls on: a long idle session, the common case for mail
+    /// clients, keeps no buffers.
     fn poll_releasing_memory_when_quiet(
         &mut self,
         entries: &mut [sys::pollfd],
         idle: Option<Duration>,
+        started: Instant,
     ) -> Result<usize, RelayError> {
-        let started = Instant::now();
         if self.holds_empty_buffers() {
             let quiet = idle.map_or(RELEASE_MEMORY_AFTER, |limit| {
                 limit.min(RELEASE_MEMORY_AFTER)
@@ -629,5 +630,35 @@ pub fn wait_until(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Re
         if sys::poll(&mut entry, Some(left))? > 0 {
             return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(data: &[u8]) -> Pending {
+        let mut pending = Pending::new();
+        let space = pending.space();
+        space[..data.len()].copy_from_slice(data);
+        pending.filled(data.len());
+        pending
+    }
+
+    #[test]
+    fn an_empty_buffer_is_given_back() {
+        let mut pending = holding(b"sent");
+        pending.written = pending.end;
+        pending.release();
+        assert_eq!(pending.bytes.capacity(), 0);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_buffer_still_holding_data_is_kept_with_its_data() {
+        let mut pending = holding(b"not yet written");
+        pending.written = 4;
+        pending.release();
+        assert_eq!(pending.unwritten(), b"yet written");
     }
 }
