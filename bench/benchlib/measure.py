@@ -258,9 +258,9 @@ def inetd_phase(bench):
         stop_all(endpoints)
 
 
-PHASES = (handshake_and_latency_phase, throughput_phase, memory_phase, inetd_phase)
 PHASE_NAMES = {"handshakes": handshake_and_latency_phase, "throughput": throughput_phase, "memory": memory_phase,
                "inetd": inetd_phase}
+PHASES = tuple(PHASE_NAMES.values())
 
 
 def start_backends(loadgen, workdir, lifetime):

@@ -1,6 +1,6 @@
 //! Bulk throughput of one connection. upload: `--mib N` pattern bytes to the sink, which compares each with the
 //! pattern and answers how many arrived intact; download: the same from the source, compared here. A wrapper that
-//! drops, adds or mangles a byte fails instead of looking fast. The clock covers the transfer only, not the
+//! drops, inserts or mangles a byte before the end fails instead of looking fast. The clock covers the transfer only, not the
 //! handshake.
 
 use std::io::{Read, Write};
@@ -89,7 +89,7 @@ fn finish(transfer: Transfer, intact_prefix: u64, seconds: f64, cpu: f64) -> Res
         Ok(())
     } else {
         Err(format!(
-            "the data arrived altered: byte {intact_prefix} of {} differs from what was sent",
+            "the data arrived altered: {intact_prefix} of {} bytes intact",
             transfer.length
         ))
     }

@@ -28,16 +28,20 @@ pub fn block() -> Vec<u8> {
     bytes
 }
 
-/// Calls `each` with consecutive slices of the repeated block that together make `length` bytes.
+/// Calls `each` with consecutive slices of the repeated block that together make its bytes `from..from + length`,
+/// none longer than `limit`.
 fn for_each_slice(
     block: &[u8],
+    from: u64,
     length: u64,
+    limit: usize,
     mut each: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut position: u64 = 0;
-    while position < length {
+    let mut position = from;
+    let end_position = from + length;
+    while position < end_position {
         let start = (position % block.len() as u64) as usize;
-        let left = (length - position).min(WRITE_CHUNK as u64) as usize;
+        let left = (end_position - position).min(limit as u64) as usize;
         let end = (start + left).min(block.len());
         each(&block[start..end])?;
         position += (end - start) as u64;
@@ -46,14 +50,14 @@ fn for_each_slice(
 }
 
 /// Checks received bytes against the repeated block, in order, as they arrive.
-pub struct PatternCheck<'a> {
+struct PatternCheck<'a> {
     block: &'a [u8],
     received: u64,
     first_difference: Option<u64>,
 }
 
 impl<'a> PatternCheck<'a> {
-    pub fn new(block: &'a [u8]) -> PatternCheck<'a> {
+    fn new(block: &'a [u8]) -> PatternCheck<'a> {
         PatternCheck {
             block,
             received: 0,
@@ -62,25 +66,34 @@ impl<'a> PatternCheck<'a> {
     }
 
     /// Compares the next received bytes with the block at the running offset.
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let start = (self.received % self.block.len() as u64) as usize;
-            let take = data.len().min(self.block.len() - start);
-            let (now, rest) = data.split_at(take);
-            if self.first_difference.is_none() && now != &self.block[start..start + take] {
-                let offset = now
-                    .iter()
-                    .zip(&self.block[start..])
-                    .position(|(a, b)| a != b);
-                self.first_difference = Some(self.received + offset.unwrap_or(0) as u64);
-            }
-            self.received += take as u64;
-            data = rest;
-        }
+    fn feed(&mut self, data: &[u8]) {
+        let (received, first_difference) = (self.received, &mut self.first_difference);
+        let mut compared = 0;
+        let _ = for_each_slice(
+            self.block,
+            received,
+            data.len() as u64,
+            usize::MAX,
+            |expected| {
+                let arrived = &data[compared..compared + expected.len()];
+                // memcmp first; the byte-by-byte search runs once, on the slice that differs.
+                if first_difference.is_none() && arrived != expected {
+                    let offset = arrived
+                        .iter()
+                        .zip(expected)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    *first_difference = Some(received + (compared + offset) as u64);
+                }
+                compared += expected.len();
+                Ok(())
+            },
+        );
+        self.received += data.len() as u64;
     }
 
     /// How many bytes arrived intact from the start: all of them, or the offset of the first altered one.
-    pub fn intact_prefix(&self) -> u64 {
+    fn intact_prefix(&self) -> u64 {
         self.first_difference.unwrap_or(self.received)
     }
 }
@@ -89,25 +102,27 @@ impl<'a> PatternCheck<'a> {
 pub fn receive_and_check(input: &mut impl Read, block: &[u8], length: u64) -> io::Result<u64> {
     let mut check = PatternCheck::new(block);
     let mut buffer = vec![0u8; READ_BUFFER];
-    let mut received: u64 = 0;
-    while received < length {
-        let want = (length - received).min(READ_BUFFER as u64) as usize;
-        let count = input.read(&mut buffer[..want])?;
-        if count == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("connection closed after {received} of {length} bytes"),
-            ));
-        }
+    while check.received < length {
+        let want = (length - check.received).min(READ_BUFFER as u64) as usize;
+        let after = |what: &str| format!("{what} after {} of {length} bytes", check.received);
+        let count = match input.read(&mut buffer[..want]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    after("connection closed"),
+                ))
+            }
+            Ok(count) => count,
+            Err(error) => return Err(io::Error::new(error.kind(), after(&error.to_string()))),
+        };
         check.feed(&buffer[..count]);
-        received += count as u64;
     }
     Ok(check.intact_prefix())
 }
 
 /// Writes the first `length` bytes of the repeated block.
 pub fn send(out: &mut impl Write, block: &[u8], length: u64) -> io::Result<()> {
-    for_each_slice(block, length, |slice| out.write_all(slice))?;
+    for_each_slice(block, 0, length, WRITE_CHUNK, |slice| out.write_all(slice))?;
     out.flush()
 }
 
@@ -127,17 +142,34 @@ mod tests {
         sent
     }
 
+    /// A reader that hands out at most `step` bytes per call, as a socket does.
+    struct ShortReads<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for ShortReads<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            let count = self.data.len().min(buffer.len()).min(self.step);
+            buffer[..count].copy_from_slice(&self.data[..count]);
+            self.data = &self.data[count..];
+            Ok(count)
+        }
+    }
+
     #[test]
     fn sent_bytes_pass_the_check_in_any_slicing() {
         let block = block();
         let length = 3 * BLOCK_SIZE as u64 + 17;
         let sent = sent_bytes(&block, length);
         assert_eq!(sent.len() as u64, length);
-        let mut check = PatternCheck::new(&block);
-        for piece in sent.chunks(16_411) {
-            check.feed(piece);
+        for piece_size in [1_000, 4_093, 16_411, BLOCK_SIZE + 1] {
+            let mut check = PatternCheck::new(&block);
+            for piece in sent.chunks(piece_size) {
+                check.feed(piece);
+            }
+            assert_eq!(check.intact_prefix(), length, "pieces of {piece_size}");
         }
-        assert_eq!(check.intact_prefix(), length);
     }
 
     #[test]
@@ -155,6 +187,32 @@ mod tests {
     }
 
     #[test]
+    fn short_reads_are_checked_and_the_first_of_two_altered_bytes_is_reported() {
+        let block = block();
+        let length = 2 * BLOCK_SIZE as u64 + 11;
+        let mut sent = sent_bytes(&block, length);
+        let mut reader = ShortReads {
+            data: &sent,
+            step: 7_919,
+        };
+        assert_eq!(
+            receive_and_check(&mut reader, &block, length).unwrap(),
+            length
+        );
+        let first = BLOCK_SIZE + 3;
+        sent[first] ^= 1;
+        sent[first + 100_000] ^= 1;
+        let mut reader = ShortReads {
+            data: &sent,
+            step: 7_919,
+        };
+        assert_eq!(
+            receive_and_check(&mut reader, &block, length).unwrap(),
+            first as u64
+        );
+    }
+
+    #[test]
     fn a_whole_transfer_is_read_and_checked_and_a_short_one_is_an_error() {
         let block = block();
         let sent = sent_bytes(&block, 300_000);
@@ -164,6 +222,10 @@ mod tests {
         );
         let error = receive_and_check(&mut &sent[..299_999], &block, 300_000).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            error.to_string().contains("after 299999 of 300000 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -171,8 +233,9 @@ mod tests {
         let block = block();
         let mut sent = sent_bytes(&block, 100_000);
         sent.remove(70_000);
+        let first_shifted = (70_000..).find(|&i| sent[i] != block[i]).unwrap();
         let mut check = PatternCheck::new(&block);
         check.feed(&sent);
-        assert!(check.intact_prefix() >= 70_000 && check.intact_prefix() < 99_999);
+        assert_eq!(check.intact_prefix(), first_shifted as u64);
     }
 }
