@@ -23,11 +23,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str], syslog: &Syslog) -> Daemon {
-        let (child, port, probe) = spawn_daemon("127.0.0.1", args, &[], syslog);
-        // The probe connection is a session of its own. A connect only reaches the listen queue, so a handshake
-        // attempt (whatever its outcome) waits until a child has answered: the parent is then past its warm-up and
-        // accepting. That session must have ended before anything is counted.
-        probe.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let (child, port) = spawn_daemon("127.0.0.1", args, &[], syslog);
+        // The port listens before the parent's warm-up is over. A handshake attempt (whatever its outcome) waits until
+        // a child has answered, so the parent is then accepting; that probe session must have ended before anything
+        // is counted.
+        let probe = tcp(port);
         let mut probe_config = connector(|_| {}).configure().unwrap();
         probe_config.set_verify_hostname(false);
         let _ = probe_config.connect("localhost", probe);
@@ -474,7 +474,7 @@ fn ipv6_listen_address() {
     }
     let s = setup("listen6");
     let backend_port = backend(echo).to_string();
-    let (mut child, _port, stream) = spawn_daemon(
+    let (mut child, port) = spawn_daemon(
         "::1",
         &[
             "-cert",
@@ -488,6 +488,7 @@ fn ipv6_listen_address() {
     let connector = connector(|_| {});
     let mut config = connector.configure().unwrap();
     config.set_verify_hostname(false);
+    let stream = TcpStream::connect(("::1", port)).unwrap();
     let mut client = config.connect("localhost", stream).unwrap();
     client.write_all(b"six").unwrap();
     let mut echoed = [0u8; 3];

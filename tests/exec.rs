@@ -183,13 +183,12 @@ fn program_stderr_goes_to_syslog_never_to_the_client() {
 #[test]
 fn exec_in_daemon_mode_reaps_every_program() {
     let (_dir, syslog, pki) = setup("daemon-exec");
-    let (mut daemon, port, probe) = spawn_daemon(
+    let (mut daemon, port) = spawn_daemon(
         "127.0.0.1",
         &["-cert", pki.server_pem.to_str().unwrap()],
         &["-exec", "/bin/cat"],
         &syslog,
     );
-    drop(probe);
     for n in 0..20u8 {
         let mut client = tls(port);
         client.write_all(&[n; 10]).unwrap();

@@ -259,21 +259,6 @@ pub fn as_strs(words: &[String]) -> Vec<&str> {
     words.iter().map(String::as_str).collect()
 }
 
-/// Waits until something accepts connections on the port (a daemon that just started), bounded.
-pub fn wait_for_listener(host: &str, port: u16) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(stream) = TcpStream::connect((host, port)) {
-            return stream;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {host} port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// An sslwrap command logging to the test's syslog.
 pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
     let mut command = Command::new(BINARY);
@@ -284,14 +269,9 @@ pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
 }
 
 /// Starts sslwrap in daemon mode on a free port of `host` ("127.0.0.1" or "::1") with `before`, `-accept ADDRESS`,
-/// then `after` (where `-exec PROG ARGS` must stay last), its stdio closed; returns once it accepts connections, with
-/// the child, the port and the probe connection that showed it listening (a session of its own).
-pub fn spawn_daemon(
-    host: &str,
-    before: &[&str],
-    after: &[&str],
-    syslog: &Syslog,
-) -> (Child, u16, TcpStream) {
+/// then `after` (where `-exec PROG ARGS` must stay last), its stdio closed; returns the child and the port once the
+/// port is in LISTEN state (no probe connection, which would be a session of its own).
+pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog) -> (Child, u16) {
     let port = free_port_on(host);
     let accept = if host.contains(':') {
         format!("[{host}]:{port}")
@@ -301,14 +281,40 @@ pub fn spawn_daemon(
     let mut all: Vec<&str> = before.to_vec();
     all.extend(["-accept", &accept]);
     all.extend(after);
-    let child = sslwrap(&all, syslog)
+    let mut child = sslwrap(&all, syslog)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let probe = wait_for_listener(host, port);
-    (child, port, probe)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sslwrap {all:?} exited ({status}) instead of listening");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sslwrap {all:?} is not listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, port)
+}
+
+/// True once some socket is in LISTEN state on `port` (read from /proc, so no probe connection becomes a session
+/// of its own in a server's log).
+pub fn is_listening(port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[1].ends_with(&wanted) && fields[3] == "0A"
+            })
+    })
 }
 
 /// Runs sslwrap to completion with no client (for start-up errors); returns status and stderr.

@@ -53,22 +53,6 @@ pub fn free_port(host: &str) -> u16 {
     free_port_on(host)
 }
 
-/// True once some socket is in LISTEN state on `port` (read from /proc, so no probe connection becomes a session
-/// of its own in a server's log).
-pub fn is_listening(port: u16) -> bool {
-    let wanted = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 3 && fields[1].ends_with(&wanted) && fields[3] == "0A"
-            })
-    })
-}
-
 /// A server process, stopped by PID (SIGTERM, then SIGKILL after a bound) when dropped.
 pub struct Service {
     name: String,
@@ -568,28 +552,7 @@ pub struct SslwrapDaemon {
 impl SslwrapDaemon {
     /// `host` is "127.0.0.1" or "::1".
     pub fn start(host: &str, args: &[&str], syslog: &Syslog) -> SslwrapDaemon {
-        let port = free_port(host);
-        let accept = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let mut all = args.to_vec();
-        all.extend(["-accept", &accept]);
-        let mut child = sslwrap(&all, syslog)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + START_LIMIT;
-        while !is_listening(port) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("sslwrap {all:?} exited ({status}) instead of listening");
-            }
-            assert!(Instant::now() < deadline, "sslwrap is not listening");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (child, port) = spawn_daemon(host, args, &[], syslog);
         SslwrapDaemon { child, port }
     }
 
