@@ -15,7 +15,7 @@ use crate::client::ClientIo;
 use crate::options::{Config, parse_port};
 use crate::privs::Identity;
 use crate::sys::{self, ChildEnd, Forked};
-use crate::{log_debug, log_error, log_notice, log_warning, session, tls};
+use crate::{backend, log_debug, log_error, log_notice, log_warning, session, tls};
 
 /// The first pause after accept ran out of descriptors or memory; doubled up to the maximum while it persists.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -34,7 +34,7 @@ pub fn listen_addresses(value: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("-accept: no address before the port in '{value}'"));
     }
     let port = parse_port("-accept", port)?;
-    session::resolve(host, port).map_err(|reason| format!("-accept: {reason}"))
+    backend::resolve(host, port).map_err(|reason| format!("-accept: {reason}"))
 }
 
 /// Binds the listening socket (before privileges are dropped: ports below 1024 need root).
@@ -46,7 +46,7 @@ pub fn bind(value: &str) -> Result<TcpListener, String> {
             Err(error) => {
                 last_error = format!(
                     "-accept: cannot listen on {address}: {}",
-                    tls::plain_io_reason(&error)
+                    crate::reason::io_reason(&error)
                 )
             }
         }
@@ -185,7 +185,7 @@ impl Daemon<'_> {
             self.last_accept_error_log = Some(Instant::now());
             log_error!(
                 "accept failed: {}; pausing new connections",
-                tls::plain_io_reason(error)
+                crate::reason::io_reason(error)
             );
         }
     }

@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use crate::client::ClientAddresses;
-use crate::session::TlsFacts;
-use crate::{log_debug, log_error, log_notice, tls};
+use crate::tls_facts::TlsFacts;
+use crate::{log_debug, log_error, log_notice};
 
 /// How long the program may take to exit once the session is over, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -39,11 +39,9 @@ pub fn environment(addresses: &ClientAddresses, facts: Option<&TlsFacts>) -> Vec
     };
     variables.push(("SSL_PROTOCOL".to_string(), facts.protocol.clone()));
     variables.push(("SSL_CIPHER".to_string(), facts.cipher.clone()));
-    if let Some(subject) = &facts.client_subject {
-        variables.push(("SSL_CLIENT_S_DN".to_string(), subject.clone()));
-    }
-    if let Some(issuer) = &facts.client_issuer {
-        variables.push(("SSL_CLIENT_I_DN".to_string(), issuer.clone()));
+    if let Some(client) = &facts.verified_client {
+        variables.push(("SSL_CLIENT_S_DN".to_string(), client.subject.clone()));
+        variables.push(("SSL_CLIENT_I_DN".to_string(), client.issuer.clone()));
     }
     variables
 }
@@ -72,7 +70,7 @@ pub fn start_program(
     for (name, value) in variables {
         command.env(name, value);
     }
-    let mut child = command.spawn().map_err(|e| tls::plain_io_reason(&e))?;
+    let mut child = command.spawn().map_err(|e| crate::reason::io_reason(&e))?;
     let stderr_logged = child.stderr.take().map(|stderr| {
         let name = program.display().to_string();
         let (done, logged) = channel();

@@ -2,6 +2,7 @@
 //! only wires things up: read the command line, set up logging, build the TLS context (reading the key before any
 //! privilege is dropped), and hand over to inetd or daemon mode. It must stay thin.
 
+mod backend;
 mod client;
 mod daemon;
 mod der;
@@ -12,11 +13,13 @@ mod options;
 mod plaintext_phase;
 mod privs;
 mod proxy_header;
+mod reason;
 mod relay;
 mod session;
 mod starttls;
 mod sys;
 mod tls;
+mod tls_facts;
 
 use options::{Command, Config, UsageError};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::client::ClientIo;
 use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait, push_entry};
 use crate::starttls::{Prelude, StartTlsMode, Step};
-use crate::{log_debug, log_error, log_warning, sys, tls};
+use crate::{log_debug, log_error, log_warning, sys};
 
 /// How long a client may stay silent before STARTTLS when no -timeout says otherwise.
 const DEFAULT_PLAINTEXT_IDLE: Duration = Duration::from_secs(300);
@@ -148,7 +148,7 @@ impl<P: Plaintext> Phase<'_, P> {
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(error) => Err(format!(
                 "backend: write failed: {}",
-                tls::plain_io_reason(&error)
+                crate::reason::io_reason(&error)
             )),
         }
     }
@@ -171,7 +171,7 @@ impl<P: Plaintext> Phase<'_, P> {
             Err(error) => {
                 return Err(format!(
                     "backend: read failed: {}",
-                    tls::plain_io_reason(&error)
+                    crate::reason::io_reason(&error)
                 ));
             }
         };

@@ -15,13 +15,16 @@
 //! - v1 writes IPv6 in hex groups with RFC 5952 `::` compression, never with a dotted IPv4 tail.
 //! - IPv6 scope ids and flow labels have no field in either format and are dropped.
 //! - v1 carries no TLS facts; v2 always carries PP2_TYPE_SSL when TLS facts are given.
-//! - The v2 header is kept within 536 bytes; optional TLVs are admitted by priority.
+//! - Each text TLV has a longest value it is sent with (the longest that value can rightly be), so the v2 header
+//!   is always within 536 bytes without any choosing between facts.
 //! - No PP2_TYPE_CRC32C: the hop to the backend is a TCP connection whose own checksum covers
 //!   it, and a receiver with a faulty CRC check would refuse every connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::str::FromStr;
+
+use crate::tls_facts::TlsFacts;
 
 /// Which PROXY protocol format to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,29 +47,6 @@ impl FromStr for ProxyVersion {
             )),
         }
     }
-}
-
-/// TLS facts of the client connection, for the v2 PP2_TYPE_SSL TLV and friends.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFacts {
-    /// Protocol version, e.g. "TLSv1.3" (PP2_SUBTYPE_SSL_VERSION).
-    pub version: String,
-    /// OpenSSL cipher name (PP2_SUBTYPE_SSL_CIPHER).
-    pub cipher: String,
-    /// The client sent a certificate (PP2_CLIENT_CERT_CONN and PP2_CLIENT_CERT_SESS).
-    pub client_cert_presented: bool,
-    /// The presented certificate was verified; the verify field is 0 only when both are true.
-    pub client_cert_verified: bool,
-    /// Common Name of the client certificate (PP2_SUBTYPE_SSL_CN), sent only when verified.
-    pub client_cn: Option<String>,
-    /// Signature algorithm of the server certificate (PP2_SUBTYPE_SSL_SIG_ALG), if known.
-    pub sig_alg: Option<String>,
-    /// Key algorithm of the server certificate (PP2_SUBTYPE_SSL_KEY_ALG), if known.
-    pub key_alg: Option<String>,
-    /// Negotiated ALPN protocol (PP2_TYPE_ALPN).
-    pub alpn: Option<Vec<u8>>,
-    /// Server name the client asked for (PP2_TYPE_AUTHORITY).
-    pub sni: Option<String>,
 }
 
 /// The PROXY protocol header announcing a client connection.
@@ -201,32 +181,27 @@ const V2_TCP_OVER_IPV4: u8 = 0x11;
 const V2_TCP_OVER_IPV6: u8 = 0x21;
 /// Signature, version/command, family/transport and the u16 length.
 const V2_FIXED_PART_LEN: usize = 16;
-/// The spec designs both formats to fit the smallest TCP segment every host must accept
-/// (576 - 40 bytes), so the header arrives in the one read receivers such as Dovecot do;
-/// it is also far below the u16 length field's limit.
-const MAX_V2_HEADER_LEN: usize = 536;
-
-const PP2_TYPE_ALPN: u8 = 0x01;
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
 const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
-const PP2_SUBTYPE_SSL_SIG_ALG: u8 = 0x24;
-const PP2_SUBTYPE_SSL_KEY_ALG: u8 = 0x25;
 const PP2_CLIENT_SSL: u8 = 0x01;
 const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 const PP2_CLIENT_CERT_SESS: u8 = 0x04;
-/// Type byte and u16 length in front of every TLV value.
-const TLV_HEAD_LEN: usize = 3;
-/// PP2_TYPE_SSL before its sub-TLVs: TLV head, client flags byte, u32 verify result.
-const SSL_TLV_FIXED_LEN: usize = TLV_HEAD_LEN + 1 + 4;
+/// The longest value of each text TLV, chosen so that every header fits the smallest TCP segment every host must
+/// accept (576 - 40 = 536 bytes), as the spec designs both formats to, and arrives in the one read receivers such as
+/// Dovecot do. "TLSv1.3" and cipher names such as "ECDHE-ECDSA-CHACHA20-POLY1305" are far
+/// shorter; X.509 bounds a common name at 64 characters (ub-common-name) and DNS a host name at 253 bytes. With
+/// these bounds the largest header is 16 + 36 (IPv6) + 8 + (3 + 16) + (3 + 64) + (3 + 64) + (3 + 253) = 469 bytes.
+const MAX_VERSION_LEN: usize = 16;
+const MAX_CN_LEN: usize = 64;
+const MAX_CIPHER_LEN: usize = 64;
+const MAX_AUTHORITY_LEN: usize = 253;
 
 fn v2_header(endpoints: &Endpoints, tls: Option<&TlsFacts>) -> Vec<u8> {
     let (family_and_transport, address_block) = v2_address_block(endpoints);
-    let tlv_room = MAX_V2_HEADER_LEN - V2_FIXED_PART_LEN - address_block.len();
-    let tlvs = tls.map_or_else(Vec::new, |facts| tls_tlvs(facts, tlv_room));
-
+    let tlvs = tls.map_or_else(Vec::new, tls_tlvs);
     let mut header = Vec::with_capacity(V2_FIXED_PART_LEN + address_block.len() + tlvs.len());
     header.extend_from_slice(&V2_SIGNATURE);
     header.push(V2_VERSION_AND_PROXY_COMMAND);
@@ -260,10 +235,10 @@ fn v2_address_block(endpoints: &Endpoints) -> (u8, Vec<u8>) {
     (family_and_transport, block)
 }
 
-/// Every length written is bounded by MAX_V2_HEADER_LEN, so it always fits the u16 field.
+/// Every length written is bounded by the TLV bounds (at most 469 bytes in all), so it always fits the u16 field.
 fn length_field(len: usize) -> [u8; 2] {
     u16::try_from(len)
-        .expect("lengths are bounded by MAX_V2_HEADER_LEN")
+        .expect("lengths are bounded by the MAX_*_LEN bounds")
         .to_be_bytes()
 }
 
@@ -274,10 +249,6 @@ struct Tlv {
 }
 
 impl Tlv {
-    fn encoded_len(&self) -> usize {
-        TLV_HEAD_LEN + self.value.len()
-    }
-
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(self.kind);
         out.extend_from_slice(&length_field(self.value.len()));
@@ -285,78 +256,47 @@ impl Tlv {
     }
 }
 
-/// Which TLV list an optional fact belongs to.
-enum Level {
-    Top,
-    InsideSsl,
-}
-
-/// The TLS TLVs within `room` bytes. PP2_TYPE_SSL with its flags and verify result always
-/// fits (the fixed part plus an IPv6 address block leaves 484 bytes); optional facts are
-/// admitted most important first, each whole or not at all, then written in type order.
-fn tls_tlvs(facts: &TlsFacts, room: usize) -> Vec<u8> {
-    let mut room = room - SSL_TLV_FIXED_LEN;
-    let mut top_level = Vec::new();
-    let mut inside_ssl = Vec::new();
-    for (level, tlv) in optional_tlvs_by_priority(facts) {
-        if tlv.encoded_len() > room {
-            continue;
-        }
-        room -= tlv.encoded_len();
-        match level {
-            Level::Top => top_level.push(tlv),
-            Level::InsideSsl => inside_ssl.push(tlv),
-        }
-    }
-    top_level.push(ssl_tlv(facts, inside_ssl));
-    encode_in_type_order(top_level)
-}
-
-/// Most important first: the version the spec expects with PP2_CLIENT_SSL, the CN a backend
-/// may authenticate with, the cipher, then what the application protocol needs (ALPN, SNI),
-/// and last the merely informative server certificate algorithms.
-fn optional_tlvs_by_priority(facts: &TlsFacts) -> Vec<(Level, Tlv)> {
-    let top = |kind, value: Option<Vec<u8>>| value.map(|value| (Level::Top, Tlv { kind, value }));
-    let inside_ssl =
-        |kind, value: Option<Vec<u8>>| value.map(|value| (Level::InsideSsl, Tlv { kind, value }));
-    let optional_text = |text: &Option<String>| text.as_deref().and_then(text_value);
+/// PP2_TYPE_AUTHORITY (the server name) and PP2_TYPE_SSL with its flags, verify result and sub-TLVs, in type order.
+fn tls_tlvs(facts: &TlsFacts) -> Vec<u8> {
     let verified_cn = facts
-        .client_cn
-        .as_deref()
-        .filter(|_| client_cert_verified(facts));
-    [
-        inside_ssl(PP2_SUBTYPE_SSL_VERSION, text_value(&facts.version)),
-        inside_ssl(PP2_SUBTYPE_SSL_CN, verified_cn.and_then(text_value)),
-        inside_ssl(PP2_SUBTYPE_SSL_CIPHER, text_value(&facts.cipher)),
-        top(PP2_TYPE_ALPN, bytes_value(facts.alpn.as_deref())),
-        top(PP2_TYPE_AUTHORITY, optional_text(&facts.sni)),
-        inside_ssl(PP2_SUBTYPE_SSL_SIG_ALG, optional_text(&facts.sig_alg)),
-        inside_ssl(PP2_SUBTYPE_SSL_KEY_ALG, optional_text(&facts.key_alg)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
-/// Empty text says nothing, and text holding a NUL would be cut short by receivers that copy
-/// it as a C string (Dovecot does, for the CN), so they would read a different, shorter name.
-fn text_value(text: &str) -> Option<Vec<u8>> {
-    (!text.is_empty() && !text.contains('\0')).then(|| text.as_bytes().to_vec())
-}
-
-/// ALPN is an opaque byte string: only an empty one is left out.
-fn bytes_value(bytes: Option<&[u8]>) -> Option<Vec<u8>> {
-    bytes.filter(|bytes| !bytes.is_empty()).map(<[u8]>::to_vec)
-}
-
-fn ssl_tlv(facts: &TlsFacts, sub_tlvs: Vec<Tlv>) -> Tlv {
-    let mut value = vec![client_flags(facts)];
-    value.extend_from_slice(&verify_result(facts).to_be_bytes());
-    value.extend(encode_in_type_order(sub_tlvs));
-    Tlv {
-        kind: PP2_TYPE_SSL,
-        value,
+        .verified_client
+        .as_ref()
+        .filter(|_| client_cert_verified(facts))
+        .and_then(|names| names.common_name.as_deref());
+    let sub_tlvs = [
+        text_tlv(PP2_SUBTYPE_SSL_VERSION, &facts.protocol, MAX_VERSION_LEN),
+        verified_cn.and_then(|cn| text_tlv(PP2_SUBTYPE_SSL_CN, cn, MAX_CN_LEN)),
+        text_tlv(PP2_SUBTYPE_SSL_CIPHER, &facts.cipher, MAX_CIPHER_LEN),
+    ];
+    let mut ssl_value = vec![client_flags(facts)];
+    ssl_value.extend_from_slice(&verify_result(facts).to_be_bytes());
+    for tlv in sub_tlvs.iter().flatten() {
+        tlv.encode_into(&mut ssl_value);
     }
+    let authority = facts
+        .server_name
+        .as_deref()
+        .and_then(|name| text_tlv(PP2_TYPE_AUTHORITY, name, MAX_AUTHORITY_LEN));
+    let ssl = Tlv {
+        kind: PP2_TYPE_SSL,
+        value: ssl_value,
+    };
+    let mut out = Vec::new();
+    for tlv in authority.iter().chain([&ssl]) {
+        tlv.encode_into(&mut out);
+    }
+    out
+}
+
+/// A text TLV, or none: empty text says nothing; text holding a NUL would be cut short by receivers that copy it as
+/// a C string (Dovecot does, for the CN), so they would read a different, shorter name; and text longer than its
+/// bound is left out whole rather than cut (a cut name could be somebody else's).
+fn text_tlv(kind: u8, text: &str, longest: usize) -> Option<Tlv> {
+    let sendable = !text.is_empty() && !text.contains('\0') && text.len() <= longest;
+    sendable.then(|| Tlv {
+        kind,
+        value: text.as_bytes().to_vec(),
+    })
 }
 
 /// A certificate shown on this connection was also shown in its TLS session, hence both flags.
@@ -375,18 +315,8 @@ fn verify_result(facts: &TlsFacts) -> u32 {
 }
 
 fn client_cert_verified(facts: &TlsFacts) -> bool {
-    facts.client_cert_presented && facts.client_cert_verified
+    facts.client_cert_presented && facts.verified_client.is_some()
 }
-
-fn encode_in_type_order(mut tlvs: Vec<Tlv>) -> Vec<u8> {
-    tlvs.sort_by_key(|tlv| tlv.kind);
-    let mut out = Vec::with_capacity(tlvs.iter().map(Tlv::encoded_len).sum());
-    for tlv in &tlvs {
-        tlv.encode_into(&mut out);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,9 +335,14 @@ mod tests {
         proxy_header(ProxyVersion::V2, addr(source), addr(destination), tls)
     }
 
+    use crate::tls_facts::ClientNames;
+
+    /// The smallest TCP segment every host must accept (576 - 40 bytes): every header must fit.
+    const MAX_V2_HEADER_LEN: usize = 536;
+
     fn tls13() -> TlsFacts {
         TlsFacts {
-            version: "TLSv1.3".to_string(),
+            protocol: "TLSv1.3".to_string(),
             cipher: "TLS_AES_128_GCM_SHA256".to_string(),
             ..TlsFacts::default()
         }
@@ -416,8 +351,11 @@ mod tests {
     fn verified_client(cn: &str) -> TlsFacts {
         TlsFacts {
             client_cert_presented: true,
-            client_cert_verified: true,
-            client_cn: Some(cn.to_string()),
+            verified_client: Some(ClientNames {
+                subject: format!("/CN={cn}"),
+                issuer: "/CN=Test CA".to_string(),
+                common_name: Some(cn.to_string()),
+            }),
             ..tls13()
         }
     }
@@ -683,15 +621,12 @@ mod tests {
     #[test]
     fn v2_ipv6_with_every_tls_fact() {
         let facts = TlsFacts {
-            sig_alg: Some("RSA-SHA256".to_string()),
-            key_alg: Some("RSA2048".to_string()),
-            alpn: Some(b"imap".to_vec()),
-            sni: Some("mail.example.org".to_string()),
+            server_name: Some("mail.example.org".to_string()),
             ..verified_client("alice")
         };
         let expected = [
             &SIGNATURE_AND_PROXY[..],
-            &[0x21, 0x00, 0x88], // 36 address bytes + 100 TLV bytes
+            &[0x21, 0x00, 0x6A], // 36 address bytes + 70 TLV bytes
             &[
                 0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
             ],
@@ -699,11 +634,9 @@ mod tests {
                 0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
             ],
             &[0xC3, 0x50, 0x03, 0xE1], // 50000, 993
-            &[0x01, 0x00, 0x04],
-            b"imap",
             &[0x02, 0x00, 0x10],
             b"mail.example.org",
-            &[0x20, 0x00, 0x47],       // PP2_TYPE_SSL, 71 bytes
+            &[0x20, 0x00, 0x30],       // PP2_TYPE_SSL, 48 bytes
             &[0x07],                   // SSL, CERT_CONN, CERT_SESS
             &[0x00, 0x00, 0x00, 0x00], // verified
             &[0x21, 0x00, 0x07],
@@ -712,26 +645,22 @@ mod tests {
             b"alice",
             &[0x23, 0x00, 0x16],
             b"TLS_AES_128_GCM_SHA256",
-            &[0x24, 0x00, 0x0A],
-            b"RSA-SHA256",
-            &[0x25, 0x00, 0x07],
-            b"RSA2048",
         ]
         .concat();
         let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
         assert_eq!(header, expected);
 
         let parsed = parse_v2(&header);
-        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x02, 0x20]);
+        assert_eq!(kinds(&parsed.tlvs), [0x02, 0x20]);
         let ssl = parse_ssl(&parsed);
-        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23, 0x24, 0x25]);
+        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23]);
         assert_eq!(find(&ssl.sub_tlvs, 0x22), Some(&b"alice"[..]));
     }
 
     #[test]
     fn v2_presented_but_unverified_certificate_sends_no_cn() {
         let facts = TlsFacts {
-            client_cert_verified: false,
+            verified_client: None,
             ..verified_client("mallory")
         };
         let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
@@ -757,16 +686,15 @@ mod tests {
 
     #[test]
     fn v2_leaves_out_empty_values_and_text_with_nul() {
-        let facts = TlsFacts {
-            version: String::new(),
+        let mut facts = TlsFacts {
+            protocol: String::new(),
             cipher: "AES\0".to_string(),
-            client_cn: Some("admin\0.evil.example".to_string()),
-            alpn: Some(Vec::new()),
-            sni: Some(String::new()),
-            sig_alg: Some(String::new()),
-            key_alg: None,
+            server_name: Some(String::new()),
             ..verified_client("unused")
         };
+        if let Some(names) = facts.verified_client.as_mut() {
+            names.common_name = Some("admin\0.evil.example".to_string());
+        }
         let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
         assert_eq!(kinds(&parsed.tlvs), [0x20]);
         let ssl = parse_ssl(&parsed);
@@ -775,13 +703,16 @@ mod tests {
     }
 
     #[test]
-    fn v2_alpn_is_sent_as_opaque_bytes() {
-        let facts = TlsFacts {
-            alpn: Some(vec![0x00, 0xFF, b'x']),
-            ..tls13()
-        };
-        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
-        assert_eq!(find(&parsed.tlvs, 0x01), Some(&[0x00, 0xFF, b'x'][..]));
+    fn a_required_starttls_session_announces_only_the_tls_flag() {
+        let parsed = parse_v2(&v2(
+            "192.0.2.7:1234",
+            "192.0.2.1:143",
+            Some(&TlsFacts::default()),
+        ));
+        assert_eq!(kinds(&parsed.tlvs), [0x20]);
+        let ssl = parse_ssl(&parsed);
+        assert_eq!((ssl.client, ssl.verify), (0x01, 1));
+        assert!(ssl.sub_tlvs.is_empty());
     }
 
     #[test]
@@ -804,78 +735,41 @@ mod tests {
     }
 
     #[test]
-    fn v2_over_long_optional_tlvs_are_left_out_whole() {
-        let facts = TlsFacts {
-            alpn: Some(vec![b'a'; 70_000]),
-            sni: Some("s".repeat(1_000)),
-            ..verified_client("alice")
+    fn v2_values_at_their_bounds_are_sent_and_the_header_still_fits() {
+        let mut facts = TlsFacts {
+            protocol: "p".repeat(MAX_VERSION_LEN),
+            cipher: "c".repeat(MAX_CIPHER_LEN),
+            server_name: Some("s".repeat(MAX_AUTHORITY_LEN)),
+            ..verified_client("unused")
         };
+        if let Some(names) = facts.verified_client.as_mut() {
+            names.common_name = Some("n".repeat(MAX_CN_LEN));
+        }
         let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
-        assert!(header.len() <= MAX_V2_HEADER_LEN, "{}", header.len());
+        assert_eq!(header.len(), 469);
+        assert!(header.len() <= MAX_V2_HEADER_LEN);
+        let parsed = parse_v2(&header);
+        assert_eq!(kinds(&parsed.tlvs), [0x02, 0x20]);
+        assert_eq!(kinds(&parse_ssl(&parsed).sub_tlvs), [0x21, 0x22, 0x23]);
+    }
+
+    #[test]
+    fn v2_a_value_one_byte_past_its_bound_is_left_out_whole() {
+        let mut facts = TlsFacts {
+            protocol: "p".repeat(MAX_VERSION_LEN + 1),
+            cipher: "c".repeat(MAX_CIPHER_LEN + 1),
+            server_name: Some("s".repeat(MAX_AUTHORITY_LEN + 1)),
+            ..verified_client("unused")
+        };
+        if let Some(names) = facts.verified_client.as_mut() {
+            names.common_name = Some("n".repeat(MAX_CN_LEN + 1));
+        }
+        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
         let parsed = parse_v2(&header);
         assert_eq!(kinds(&parsed.tlvs), [0x20]);
         let ssl = parse_ssl(&parsed);
-        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23]);
-    }
-
-    #[test]
-    fn v2_a_value_that_exactly_fills_the_limit_is_kept_and_one_byte_more_is_not() {
-        // IPv4: 16 fixed + 12 addresses + 8 SSL fixed + 10 version + 25 cipher = 71 bytes,
-        // leaving 465 for the authority TLV: 3 head bytes and 462 of name.
-        let with_sni = |length: usize| TlsFacts {
-            sni: Some("n".repeat(length)),
-            ..tls13()
-        };
-        let fitting = v2("192.0.2.7:1234", "192.0.2.1:993", Some(&with_sni(462)));
-        assert_eq!(fitting.len(), MAX_V2_HEADER_LEN);
-        assert_eq!(
-            find(&parse_v2(&fitting).tlvs, 0x02).map(<[u8]>::len),
-            Some(462)
-        );
-
-        let too_long = v2("192.0.2.7:1234", "192.0.2.1:993", Some(&with_sni(463)));
-        assert_eq!(too_long.len(), 71);
-        assert_eq!(find(&parse_v2(&too_long).tlvs, 0x02), None);
-    }
-
-    #[test]
-    fn v2_keeps_the_more_important_facts_when_room_runs_out() {
-        let facts = TlsFacts {
-            alpn: Some(vec![b'p'; 300]),
-            sni: Some("h".repeat(200)),
-            sig_alg: Some("RSA-SHA256".to_string()),
-            key_alg: Some("RSA2048".to_string()),
-            ..verified_client("alice")
-        };
-        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
-        assert!(header.len() <= MAX_V2_HEADER_LEN);
-        let parsed = parse_v2(&header);
-        // ALPN (303 bytes) fits first; the authority (203) no longer does; the short
-        // algorithm names still do.
-        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x20]);
-        let ssl = parse_ssl(&parsed);
-        assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x22, 0x23, 0x24, 0x25]);
-    }
-
-    #[test]
-    fn v2_huge_everything_still_gives_a_valid_header() {
-        let huge = "x".repeat(100_000);
-        let facts = TlsFacts {
-            version: huge.clone(),
-            cipher: huge.clone(),
-            client_cert_presented: true,
-            client_cert_verified: true,
-            client_cn: Some(huge.clone()),
-            sig_alg: Some(huge.clone()),
-            key_alg: Some(huge.clone()),
-            alpn: Some(huge.clone().into_bytes()),
-            sni: Some(huge),
-        };
-        let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
-        let parsed = parse_v2(&header);
-        let ssl = parse_ssl(&parsed);
         assert_eq!((ssl.client, ssl.verify), (0x07, 0));
         assert!(ssl.sub_tlvs.is_empty());
-        assert_eq!(header.len(), 16 + 36 + SSL_TLV_FIXED_LEN);
+        assert_eq!(header.len(), 16 + 36 + 3 + 1 + 4);
     }
 }

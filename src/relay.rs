@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use openssl::ssl::{ErrorCode, SslStream};
 
 use crate::client::ClientIo;
+use crate::reason::{io_reason, tls_reason};
 use crate::sys;
 
 /// One TLS record of plaintext: the most a single SSL_read returns, and the most worth handing to SSL_write.
@@ -107,8 +108,8 @@ fn tls_outcome(error: &openssl::ssl::Error) -> Io {
         ErrorCode::WANT_READ => Io::Blocked(Wait::Readable),
         ErrorCode::WANT_WRITE => Io::Blocked(Wait::Writable),
         ErrorCode::SYSCALL if error.io_error().is_none() => Io::Eof,
-        _ if error.io_error().is_some_and(is_peer_gone) => Io::Gone(tls_error_reason(error)),
-        _ => Io::Failed(tls_error_reason(error)),
+        _ if error.io_error().is_some_and(is_peer_gone) => Io::Gone(tls_reason(error)),
+        _ => Io::Failed(tls_reason(error)),
     }
 }
 
@@ -124,7 +125,7 @@ impl ClientSide for ClientIo {
     fn finish_writing(&mut self) -> Io {
         match self.shutdown_write() {
             Ok(()) => Io::Done(0),
-            Err(error) => Io::Failed(crate::tls::plain_io_reason(&error)),
+            Err(error) => Io::Failed(io_reason(&error)),
         }
     }
 
@@ -142,8 +143,8 @@ fn plain_outcome(result: io::Result<usize>, wait: Wait) -> Io {
         Ok(0) if wait == Wait::Readable => Io::Eof,
         Ok(count) => Io::Done(count),
         Err(error) if is_would_block(&error) => Io::Blocked(wait),
-        Err(error) if is_peer_gone(&error) => Io::Gone(crate::tls::plain_io_reason(&error)),
-        Err(error) => Io::Failed(crate::tls::plain_io_reason(&error)),
+        Err(error) if is_peer_gone(&error) => Io::Gone(io_reason(&error)),
+        Err(error) => Io::Failed(io_reason(&error)),
     }
 }
 
@@ -382,7 +383,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             }
             Err(error) => Err(RelayError::Backend(format!(
                 "write failed: {}",
-                crate::tls::plain_io_reason(&error)
+                io_reason(&error)
             ))),
         }
     }
@@ -432,7 +433,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 } else {
                     Err(RelayError::Backend(format!(
                         "read failed: {}",
-                        crate::tls::plain_io_reason(&error)
+                        io_reason(&error)
                     )))
                 }
             }
@@ -604,18 +605,6 @@ pub fn push_entry(entries: &mut Vec<sys::pollfd>, fd: RawFd, events: libc::c_sho
         existing.events |= events;
     } else {
         entries.push(sys::poll_entry(fd, events));
-    }
-}
-
-/// A one-line reason for a failed TLS read or write.
-pub fn tls_error_reason(error: &openssl::ssl::Error) -> String {
-    if let Some(io_error) = error.io_error() {
-        return crate::tls::plain_io_reason(io_error);
-    }
-    match error.ssl_error() {
-        Some(stack) => crate::tls::openssl_reason(stack),
-        None if error.code() == ErrorCode::SYSCALL => "connection closed".to_string(),
-        None => format!("TLS error {}", error.code().as_raw()),
     }
 }
 

@@ -23,6 +23,7 @@ use openssl::x509::{X509, X509Name, X509NameBuilder};
 
 use crate::der::{self, Pkcs8Key};
 use crate::options::{Protocol, TlsOptions};
+use crate::reason::{io_reason, openssl_reason};
 use crate::{log_debug, log_warning, sys};
 
 /// The cipher list used with `-nocert` unless `-cipher` says otherwise: the usual suites first, anonymous ones last so
@@ -161,25 +162,6 @@ fn handshake_in_process(context: &SslContext, version: SslVersion) -> Result<(),
 
 fn log_handshake_state(what: &str, detail: &str) {
     crate::log_notice!("TLS {what}: {detail}");
-}
-
-/// A short reason from an OpenSSL error stack, never the raw stack dump.
-pub fn openssl_reason(errors: &ErrorStack) -> String {
-    let reasons: Vec<String> = errors
-        .errors()
-        .iter()
-        .map(|error| {
-            error
-                .reason()
-                .map(str::to_string)
-                .unwrap_or_else(|| error.to_string())
-        })
-        .collect();
-    if reasons.is_empty() {
-        "unknown OpenSSL error".to_string()
-    } else {
-        reasons.join("; ")
-    }
 }
 
 fn openssl_failure(what: &str, errors: &ErrorStack) -> String {
@@ -334,18 +316,9 @@ fn read_file(option: &str, path: &Path) -> Result<Vec<u8>, String> {
         format!(
             "{option}: cannot read {}: {}",
             path.display(),
-            plain_io_reason(&e)
+            io_reason(&e)
         )
     })
-}
-
-/// "Permission denied" rather than "Permission denied (os error 13)".
-pub fn plain_io_reason(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    match text.find(" (os error") {
-        Some(cut) => text[..cut].to_string(),
-        None => text,
-    }
 }
 
 /// Loads the certificate chain and the private key, checks they belong together, and warns when the key file can be
@@ -578,13 +551,8 @@ fn set_client_verification(
     context.set_verify(mode);
     context.set_verify_depth(depth);
     if let Some(file) = &options.ca_file {
-        std::fs::metadata(file).map_err(|e| {
-            format!(
-                "-CAfile: cannot read {}: {}",
-                file.display(),
-                plain_io_reason(&e)
-            )
-        })?;
+        std::fs::metadata(file)
+            .map_err(|e| format!("-CAfile: cannot read {}: {}", file.display(), io_reason(&e)))?;
         context
             .set_ca_file(file)
             .map_err(|e| format!("-CAfile {}: {}", file.display(), openssl_reason(&e)))?;
@@ -669,11 +637,5 @@ mod tests {
                 .unwrap_err()
                 .contains("no protocol version is left")
         );
-    }
-
-    #[test]
-    fn io_reasons_drop_the_errno_suffix() {
-        let error = std::io::Error::from_raw_os_error(libc::EACCES);
-        assert_eq!(plain_io_reason(&error), "Permission denied");
     }
 }

@@ -244,3 +244,52 @@ fn proxy_with_exec_is_a_startup_error() {
         assert!(logged.contains("-exec"), "{logged}");
     }
 }
+
+/// A backend that reads the PROXY v2 header and sends it back, so the TLS client sees what the backend was told.
+fn echo_the_v2_header(mut stream: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut fixed = [0u8; 16];
+    if stream.read_exact(&mut fixed).is_err() {
+        return;
+    }
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+    if stream.read_exact(&mut rest).is_ok() {
+        let _ = stream.write_all(&[&fixed[..], &rest].concat());
+    }
+}
+
+/// The top-level PP2_TYPE_AUTHORITY value of the v2 header the backend received for a client asking for
+/// `server_name` (IPv4, so 12 address bytes precede the TLVs).
+fn authority_sent_for(server_name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let s = setup("px-sni");
+    let line = s.legacy_line(backend(echo_the_v2_header), &["-proxy", "v2"]);
+    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
+    let connector = connector(|_| {});
+    let mut ssl = openssl::ssl::Ssl::new(connector.context()).unwrap();
+    ssl.set_hostname(server_name).unwrap();
+    let mut client = ssl.connect(tcp(inetd.port)).expect("handshake failed");
+    let mut fixed = [0u8; 16];
+    client.read_exact(&mut fixed).unwrap();
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+    client.read_exact(&mut rest).unwrap();
+    let mut tlvs = &rest[12..];
+    while tlvs.len() >= 3 {
+        let length = usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]]));
+        if tlvs[0] == 0x02 {
+            return Some(tlvs[3..3 + length].to_vec());
+        }
+        tlvs = &tlvs[3 + length..];
+    }
+    None
+}
+
+#[test]
+fn the_server_name_reaches_the_backend_only_when_it_is_a_host_name() {
+    assert_eq!(
+        authority_sent_for("mail.example.org").as_deref(),
+        Some(&b"mail.example.org"[..])
+    );
+    assert_eq!(authority_sent_for("nl\nx"), None);
+    assert_eq!(authority_sent_for("a name with spaces"), None);
+}
