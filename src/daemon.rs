@@ -1,11 +1,16 @@
 //! Daemon mode (`-accept [ADDR:]PORT`): classic fork per connection. The parent binds, loads the TLS context once,
 //! and then only accepts, forks, reaps and handles signals, all from one poll loop (signals arrive on a signalfd).
-//! It stays in the foreground as 2.0.6 did. It never serves a client itself, never leaves a zombie, never spins when
-//! accept fails for lack of descriptors, and never runs more than -maxconn sessions at once (more clients wait in the
-//! listen backlog). SIGTERM/SIGINT: stop listening and exit 0, sessions in progress finish. SIGHUP: reload the
-//! certificate, key and CA files for new connections, keeping the old ones if the new ones are broken.
+//! It stays in the foreground as 2.0.6 did. It never serves a client itself, never leaves a zombie, never spins or
+//! drains the backlog when accept or fork fails for lack of resources (it pauses, and the waiting clients are served
+//! once it works again), never runs more than -maxconn sessions at once (more clients wait in the listen backlog)
+//! nor more than -maxconn_per_source from one source (its further clients wait, accepted but without a process, for
+//! at most the handshake time limit, so one source cannot starve the others), and never lets a session process keep
+//! the listener or the signalfd. SIGTERM/SIGINT: stop listening and exit 0, sessions in progress
+//! finish. SIGHUP: reload the certificate, key and CA files for new connections, keeping the old ones if the new
+//! ones are broken.
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -14,14 +19,16 @@ use openssl::ssl::SslContext;
 use crate::client::ClientIo;
 use crate::options::{Config, parse_port};
 use crate::privs::Identity;
+use crate::reason::io_reason;
 use crate::sys::{self, ChildEnd, Forked};
 use crate::{backend, log_debug, log_error, log_notice, log_warning, session, tls};
 
 /// The first pause after accept ran out of descriptors or memory; doubled up to the maximum while it persists.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one "accept failed" log line per this interval during a flood.
-const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one log line per this interval for each kind of trouble that can repeat for every connection of a flood
+/// (accept or fork failing, sources over their limit).
+const FLOOD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Turns the `-accept` value into addresses: `PORT` (all IPv4 addresses, as 2.0.6), `ADDR:PORT` or `[IPV6]:PORT`;
 /// PORT may be a service name.
@@ -44,10 +51,7 @@ pub fn bind(value: &str) -> Result<TcpListener, String> {
         match TcpListener::bind(address) {
             Ok(listener) => return Ok(listener),
             Err(error) => {
-                last_error = format!(
-                    "-accept: cannot listen on {address}: {}",
-                    crate::reason::io_reason(&error)
-                )
+                last_error = format!("-accept: cannot listen on {address}: {}", io_reason(&error))
             }
         }
     }
@@ -58,14 +62,112 @@ pub fn bind(value: &str) -> Result<TcpListener, String> {
 struct Daemon<'a> {
     config: &'a Config,
     context: SslContext,
+    /// Both are Some in the parent; a forked child drops them first thing, so no session process holds them.
     listener: Option<TcpListener>,
-    signals: OwnedFd,
-    children: usize,
-    /// While accept lacks descriptors or memory: no accepting until then.
+    signals: Option<OwnedFd>,
+    sessions: Sessions,
+    /// Clients accepted but not yet served, oldest first: those whose source holds its whole share of sessions, and
+    /// one whose fork failed. Each is served once its source (or fork) allows, or closed at its deadline.
+    waiting: VecDeque<WaitingClient>,
+    /// While accept lacks descriptors or memory, or fork fails: no accepting until then.
     paused_until: Option<Instant>,
-    /// The length of the next pause; reset once an accept succeeds.
+    /// The length of the next pause; reset once a client is served.
     next_pause: Duration,
-    last_accept_error_log: Option<Instant>,
+    shortage_log: RateLimit,
+    over_limit_log: RateLimit,
+}
+
+/// An accepted client waiting for its session process.
+struct WaitingClient {
+    connection: OwnedFd,
+    source: Option<Source>,
+    /// It waits no longer than a handshake may take.
+    deadline: Instant,
+}
+
+/// Where a client comes from, for `-maxconn_per_source`: its IPv4 address, or the /64 of its IPv6 address (one
+/// host usually holds a whole /64, so counting single IPv6 addresses would count nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl Source {
+    fn of(address: IpAddr) -> Source {
+        match address.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(v4),
+            IpAddr::V6(v6) => Source::V6Prefix((v6.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::V4(address) => write!(f, "{address}"),
+            Source::V6Prefix(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from_bits(u128::from(*prefix) << 64))
+            }
+        }
+    }
+}
+
+/// The session processes alive, each with the source it serves.
+#[derive(Default)]
+struct Sessions {
+    by_pid: HashMap<libc::pid_t, Option<Source>>,
+    per_source: HashMap<Source, usize>,
+}
+
+impl Sessions {
+    fn count(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    fn from(&self, source: Source) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    fn started(&mut self, pid: libc::pid_t, source: Option<Source>) {
+        self.by_pid.insert(pid, source);
+        if let Some(source) = source {
+            *self.per_source.entry(source).or_insert(0) += 1;
+        }
+    }
+
+    fn ended(&mut self, pid: libc::pid_t) {
+        let Some(Some(source)) = self.by_pid.remove(&pid) else {
+            return;
+        };
+        if let Some(count) = self.per_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// At most one log line per interval for a condition that can repeat for every connection of a flood.
+struct RateLimit {
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new() -> RateLimit {
+        RateLimit { last: None }
+    }
+
+    fn due(&mut self) -> bool {
+        let due = self
+            .last
+            .is_none_or(|at| at.elapsed() >= FLOOD_LOG_INTERVAL);
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
 }
 
 /// Runs the accept loop until SIGTERM/SIGINT; returns the exit status.
@@ -99,18 +201,21 @@ pub fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     log_debug!(
-        "listening on {address}, at most {} sessions at once",
-        config.maxconn
+        "listening on {address}, at most {} sessions at once, {} from one source",
+        config.maxconn,
+        config.maxconn_per_source
     );
     let mut daemon = Daemon {
         config,
         context,
         listener: Some(listener),
-        signals,
-        children: 0,
+        signals: Some(signals),
+        sessions: Sessions::default(),
+        waiting: VecDeque::new(),
         paused_until: None,
         next_pause: FIRST_BACKOFF,
-        last_accept_error_log: None,
+        shortage_log: RateLimit::new(),
+        over_limit_log: RateLimit::new(),
     };
     daemon.warm_up_context();
     daemon.serve_forever()
@@ -119,20 +224,29 @@ pub fn run(
 impl Daemon<'_> {
     fn serve_forever(&mut self) -> i32 {
         loop {
-            let pause_left = self
+            if self
                 .paused_until
-                .map(|until| until.saturating_duration_since(Instant::now()));
-            if pause_left.is_some_and(|left| left.is_zero()) {
+                .is_some_and(|until| Instant::now() >= until)
+            {
                 self.paused_until = None;
             }
-            let accepting = self.children < self.config.maxconn && self.paused_until.is_none();
-            let mut entries = vec![sys::poll_entry(self.signals.as_raw_fd(), sys::POLLIN)];
-            if let (true, Some(listener)) = (accepting, self.listener.as_ref()) {
+            self.close_expired_waiting_clients();
+            self.serve_waiting_clients();
+            let accepting = self.paused_until.is_none() && self.has_a_free_slot();
+            let (Some(signals), Some(listener)) = (self.signals.as_ref(), self.listener.as_ref())
+            else {
+                return 0;
+            };
+            let mut entries = vec![sys::poll_entry(signals.as_raw_fd(), sys::POLLIN)];
+            if accepting {
                 entries.push(sys::poll_entry(listener.as_raw_fd(), sys::POLLIN));
             }
-            let timeout = self
+            let wake_up = self
                 .paused_until
-                .map(|until| until.saturating_duration_since(Instant::now()));
+                .into_iter()
+                .chain(self.waiting.iter().map(|client| client.deadline))
+                .min();
+            let timeout = wake_up.map(|at| at.saturating_duration_since(Instant::now()));
             if let Err(error) = sys::poll(&mut entries, timeout) {
                 log_error!("poll failed: {error}");
                 return 1;
@@ -148,23 +262,92 @@ impl Daemon<'_> {
         }
     }
 
-    /// Accepts every waiting connection (up to the session limit) and forks a child for each.
+    fn has_a_free_slot(&self) -> bool {
+        self.sessions.count() < self.config.maxconn
+    }
+
+    fn source_has_a_free_slot(&self, source: Option<Source>) -> bool {
+        source.is_none_or(|source| self.sessions.from(source) < self.config.maxconn_per_source)
+    }
+
+    /// Accepts every waiting connection (up to the session limit) and forks a child for each, until the backlog is
+    /// empty or accepting must pause. A client whose source already holds its share waits in `waiting` instead.
     fn accept_waiting_clients(&mut self) {
-        while self.children < self.config.maxconn {
+        while self.has_a_free_slot() && self.paused_until.is_none() {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => {
-                    self.next_pause = FIRST_BACKOFF;
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    self.fork_session(OwnedFd::from(stream));
+                    let source = Some(Source::of(peer.ip()));
+                    if self.source_has_a_free_slot(source) {
+                        self.fork_session(OwnedFd::from(stream), source);
+                    } else {
+                        self.wait_for_a_slot(OwnedFd::from(stream), source);
+                    }
                 }
                 Err(error) => {
                     self.note_accept_error(&error);
                     return;
                 }
             }
+        }
+    }
+
+    /// Holds a client whose source has its whole share of sessions, up to -maxconn of them; beyond that the
+    /// connection is closed.
+    fn wait_for_a_slot(&mut self, connection: OwnedFd, source: Option<Source>) {
+        if self.waiting.len() >= self.config.maxconn {
+            if self.over_limit_log.due() {
+                log_warning!(
+                    "{} clients already wait for a session slot; closing new connections from sources over \
+                     -maxconn_per_source {}",
+                    self.waiting.len(),
+                    self.config.maxconn_per_source
+                );
+            }
+            return;
+        }
+        if let Some(source) = source.filter(|_| self.over_limit_log.due()) {
+            log_notice!(
+                "{source} has {} sessions (-maxconn_per_source); its new connections wait",
+                self.config.maxconn_per_source
+            );
+        }
+        self.waiting.push_back(WaitingClient {
+            connection,
+            source,
+            deadline: Instant::now() + self.config.handshake_timeout,
+        });
+    }
+
+    /// Starts the session of every waiting client that may now have one, oldest first.
+    fn serve_waiting_clients(&mut self) {
+        let mut index = 0;
+        while index < self.waiting.len() && self.paused_until.is_none() && self.has_a_free_slot() {
+            if !self.source_has_a_free_slot(self.waiting[index].source) {
+                index += 1;
+                continue;
+            }
+            if let Some(client) = self.waiting.remove(index) {
+                self.fork_session(client.connection, client.source);
+            }
+        }
+    }
+
+    /// Closes the waiting clients whose deadline passed: a client that could not be served within a handshake's
+    /// time would have failed its handshake anyway.
+    fn close_expired_waiting_clients(&mut self) {
+        let now = Instant::now();
+        let before = self.waiting.len();
+        self.waiting.retain(|client| client.deadline > now);
+        let closed = before - self.waiting.len();
+        if closed > 0 && self.over_limit_log.due() {
+            log_warning!(
+                "{closed} waiting clients closed: no session slot for them within {} s",
+                self.config.handshake_timeout.as_secs()
+            );
         }
     }
 
@@ -178,14 +361,10 @@ impl Daemon<'_> {
             return;
         }
         self.pause_accepting();
-        let due = self
-            .last_accept_error_log
-            .is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL);
-        if due {
-            self.last_accept_error_log = Some(Instant::now());
+        if self.shortage_log.due() {
             log_error!(
                 "accept failed: {}; pausing new connections",
-                crate::reason::io_reason(error)
+                io_reason(error)
             );
         }
     }
@@ -195,31 +374,57 @@ impl Daemon<'_> {
         self.next_pause = (self.next_pause * 2).min(MAX_BACKOFF);
     }
 
-    fn fork_session(&mut self, connection: OwnedFd) {
+    /// Starts the session process for one client. When fork fails (the process limit, memory), the client waits
+    /// first in line and accepting pauses; the client is served once fork works again.
+    fn fork_session(&mut self, connection: OwnedFd, source: Option<Source>) {
         match sys::fork() {
-            Ok(Forked::Child) => {
-                sys::unblock_all_signals();
-                self.listener = None;
-                let status = match ClientIo::from_socket(connection) {
-                    Ok(client) => session::serve(self.config, &self.context, client),
-                    Err(error) => {
-                        log_error!("cannot use the accepted connection: {error}");
-                        1
-                    }
-                };
-                sys::exit_now(status);
+            Ok(Forked::Child) => self.serve_in_child(connection),
+            Ok(Forked::Parent(pid)) => {
+                self.sessions.started(pid, source);
+                self.next_pause = FIRST_BACKOFF;
             }
-            Ok(Forked::Parent) => self.children += 1,
             Err(error) => {
-                log_error!("fork failed: {error}; connection dropped");
+                // First in line again: it was accepted before anyone still in the backlog.
+                self.waiting.push_front(WaitingClient {
+                    connection,
+                    source,
+                    deadline: Instant::now() + self.config.handshake_timeout,
+                });
                 self.pause_accepting();
+                if self.shortage_log.due() {
+                    log_error!(
+                        "fork failed: {}; new connections wait until it works again",
+                        io_reason(&error)
+                    );
+                }
             }
         }
     }
 
+    /// The child's side of the fork: it keeps only its client connection (and the syslog socket), serves the
+    /// session and exits.
+    fn serve_in_child(&mut self, connection: OwnedFd) -> ! {
+        self.listener = None;
+        self.signals = None;
+        self.waiting.clear();
+        sys::unblock_all_signals();
+        let status = match ClientIo::from_socket(connection) {
+            Ok(client) => session::serve(self.config, &self.context, client),
+            Err(error) => {
+                log_error!("cannot use the accepted connection: {error}");
+                1
+            }
+        };
+        sys::exit_now(status)
+    }
+
     /// Handles pending signals; Some(status) when the daemon should exit.
     fn handle_signals(&mut self) -> Option<i32> {
-        for signal in sys::read_signals(self.signals.as_fd()) {
+        let signals = self
+            .signals
+            .as_ref()
+            .map_or_else(Vec::new, |fd| sys::read_signals(fd.as_fd()));
+        for signal in signals {
             match signal {
                 libc::SIGCHLD => self.reap_children(),
                 libc::SIGHUP => self.reload(),
@@ -227,7 +432,7 @@ impl Daemon<'_> {
                     self.listener = None;
                     log_notice!(
                         "signal {signal}: no longer accepting; {} sessions finish on their own",
-                        self.children
+                        self.sessions.count()
                     );
                     return Some(0);
                 }
@@ -239,7 +444,7 @@ impl Daemon<'_> {
 
     fn reap_children(&mut self) {
         while let Some((pid, end)) = sys::reap_one_child() {
-            self.children = self.children.saturating_sub(1);
+            self.sessions.ended(pid);
             match end {
                 ChildEnd::Exited(0) => {}
                 ChildEnd::Exited(code) => {
@@ -277,6 +482,34 @@ impl Daemon<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let source = |text: &str| Source::of(text.parse().unwrap());
+        assert_eq!(source("192.0.2.7"), source("::ffff:192.0.2.7"));
+        assert_ne!(source("192.0.2.7"), source("192.0.2.8"));
+        assert_eq!(source("2001:db8:1:2::1"), source("2001:db8:1:2:ffff::9"));
+        assert_ne!(source("2001:db8:1:2::1"), source("2001:db8:1:3::1"));
+        assert_eq!(source("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(source("::ffff:192.0.2.7").to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn sessions_are_counted_per_source_until_reaped() {
+        let mut sessions = Sessions::default();
+        let here = Source::of("192.0.2.7".parse().unwrap());
+        sessions.started(10, Some(here));
+        sessions.started(11, Some(here));
+        sessions.started(12, None);
+        assert_eq!((sessions.count(), sessions.from(here)), (3, 2));
+        sessions.ended(10);
+        sessions.ended(12);
+        sessions.ended(99);
+        assert_eq!((sessions.count(), sessions.from(here)), (1, 1));
+        sessions.ended(11);
+        assert_eq!(sessions.from(here), 0);
+        assert!(sessions.per_source.is_empty());
+    }
 
     #[test]
     fn a_bare_port_listens_on_all_ipv4_addresses() {

@@ -102,9 +102,13 @@ pub struct Config {
     /// `-state`: log handshake progress.
     pub state: bool,
     pub maxconn: usize,
+    /// `-maxconn_per_source`: at most this many sessions at once from one IPv4 address or IPv6 /64.
+    pub maxconn_per_source: usize,
     /// `-timeout`: idle time after which a session is ended; None = no idle timeout (as 2.0.6).
     pub idle_timeout: Option<Duration>,
     pub handshake_timeout: Duration,
+    /// `-close_timeout`: once either direction of a session has ended, end it after this long without traffic.
+    pub close_timeout: Duration,
     /// `-starttls PROTO[-]`: speak the protocol's plaintext start and switch to TLS on STARTTLS.
     pub starttls: Option<StartTlsMode>,
     /// `-proxy [v1|v2]`: send a PROXY protocol header of this version to the TCP backend.
@@ -139,6 +143,8 @@ struct Draft {
     verbosity: Verbosity,
     state: bool,
     maxconn: Option<usize>,
+    maxconn_per_source: Option<usize>,
+    close_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     handshake_timeout: Option<Duration>,
     starttls: Option<StartTlsMode>,
@@ -425,6 +431,32 @@ const OPTIONS: &[OptionSpec] = &[
                 return Err("-maxconn: must be at least 1".to_string());
             }
             d.maxconn = Some(limit as usize);
+            Ok(())
+        },
+    ),
+    row(
+        "maxconn_per_source",
+        Value("N"),
+        "daemon mode: at most N sessions at once from one IPv4 address or IPv6 /64",
+        |d, v| {
+            let limit: u32 = parse_number("-maxconn_per_source", v)?;
+            if limit == 0 {
+                return Err("-maxconn_per_source: must be at least 1".to_string());
+            }
+            d.maxconn_per_source = Some(limit as usize);
+            Ok(())
+        },
+    ),
+    row(
+        "close_timeout",
+        Value("SECS"),
+        "once a session's direction has ended, end it after SECS without traffic (default 60)",
+        |d, v| {
+            let secs: u32 = parse_number("-close_timeout", v)?;
+            if secs == 0 {
+                return Err("-close_timeout: must be at least 1".to_string());
+            }
+            d.close_timeout = Some(Duration::from_secs(secs.into()));
             Ok(())
         },
     ),
@@ -747,8 +779,12 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         verbosity: draft.verbosity,
         state: draft.state,
         maxconn: draft.maxconn.unwrap_or(DEFAULT_MAXCONN),
+        maxconn_per_source: draft
+            .maxconn_per_source
+            .unwrap_or((draft.maxconn.unwrap_or(DEFAULT_MAXCONN) / 4).max(1)),
         idle_timeout: draft.idle_timeout,
         handshake_timeout: draft.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        close_timeout: draft.close_timeout.unwrap_or(Duration::from_secs(60)),
         starttls: draft.starttls,
         proxy: draft.proxy,
         user: draft.user,

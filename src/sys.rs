@@ -153,7 +153,8 @@ pub fn release_free_memory() {
 /// The result of fork, as seen by each side.
 pub enum Forked {
     Child,
-    Parent,
+    /// The parent, with the child's process id.
+    Parent(libc::pid_t),
 }
 
 /// Forks the (single-threaded) process.
@@ -163,7 +164,7 @@ pub fn fork() -> io::Result<Forked> {
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        _ => Ok(Forked::Parent),
+        child => Ok(Forked::Parent(child)),
     }
 }
 

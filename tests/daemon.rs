@@ -227,7 +227,10 @@ fn maxconn_limits_children_and_still_serves_everyone() {
         }
     }
     let mut s = setup("maxconn");
-    let daemon = s.daemon(backend(slow_echo), &["-maxconn", "5", "-debug"]);
+    let daemon = s.daemon(
+        backend(slow_echo),
+        &["-maxconn", "5", "-maxconn_per_source", "5", "-debug"],
+    );
     let pid = daemon.pid();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watching = done.clone();
@@ -758,5 +761,181 @@ fn a_quiet_session_gives_memory_back() {
     assert!(
         quiet + 16 <= busy,
         "a quiet session still holds {quiet} KiB (it held {busy} KiB in flow)"
+    );
+}
+
+/// Sets a limit of a process running as nobody:nogroup. prlimit runs as nobody too: a process may change the limits
+/// of another with the same ids, while root would need CAP_SYS_RESOURCE, which a container may not grant.
+fn prlimit_as_nobody(pid: u32, limit: &str) {
+    let status = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "prlimit",
+        ])
+        .args(["--pid", &pid.to_string(), limit])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit {limit} failed");
+}
+
+/// One echo round trip through a fresh TLS session; the error says how far it got.
+fn echo_round_trip(port: u16, message: &[u8]) -> Result<(), String> {
+    let mut client = try_tls(port, |_| {})?;
+    client.write_all(message).map_err(|e| e.to_string())?;
+    let mut echoed = vec![0u8; message.len()];
+    client.read_exact(&mut echoed).map_err(|e| e.to_string())?;
+    if echoed == message {
+        Ok(())
+    } else {
+        Err("wrong echo".to_string())
+    }
+}
+
+#[test]
+fn a_failed_fork_keeps_clients_waiting_and_serves_them_once_fork_works_again() {
+    let s = setup("fork-fails");
+    if !is_root() {
+        panic!("this test lowers a process limit of user nobody: run it as root (as CI does)");
+    }
+    let daemon = s.daemon(backend(echo), &["-user", "nobody", "-group", "nogroup"]);
+    // The parent runs as nobody, without capabilities: with a limit of one process per user every fork fails
+    // (EAGAIN), whatever else runs as nobody.
+    let hard_limit = hard_process_limit(daemon.pid());
+    prlimit_as_nobody(daemon.pid(), "--nproc=1:");
+    let port = daemon.port;
+    let clients: Vec<_> = (0..3)
+        .map(|n| {
+            std::thread::spawn(move || {
+                echo_round_trip(port, format!("waiting client {n}").as_bytes())
+            })
+        })
+        .collect();
+    let mut syslog = s.syslog;
+    syslog.expect(
+        "fork failed: Resource temporarily unavailable; new connections wait until it works again",
+    );
+    prlimit_as_nobody(daemon.pid(), &format!("--nproc={hard_limit}:"));
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{results:?} {:#?}",
+        syslog.settle()
+    );
+    let fork_failures = syslog
+        .lines
+        .iter()
+        .filter(|line| line.contains("fork failed"))
+        .count();
+    assert_eq!(
+        fork_failures, 1,
+        "the fork failure is logged once per interval: {:#?}",
+        syslog.lines
+    );
+}
+
+/// The hard "Max processes" limit of a process (only the soft limit can be lowered and raised again here).
+fn hard_process_limit(pid: u32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max processes"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().to_string()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
+}
+
+/// What each open descriptor of a process refers to (`socket:[1234]`, `anon_inode:[signalfd]`, `/dev/null` ...).
+fn descriptor_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_session_process_holds_only_its_own_descriptors() {
+    let s = setup("child-fds");
+    let daemon = s.daemon(backend(echo), &[]);
+    let mut client = tls(daemon.port);
+    client.write_all(b"ping").unwrap();
+    let mut echoed = [0u8; 4];
+    client.read_exact(&mut echoed).unwrap();
+    let sessions = children_of(daemon.pid());
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let targets = descriptor_targets(sessions[0].0);
+    assert!(
+        !targets.iter().any(|target| target.contains("signalfd")),
+        "the session process kept the daemon's signalfd: {targets:?}"
+    );
+    let sockets = targets
+        .iter()
+        .filter(|target| target.starts_with("socket:"))
+        .count();
+    assert_eq!(
+        sockets, 3,
+        "a session holds its client, its backend and the syslog socket, not the listener: {targets:?}"
+    );
+}
+
+#[test]
+fn one_source_cannot_take_every_session_slot() {
+    let mut s = setup("per-source");
+    let daemon = s.daemon(
+        backend(echo),
+        &[
+            "-maxconn",
+            "8",
+            "-maxconn_per_source",
+            "5",
+            "-handshake_timeout",
+            "50",
+        ],
+    );
+    // 50 connections from 127.0.0.5 that never send a ClientHello, held by a helper until its stdin closes.
+    let holder_script = format!(
+        "import socket, sys\n\
+         held = []\n\
+         for _ in range(50):\n\
+         \x20   s = socket.socket(); s.bind(('127.0.0.5', 0)); s.connect(('127.0.0.1', {}))\n\
+         \x20   held.append(s)\n\
+         print('connected', flush=True)\n\
+         sys.stdin.readline()\n",
+        daemon.port
+    );
+    let mut holder = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &holder_script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "connected");
+    s.syslog.expect(
+        "127.0.0.5 has 5 sessions (-maxconn_per_source); its new connections wait",
+    );
+    // A client from another source still gets one of the slots the flood cannot take.
+    let served = echo_round_trip(daemon.port, b"another source");
+    let sessions = children_of(daemon.pid()).len();
+    drop(holder.stdin.take());
+    let _ = wait_with_timeout(&mut holder, Duration::from_secs(20));
+    assert_eq!(served, Ok(()));
+    assert!(
+        sessions <= 6,
+        "{sessions} sessions: the flood holds more than its 5"
     );
 }
