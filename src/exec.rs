@@ -3,6 +3,7 @@
 //! client), and the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them. The program is
 //! reaped before the session ends; one that will not exit after its input closed is stopped.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
@@ -56,7 +57,7 @@ pub struct Program {
 /// Starts the program on a socketpair; returns it and our end (non-blocking).
 pub fn start_program(
     program: &Path,
-    args: &[String],
+    args: &[OsString],
     variables: &[(String, String)],
 ) -> Result<(Program, UnixStream), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;

@@ -25,10 +25,8 @@ use options::{Command, Config, UsageError};
 
 fn main() {
     log::init();
-    let words: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|word| word.to_string_lossy().into_owned())
-        .collect();
+    // Kept as the bytes given: file names and -exec arguments need not be UTF-8.
+    let words: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let status = match options::parse(&words) {
         Err(UsageError(messages)) => report_usage_error(&messages),
         Ok(Command::Help) => {

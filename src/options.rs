@@ -1,8 +1,15 @@
-//! The legacy sslwrap command line, as one table: every option's name, whether it takes a value, its help line and what
-//! it sets in [`Config`]. Words are read left to right, a repeated option's last value wins, and no word the 2.0.6
-//! binary knew may change meaning. Pure: no file, socket or OpenSSL is touched here, so it is unit-tested in isolation.
+//! The legacy sslwrap command line, as one table: every option's name, what it takes from the next word, its help
+//! line and what it sets in [`Config`]. Words are read left to right in one pass, a repeated option's last value
+//! wins, and no word the 2.0.6 binary knew may change meaning. Words need not be UTF-8: file names and the `-exec`
+//! program's arguments pass byte for byte, and only values that are text must be UTF-8. Pure: no file, socket or
+//! OpenSSL is touched here, so it is unit-tested in isolation.
 
+use std::ffi::{OsStr, OsString};
+use std::fmt::Display;
+use std::num::{IntErrorKind, ParseIntError};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::proxy_header::ProxyVersion;
@@ -15,14 +22,23 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_MAXCONN: usize = 256;
 /// How long a client may take to complete the TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a session may carry no data before it is ended: 12 hours, stunnel's TIMEOUTidle. Long enough for a mail
+/// client waiting in IMAP IDLE, short enough that sessions whose peer vanished do not pile up for ever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 60 * 60);
+/// How long a session may carry no data once one direction has ended, before the other is ended too.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the plaintext side of a session goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// `-addr HOST -port PORT`: a TCP connection from this host.
     Tcp { host: String, port: u16 },
-    /// `-exec PROG [ARGS]`: a program whose stdin/stdout is the plaintext side.
-    Exec { program: PathBuf, args: Vec<String> },
+    /// `-exec PROG [ARGS]`: a program whose stdin/stdout is the plaintext side; program and arguments are kept as the
+    /// bytes given, UTF-8 or not.
+    Exec {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
     /// `-fd N`: an already-open descriptor (a socketpair end given by a helper).
     Fd(i32),
 }
@@ -102,13 +118,13 @@ pub struct Config {
     /// `-state`: log handshake progress.
     pub state: bool,
     pub maxconn: usize,
-    /// `-maxconn_per_source`: at most this many sessions at once from one IPv4 address or IPv6 /64.
+    /// `-maxconn_per_source`: sessions at once from one IPv4 address or IPv6 /64 (daemon mode).
     pub maxconn_per_source: usize,
-    /// `-timeout`: idle time after which a session is ended; None = no idle timeout (as 2.0.6).
+    /// `-timeout`: idle time after which a session is ended; None (`-timeout 0`) = never.
     pub idle_timeout: Option<Duration>,
-    pub handshake_timeout: Duration,
-    /// `-close_timeout`: once either direction of a session has ended, end it after this long without traffic.
+    /// `-close_timeout`: once one direction has ended, idle time after which the session is ended.
     pub close_timeout: Duration,
+    pub handshake_timeout: Duration,
     /// `-starttls PROTO[-]`: speak the protocol's plaintext start and switch to TLS on STARTTLS.
     pub starttls: Option<StartTlsMode>,
     /// `-proxy [v1|v2]`: send a PROXY protocol header of this version to the TCP backend.
@@ -130,13 +146,14 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub Vec<String>);
 
-/// The settings being collected while words are applied, before validation.
+/// The settings being collected while words are applied, before validation. `None` means "not given": the default is
+/// filled in by [`validate`], where it may depend on other options.
 #[derive(Default)]
 struct Draft {
     port: Option<u16>,
     addr: Option<String>,
     exec: Option<PathBuf>,
-    exec_args: Vec<String>,
+    exec_args: Vec<OsString>,
     fd: Option<i32>,
     accept: Option<String>,
     tls: TlsOptions,
@@ -144,8 +161,9 @@ struct Draft {
     state: bool,
     maxconn: Option<usize>,
     maxconn_per_source: Option<usize>,
+    /// `-timeout` as given: `Some(None)` is `-timeout 0`, no idle limit.
+    idle_timeout: Option<Option<Duration>>,
     close_timeout: Option<Duration>,
-    idle_timeout: Option<Duration>,
     handshake_timeout: Option<Duration>,
     starttls: Option<StartTlsMode>,
     proxy: Option<ProxyVersion>,
@@ -156,432 +174,377 @@ struct Draft {
     version: bool,
 }
 
-/// Whether an option takes the next word as its value.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Takes {
-    Nothing,
-    Value(&'static str),
-    /// `-proxy [v1|v2]`: takes the next word only when it is one of these.
-    OptionalValue(&'static str, &'static [&'static str]),
+/// What an option takes from the words after it, and what it sets in the draft. The walk in [`read_words`] does the
+/// taking; the functions here only set.
+#[derive(Clone, Copy)]
+enum Action {
+    /// No value.
+    Flag(fn(&mut Draft)),
+    /// The next word, whatever it looks like, as text (named by the hint in usage). A word that is not UTF-8 is
+    /// refused with the option's name.
+    Text(&'static str, fn(&mut Draft, &str) -> Result<(), String>),
+    /// The next word, whatever it looks like, kept byte for byte: a file, a directory or a program.
+    Path(&'static str, fn(&mut Draft, PathBuf)),
+    /// The next word only when it is one of the accepted words (`-proxy [v1|v2]`); any other word is left alone.
+    OptionalWord(
+        &'static str,
+        &'static [&'static str],
+        fn(&mut Draft, Option<&'static str>) -> Result<(), String>,
+    ),
 }
 
-type Apply = fn(&mut Draft, &str) -> Result<(), String>;
+use Action::{Flag, OptionalWord, Path, Text};
 
 /// One row of the option table.
 struct OptionSpec {
     name: &'static str,
-    takes: Takes,
     help: &'static str,
-    apply: Apply,
+    action: Action,
 }
 
-const fn row(name: &'static str, takes: Takes, help: &'static str, apply: Apply) -> OptionSpec {
-    OptionSpec {
-        name,
-        takes,
-        help,
-        apply,
-    }
+const fn row(name: &'static str, help: &'static str, action: Action) -> OptionSpec {
+    OptionSpec { name, help, action }
 }
-
-use Takes::{Nothing, OptionalValue, Value};
 
 /// The command line. Legacy words first, in the order of the 2.0.6 usage text, then the extensions.
 const OPTIONS: &[OptionSpec] = &[
     row(
         "port",
-        Value("PORT"),
         "backend port (number or service name)",
-        |d, v| {
+        Text("PORT", |d, v| {
             d.port = Some(parse_port("-port", v)?);
             Ok(())
-        },
+        }),
     ),
     row(
         "addr",
-        Value("ADDR"),
         "backend address: IPv4, IPv6 or host name (default 127.0.0.1)",
-        |d, v| {
+        Text("ADDR", |d, v| {
             d.addr = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "accept",
-        Value("[ADDR:]PORT"),
         "daemon mode: listen here instead of running from inetd",
-        |d, v| {
+        Text("[ADDR:]PORT", |d, v| {
             d.accept = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "exec",
-        Value("PROG"),
         "run PROG [ARGS] as the plaintext side instead of connecting",
-        |d, v| {
-            d.exec = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("PROG", |d, program| d.exec = Some(program)),
     ),
     row(
         "cert",
-        Value("FILE"),
         "certificate (and chain, and maybe key), PEM (default server.pem)",
-        |d, v| {
-            d.tls.cert = PathBuf::from(v);
-            Ok(())
-        },
+        Path("FILE", |d, file| d.tls.cert = file),
     ),
     row(
         "key",
-        Value("FILE"),
         "private key, PEM, unencrypted (default: the -cert file)",
-        |d, v| {
-            d.tls.key = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("FILE", |d, file| d.tls.key = Some(file)),
     ),
     row(
         "nocert",
-        Nothing,
         "no certificate: anonymous suites plus an ephemeral self-signed one",
-        |d, _| {
-            d.tls.nocert = true;
-            Ok(())
-        },
+        Flag(|d| d.tls.nocert = true),
     ),
     row(
         "verify",
-        Value("DEPTH"),
         "ask for a client certificate, verify it to DEPTH, allow none",
-        |d, v| {
-            d.tls.verify = Some((parse_number("-verify", v)?, false));
+        Text("DEPTH", |d, v| {
+            d.tls.verify = Some((parse_number("-verify", v, 0..=u32::MAX)?, false));
             Ok(())
-        },
+        }),
     ),
     row(
         "Verify",
-        Value("DEPTH"),
         "require a valid client certificate, verified to DEPTH",
-        |d, v| {
-            d.tls.verify = Some((parse_number("-Verify", v)?, true));
+        Text("DEPTH", |d, v| {
+            d.tls.verify = Some((parse_number("-Verify", v, 0..=u32::MAX)?, true));
             Ok(())
-        },
+        }),
     ),
     row(
         "CAfile",
-        Value("FILE"),
         "trusted CAs for client certificates; their names are sent to clients",
-        |d, v| {
-            d.tls.ca_file = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("FILE", |d, file| d.tls.ca_file = Some(file)),
     ),
     row(
         "CApath",
-        Value("DIR"),
         "directory of hashed trusted CA certificates",
-        |d, v| {
-            d.tls.ca_path = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("DIR", |d, dir| d.tls.ca_path = Some(dir)),
     ),
     row(
         "cipher",
-        Value("LIST"),
         "OpenSSL cipher list for TLS 1.2 and older",
-        |d, v| {
+        Text("LIST", |d, v| {
             d.tls.cipher = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "ssl2",
-        Nothing,
         "only SSLv2 (not available in any current OpenSSL)",
-        |d, _| only(d, Protocol::Ssl2),
+        Flag(|d| only(d, Protocol::Ssl2)),
     ),
     row(
         "ssl3",
-        Nothing,
         "only SSLv3 (if the linked OpenSSL has it)",
-        |d, _| only(d, Protocol::Ssl3),
+        Flag(|d| only(d, Protocol::Ssl3)),
     ),
     row(
         "no_ssl2",
-        Nothing,
         "disable SSLv2 (nothing left to disable)",
-        |d, _| disable(d, Protocol::Ssl2),
+        Flag(|d| disable(d, Protocol::Ssl2)),
     ),
-    row("no_ssl3", Nothing, "disable SSLv3", |d, _| {
-        disable(d, Protocol::Ssl3)
-    }),
+    row(
+        "no_ssl3",
+        "disable SSLv3",
+        Flag(|d| disable(d, Protocol::Ssl3)),
+    ),
     row(
         "no_tls1_0",
-        Nothing,
         "disable TLS 1.0 (same as -no_tls1)",
-        |d, _| disable(d, Protocol::Tls1),
+        Flag(|d| disable(d, Protocol::Tls1)),
     ),
     row(
         "bugs",
-        Nothing,
         "enable all OpenSSL bug workarounds",
-        |d, _| {
-            d.tls.bugs = true;
-            Ok(())
-        },
+        Flag(|d| d.tls.bugs = true),
     ),
-    row("quiet", Nothing, "log errors only", |d, _| {
-        d.verbosity = Verbosity::Quiet;
-        Ok(())
-    }),
+    row(
+        "quiet",
+        "log errors only",
+        Flag(|d| d.verbosity = Verbosity::Quiet),
+    ),
     row(
         "debug",
-        Nothing,
         "log every session, not only failures",
-        |d, _| {
-            d.verbosity = Verbosity::Debug;
-            Ok(())
-        },
+        Flag(|d| d.verbosity = Verbosity::Debug),
     ),
-    row("state", Nothing, "log handshake progress", |d, _| {
-        d.state = true;
-        Ok(())
-    }),
+    row("state", "log handshake progress", Flag(|d| d.state = true)),
     row(
         "nbio",
-        Nothing,
         "accepted for compatibility, no effect",
-        ignore,
+        Flag(ignore),
     ),
     row(
         "nbio_test",
-        Nothing,
         "accepted for compatibility, no effect",
-        ignore,
+        Flag(ignore),
     ),
     row(
         "no_tmp_rsa",
-        Nothing,
         "accepted for compatibility, no effect",
-        ignore,
+        Flag(ignore),
     ),
     row(
         "hack",
-        Nothing,
         "accepted for compatibility, no effect",
-        ignore,
+        Flag(ignore),
     ),
     row(
         "tls1",
-        Nothing,
         "only TLS 1.0 (lowers the security level; logs a warning)",
-        |d, _| only(d, Protocol::Tls1),
+        Flag(|d| only(d, Protocol::Tls1)),
     ),
     row(
         "tls1_1",
-        Nothing,
         "only TLS 1.1 (lowers the security level; logs a warning)",
-        |d, _| only(d, Protocol::Tls1_1),
+        Flag(|d| only(d, Protocol::Tls1_1)),
     ),
-    row("tls1_2", Nothing, "only TLS 1.2", |d, _| {
-        only(d, Protocol::Tls1_2)
-    }),
-    row("tls1_3", Nothing, "only TLS 1.3", |d, _| {
-        only(d, Protocol::Tls1_3)
-    }),
-    row("no_tls1", Nothing, "disable TLS 1.0", |d, _| {
-        disable(d, Protocol::Tls1)
-    }),
-    row("no_tls1_1", Nothing, "disable TLS 1.1", |d, _| {
-        disable(d, Protocol::Tls1_1)
-    }),
-    row("no_tls1_2", Nothing, "disable TLS 1.2", |d, _| {
-        disable(d, Protocol::Tls1_2)
-    }),
-    row("no_tls1_3", Nothing, "disable TLS 1.3", |d, _| {
-        disable(d, Protocol::Tls1_3)
-    }),
+    row(
+        "tls1_2",
+        "only TLS 1.2",
+        Flag(|d| only(d, Protocol::Tls1_2)),
+    ),
+    row(
+        "tls1_3",
+        "only TLS 1.3",
+        Flag(|d| only(d, Protocol::Tls1_3)),
+    ),
+    row(
+        "no_tls1",
+        "disable TLS 1.0",
+        Flag(|d| disable(d, Protocol::Tls1)),
+    ),
+    row(
+        "no_tls1_1",
+        "disable TLS 1.1",
+        Flag(|d| disable(d, Protocol::Tls1_1)),
+    ),
+    row(
+        "no_tls1_2",
+        "disable TLS 1.2",
+        Flag(|d| disable(d, Protocol::Tls1_2)),
+    ),
+    row(
+        "no_tls1_3",
+        "disable TLS 1.3",
+        Flag(|d| disable(d, Protocol::Tls1_3)),
+    ),
     row(
         "ciphersuites",
-        Value("LIST"),
         "OpenSSL TLS 1.3 cipher suites",
-        |d, v| {
+        Text("LIST", |d, v| {
             d.tls.ciphersuites = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "dhparam",
-        Value("FILE"),
         "Diffie-Hellman parameters, PEM (default: built-in groups)",
-        |d, v| {
-            d.tls.dhparam = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("FILE", |d, file| d.tls.dhparam = Some(file)),
     ),
     row(
         "maxconn",
-        Value("N"),
         "daemon mode: at most N sessions at once (default 256)",
-        |d, v| {
-            let limit: u32 = parse_number("-maxconn", v)?;
-            if limit == 0 {
-                return Err("-maxconn: must be at least 1".to_string());
-            }
+        Text("N", |d, v| {
+            let limit: u32 = parse_number("-maxconn", v, 1..=u32::MAX)?;
             d.maxconn = Some(limit as usize);
             Ok(())
-        },
+        }),
     ),
     row(
         "maxconn_per_source",
-        Value("N"),
-        "daemon mode: at most N sessions at once from one IPv4 address or IPv6 /64",
-        |d, v| {
-            let limit: u32 = parse_number("-maxconn_per_source", v)?;
-            if limit == 0 {
-                return Err("-maxconn_per_source: must be at least 1".to_string());
-            }
+        "daemon mode: at most N sessions at once from one IPv4 address or IPv6 /64 (default: -maxconn/4)",
+        Text("N", |d, v| {
+            let limit: u32 = parse_number("-maxconn_per_source", v, 1..=u32::MAX)?;
             d.maxconn_per_source = Some(limit as usize);
             Ok(())
-        },
-    ),
-    row(
-        "close_timeout",
-        Value("SECS"),
-        "once a session's direction has ended, end it after SECS without traffic (default 60)",
-        |d, v| {
-            let secs: u32 = parse_number("-close_timeout", v)?;
-            if secs == 0 {
-                return Err("-close_timeout: must be at least 1".to_string());
-            }
-            d.close_timeout = Some(Duration::from_secs(secs.into()));
-            Ok(())
-        },
+        }),
     ),
     row(
         "timeout",
-        Value("SECS"),
-        "end a session idle for SECS seconds (default: never)",
-        |d, v| {
-            let secs: u32 = parse_number("-timeout", v)?;
-            d.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs.into()));
+        "end a session idle for SECS seconds (default 43200; 0: never)",
+        Text("SECS", |d, v| {
+            let secs: u32 = parse_number("-timeout", v, 0..=u32::MAX)?;
+            d.idle_timeout = Some((secs > 0).then(|| Duration::from_secs(secs.into())));
             Ok(())
-        },
+        }),
+    ),
+    row(
+        "close_timeout",
+        "once either direction of a session has ended, end it after SECS without traffic (default 60)",
+        Text("SECS", |d, v| {
+            let secs: u32 = parse_number("-close_timeout", v, 1..=u32::MAX)?;
+            d.close_timeout = Some(Duration::from_secs(secs.into()));
+            Ok(())
+        }),
     ),
     row(
         "handshake_timeout",
-        Value("SECS"),
         "drop a client that has not finished the handshake in SECS (default 60)",
-        |d, v| {
-            let secs: u32 = parse_number("-handshake_timeout", v)?;
-            if secs == 0 {
-                return Err("-handshake_timeout: must be at least 1".to_string());
-            }
+        Text("SECS", |d, v| {
+            let secs: u32 = parse_number("-handshake_timeout", v, 1..=u32::MAX)?;
             d.handshake_timeout = Some(Duration::from_secs(secs.into()));
             Ok(())
-        },
+        }),
     ),
     row(
         "starttls",
-        Value("PROTO"),
         "speak imap, pop3 or smtp in plaintext until STARTTLS (PROTO- : TLS optional)",
-        |d, v| {
+        Text("PROTO", |d, v| {
             d.starttls = Some(v.parse()?);
             Ok(())
-        },
+        }),
     ),
     row(
         "proxy",
-        OptionalValue("v1|v2", &["v1", "v2"]),
         "send a PROXY protocol header to the backend (default v2)",
-        |d, v| {
-            d.proxy = Some(if v.is_empty() {
-                ProxyVersion::V2
-            } else {
-                v.parse()?
-            });
+        OptionalWord("v1|v2", &["v1", "v2"], |d, version| {
+            d.proxy = Some(version.map_or(Ok(ProxyVersion::V2), str::parse)?);
             Ok(())
-        },
+        }),
     ),
     row(
         "user",
-        Value("USER"),
         "switch to this user (name or uid) after loading keys",
-        |d, v| {
+        Text("USER", |d, v| {
             d.user = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "group",
-        Value("GROUP"),
         "switch to this group (name or gid) after loading keys",
-        |d, v| {
+        Text("GROUP", |d, v| {
             d.group = Some(v.to_string());
             Ok(())
-        },
+        }),
     ),
     row(
         "chroot",
-        Value("DIR"),
         "chroot to DIR after loading keys",
-        |d, v| {
-            d.chroot = Some(PathBuf::from(v));
-            Ok(())
-        },
+        Path("DIR", |d, dir| d.chroot = Some(dir)),
     ),
     row(
         "fd",
-        Value("N"),
         "use the open descriptor N as the plaintext side (inetd mode)",
-        |d, v| {
-            let fd: u32 = parse_number("-fd", v)?;
+        Text("N", |d, v| {
+            let fd: i32 = parse_number("-fd", v, 0..=i32::MAX)?;
             if fd < 3 {
                 return Err(format!(
                     "-fd: {fd} is a standard descriptor; use 3 or higher"
                 ));
             }
-            d.fd = Some(fd as i32);
+            d.fd = Some(fd);
             Ok(())
-        },
+        }),
     ),
-    row("help", Nothing, "print this help and exit", |d, _| {
-        d.help = true;
-        Ok(())
-    }),
+    row("help", "print this help and exit", Flag(|d| d.help = true)),
     row(
         "version",
-        Nothing,
         "print the sslwrap and OpenSSL versions and exit",
-        |d, _| {
-            d.version = true;
-            Ok(())
-        },
+        Flag(|d| d.version = true),
     ),
 ];
 
-fn ignore(_: &mut Draft, _: &str) -> Result<(), String> {
-    Ok(())
-}
+fn ignore(_: &mut Draft) {}
 
-fn only(draft: &mut Draft, protocol: Protocol) -> Result<(), String> {
+fn only(draft: &mut Draft, protocol: Protocol) {
     draft.tls.protocols.only = Some(protocol);
-    Ok(())
 }
 
-fn disable(draft: &mut Draft, protocol: Protocol) -> Result<(), String> {
+fn disable(draft: &mut Draft, protocol: Protocol) {
     if !draft.tls.protocols.disabled.contains(&protocol) {
         draft.tls.protocols.disabled.push(protocol);
     }
-    Ok(())
 }
 
-fn parse_number<T: std::str::FromStr>(option: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{option}: '{value}' is not a valid number"))
+/// A decimal number in `range`. A word that is no number at all and a number outside the range get different
+/// messages, so that `-timeout 4294967296` does not claim to be "not a number".
+fn parse_number<T>(option: &str, value: &str, range: RangeInclusive<T>) -> Result<T, String>
+where
+    T: FromStr<Err = ParseIntError> + PartialOrd + Display,
+{
+    let out_of_range = || {
+        format!(
+            "{option}: {value} is out of range ({}-{})",
+            range.start(),
+            range.end()
+        )
+    };
+    match value.parse::<T>() {
+        Ok(number) if number < *range.start() => {
+            Err(format!("{option}: must be at least {}", range.start()))
+        }
+        Ok(number) if number > *range.end() => Err(out_of_range()),
+        Ok(number) => Ok(number),
+        Err(error)
+            if matches!(
+                error.kind(),
+                IntErrorKind::PosOverflow | IntErrorKind::NegOverflow
+            ) =>
+        {
+            Err(out_of_range())
+        }
+        Err(_) => Err(format!("{option}: '{value}' is not a valid number")),
+    }
 }
 
 /// A port number, or a TCP service name looked up in /etc/services as the original did with getservbyname.
@@ -616,109 +579,80 @@ fn lookup_tcp_service(services: &str, name: &str) -> Option<u16> {
     })
 }
 
-fn find_option(word: &str) -> Option<&'static OptionSpec> {
-    let name = word.strip_prefix('-')?;
+/// The table row for a word: exactly `-` and an option's name, with case. A word that is not UTF-8 is never an
+/// option, since every name is ASCII.
+fn find_option(word: &OsStr) -> Option<&'static OptionSpec> {
+    let name = word.to_str()?.strip_prefix('-')?;
     OPTIONS.iter().find(|spec| spec.name == name)
 }
 
-/// The words of the command line sorted into sslwrap's own options and the -exec program's arguments.
-struct SplitWords {
-    options: Vec<String>,
-    exec_args: Vec<String>,
-}
+// Why the table walks the words itself, and getopts (the design card's intended tool) plays no part in the pass:
+// getopts 0.2 cannot keep the legacy command line exact. It refuses the whole command line when any word is not
+// UTF-8 (so an -exec argument or a file name in another encoding could never pass); it takes `-cert=x` and `--cert x`
+// as -cert, where 2.0.6 said "unknown option"; in long-only mode an optional value is only ever `-proxy=v1`, never
+// the next word; it records no positions for free words, so a stray word before -exec cannot be told from a program
+// argument after it; and its errors do not show the word as typed. Every decision would have to be made again by the
+// table, so a getopts pass could only confirm what was already decided.
 
-/// Walks the words left to right as the original did: an option that takes a value takes the next word whatever it
-/// looks like; once `-exec PROG` was seen, words that are not sslwrap options are PROG's arguments; `--` hands every
-/// later word to PROG. Unknown words are errors, reported exactly as typed.
-fn split_words(words: &[String]) -> Result<SplitWords, UsageError> {
-    let mut split = SplitWords {
-        options: Vec::new(),
-        exec_args: Vec::new(),
-    };
-    let mut exec_seen = false;
-    let mut index = 0;
-    while index < words.len() {
-        let word = &words[index];
-        index += 1;
+/// Reads the words left to right in one pass, applying each option where it stands, so the last of a repeated or
+/// conflicting option wins (`-verify 1 -Verify 2`, `-debug -quiet`, `-tls1_3 -tls1`). An option that takes a value
+/// takes the next word whatever it looks like (`-cert -nocert`). Once `-exec PROG` is read, a word that is no option
+/// is an argument of PROG, and `--` hands every later word to PROG. The first bad word ends the walk: after it, which
+/// word is a value is no longer known.
+fn read_words(words: &[OsString]) -> Result<Draft, String> {
+    let mut draft = Draft::default();
+    let mut words = words.iter().peekable();
+    while let Some(word) = words.next() {
         if word == "--" {
-            split.exec_args.extend(words[index..].iter().cloned());
+            if draft.exec.is_none() {
+                return Err("-- is only allowed after -exec PROG".to_string());
+            }
+            draft.exec_args.extend(words.cloned());
             break;
         }
         let Some(spec) = find_option(word) else {
-            if exec_seen {
-                split.exec_args.push(word.clone());
+            if draft.exec.is_some() {
+                draft.exec_args.push(word.clone());
                 continue;
             }
-            return Err(UsageError(vec![format!("unknown option {word}")]));
+            return Err(format!("unknown option {}", word.to_string_lossy()));
         };
-        match spec.takes {
-            Nothing => split.options.push(word.clone()),
-            Value(_) => {
-                let Some(value) = words.get(index) else {
-                    return Err(UsageError(vec![format!("option {word} needs a value")]));
-                };
-                index += 1;
-                split.options.push(format!("-{}={}", spec.name, value));
+        match spec.action {
+            Flag(set) => set(&mut draft),
+            Text(_, set) => {
+                let text = next_value(spec, &mut words)?
+                    .to_str()
+                    .ok_or_else(|| format!("-{}: value is not valid UTF-8", spec.name))?;
+                set(&mut draft, text)?;
             }
-            OptionalValue(_, accepted) => match words.get(index) {
-                Some(value) if accepted.contains(&value.as_str()) => {
-                    index += 1;
-                    split.options.push(format!("-{}={}", spec.name, value));
+            Path(_, set) => set(&mut draft, PathBuf::from(next_value(spec, &mut words)?)),
+            OptionalWord(_, accepted, set) => {
+                let taken = words
+                    .peek()
+                    .and_then(|next| accepted.iter().copied().find(|word| **next == **word));
+                if taken.is_some() {
+                    words.next();
                 }
-                _ => split.options.push(word.clone()),
-            },
-        }
-        exec_seen |= spec.name == "exec";
-    }
-    Ok(split)
-}
-
-fn getopts_table() -> getopts::Options {
-    let mut table = getopts::Options::new();
-    table.long_only(true);
-    for spec in OPTIONS {
-        let hasarg = match spec.takes {
-            Nothing => getopts::HasArg::No,
-            Value(_) => getopts::HasArg::Yes,
-            OptionalValue(..) => getopts::HasArg::Maybe,
-        };
-        table.opt("", spec.name, spec.help, "", hasarg, getopts::Occur::Multi);
-    }
-    table
-}
-
-/// Applies every matched option in command-line order, so the last of a repeated (or conflicting) option wins.
-fn apply_in_order(matches: &getopts::Matches) -> Result<Draft, UsageError> {
-    let mut applied: Vec<(usize, &OptionSpec, String)> = Vec::new();
-    for spec in OPTIONS {
-        for (position, value) in matches.opt_strs_pos(spec.name) {
-            applied.push((position, spec, value));
-        }
-        for position in matches.opt_positions(spec.name) {
-            if !applied
-                .iter()
-                .any(|(p, s, _)| *p == position && s.name == spec.name)
-            {
-                applied.push((position, spec, String::new()));
+                set(&mut draft, taken)?;
             }
         }
-    }
-    applied.sort_by_key(|(position, _, _)| *position);
-    let mut draft = Draft::default();
-    for (_, spec, value) in applied {
-        (spec.apply)(&mut draft, &value).map_err(|message| UsageError(vec![message]))?;
     }
     Ok(draft)
 }
 
+/// The word after an option that takes a value, whatever it looks like; an error naming the option at the end.
+fn next_value<'a>(
+    spec: &OptionSpec,
+    words: &mut impl Iterator<Item = &'a OsString>,
+) -> Result<&'a OsString, String> {
+    words
+        .next()
+        .ok_or_else(|| format!("option -{} needs a value", spec.name))
+}
+
 /// Parses the words after the program name.
-pub fn parse(words: &[String]) -> Result<Command, UsageError> {
-    let split = split_words(words)?;
-    let matches = getopts_table()
-        .parse(&split.options)
-        .map_err(|fail| UsageError(vec![fail.to_string()]))?;
-    let mut draft = apply_in_order(&matches)?;
-    draft.exec_args = split.exec_args;
+pub fn parse(words: &[OsString]) -> Result<Command, UsageError> {
+    let draft = read_words(words).map_err(|message| UsageError(vec![message]))?;
     if draft.help {
         return Ok(Command::Help);
     }
@@ -728,7 +662,7 @@ pub fn parse(words: &[String]) -> Result<Command, UsageError> {
     validate(draft).map(|config| Command::Run(Box::new(config)))
 }
 
-/// The checks made after every word is read, with the original's messages where it had them.
+/// The checks made after every word is read, with the original's messages where it had them; then the defaults.
 fn validate(draft: Draft) -> Result<Config, UsageError> {
     let mut errors = Vec::new();
     let sources = [
@@ -748,9 +682,6 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
     }
     if draft.fd.is_some() && draft.accept.is_some() {
         errors.push("option -fd works in inetd mode only, not with -accept".to_string());
-    }
-    if !draft.exec_args.is_empty() && draft.exec.is_none() {
-        errors.push(format!("unknown option {}", draft.exec_args[0]));
     }
     if draft.proxy.is_some() && draft.port.is_none() {
         errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
@@ -772,19 +703,20 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
             port: draft.port.unwrap_or_default(),
         }
     };
+    let maxconn = draft.maxconn.unwrap_or(DEFAULT_MAXCONN);
     Ok(Config {
         backend,
         accept: draft.accept,
         tls: draft.tls,
         verbosity: draft.verbosity,
         state: draft.state,
-        maxconn: draft.maxconn.unwrap_or(DEFAULT_MAXCONN),
-        maxconn_per_source: draft
-            .maxconn_per_source
-            .unwrap_or((draft.maxconn.unwrap_or(DEFAULT_MAXCONN) / 4).max(1)),
-        idle_timeout: draft.idle_timeout,
+        maxconn,
+        // A quarter of all sessions: one busy source cannot take every slot, yet a few clients behind one NAT
+        // address still get many.
+        maxconn_per_source: draft.maxconn_per_source.unwrap_or((maxconn / 4).max(1)),
+        idle_timeout: draft.idle_timeout.unwrap_or(Some(DEFAULT_IDLE_TIMEOUT)),
+        close_timeout: draft.close_timeout.unwrap_or(DEFAULT_CLOSE_TIMEOUT),
         handshake_timeout: draft.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-        close_timeout: draft.close_timeout.unwrap_or(Duration::from_secs(60)),
         starttls: draft.starttls,
         proxy: draft.proxy,
         user: draft.user,
@@ -799,10 +731,10 @@ pub fn usage() -> String {
         "usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) [-accept [ADDR:]PORT] [options]\n",
     );
     for spec in OPTIONS {
-        let left = match spec.takes {
-            Nothing => format!("-{}", spec.name),
-            Value(hint) => format!("-{} {}", spec.name, hint),
-            OptionalValue(hint, _) => format!("-{} [{}]", spec.name, hint),
+        let left = match spec.action {
+            Flag(_) => format!("-{}", spec.name),
+            Text(hint, _) | Path(hint, _) => format!("-{} {}", spec.name, hint),
+            OptionalWord(hint, ..) => format!("-{} [{}]", spec.name, hint),
         };
         text.push_str(&format!("  {left:<26} {}\n", spec.help));
     }
@@ -812,23 +744,37 @@ pub fn usage() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
-    fn words(line: &str) -> Vec<String> {
-        line.split_whitespace().map(String::from).collect()
+    fn words(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    /// A word as raw bytes, UTF-8 or not.
+    fn raw(bytes: &[u8]) -> OsString {
+        OsString::from_vec(bytes.to_vec())
+    }
+
+    fn config_of(words: &[OsString]) -> Config {
+        match parse(words) {
+            Ok(Command::Run(config)) => *config,
+            other => panic!("{words:?}: {other:?}"),
+        }
+    }
+
+    fn error_of(words: &[OsString]) -> Vec<String> {
+        match parse(words) {
+            Err(UsageError(messages)) => messages,
+            other => panic!("{words:?}: expected an error, got {other:?}"),
+        }
     }
 
     fn config(line: &str) -> Config {
-        match parse(&words(line)) {
-            Ok(Command::Run(config)) => *config,
-            other => panic!("{line}: {other:?}"),
-        }
+        config_of(&words(line))
     }
 
     fn error(line: &str) -> Vec<String> {
-        match parse(&words(line)) {
-            Err(UsageError(messages)) => messages,
-            other => panic!("{line}: expected an error, got {other:?}"),
-        }
+        error_of(&words(line))
     }
 
     #[test]
@@ -907,7 +853,6 @@ mod tests {
         assert_eq!(config.tls.cert, PathBuf::from("server.pem"));
         assert_eq!(config.tls.key, None);
         assert_eq!(config.maxconn, DEFAULT_MAXCONN);
-        assert_eq!(config.idle_timeout, None);
         assert_eq!(config.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(config.verbosity, Verbosity::Normal);
     }
@@ -1108,6 +1053,294 @@ mod tests {
             assert!(
                 text.contains(&format!("  -{}", spec.name)),
                 "usage misses -{}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn conflicting_options_apply_in_command_line_order_not_table_order() {
+        assert_eq!(config("-port 1 -quiet -debug").verbosity, Verbosity::Debug);
+        assert_eq!(
+            config("-port 1 -Verify 2 -verify 1").tls.verify,
+            Some((1, false))
+        );
+        assert_eq!(
+            config("-port 1 -tls1 -tls1_3").tls.protocols.only,
+            Some(Protocol::Tls1_3)
+        );
+        assert_eq!(
+            config("-port 1 -proxy v1 -proxy").proxy,
+            Some(ProxyVersion::V2)
+        );
+    }
+
+    #[test]
+    fn the_first_bad_word_is_the_one_reported() {
+        assert_eq!(
+            error("-port 1 -verify deep -bogus"),
+            vec!["-verify: 'deep' is not a valid number"]
+        );
+        assert_eq!(
+            error("-port 1 -bogus -verify deep"),
+            vec!["unknown option -bogus"]
+        );
+    }
+
+    #[test]
+    fn an_option_with_its_value_glued_on_is_unknown_as_in_2_0_6() {
+        assert_eq!(error("-cert=x -port 1"), vec!["unknown option -cert=x"]);
+        assert_eq!(error("-port=143"), vec!["unknown option -port=143"]);
+        assert_eq!(
+            error("-port 1 -nocert=yes"),
+            vec!["unknown option -nocert=yes"]
+        );
+    }
+
+    #[test]
+    fn a_value_may_be_a_double_dash_or_an_option_name() {
+        assert_eq!(config("-port 1 -cert --").tls.cert, PathBuf::from("--"));
+        assert_eq!(
+            config("-exec -debug").backend,
+            Backend::Exec {
+                program: "-debug".into(),
+                args: vec![]
+            }
+        );
+        assert_eq!(config("-exec -debug").verbosity, Verbosity::Normal);
+        assert_eq!(error("-cert c -exec"), vec!["option -exec needs a value"]);
+    }
+
+    #[test]
+    fn a_word_before_exec_is_unknown_even_when_exec_follows() {
+        assert_eq!(
+            error("-cert c stray -exec /bin/echo"),
+            vec!["unknown option stray"]
+        );
+    }
+
+    #[test]
+    fn double_dash_without_exec_is_refused() {
+        assert_eq!(
+            error("-port 1 --"),
+            vec!["-- is only allowed after -exec PROG"]
+        );
+        assert_eq!(
+            error("-- -exec /bin/echo x"),
+            vec!["-- is only allowed after -exec PROG"]
+        );
+        assert_eq!(
+            config("-exec /bin/echo --").backend,
+            Backend::Exec {
+                program: "/bin/echo".into(),
+                args: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn proxy_takes_only_a_version_word() {
+        assert_eq!(config("-port 1 -proxy v2").proxy, Some(ProxyVersion::V2));
+        assert_eq!(error("-port 1 -proxy v3"), vec!["unknown option v3"]);
+        assert_eq!(
+            error_of(&["-port".into(), "1".into(), "-proxy".into(), raw(b"v1\xff")]),
+            vec!["unknown option v1\u{FFFD}"]
+        );
+    }
+
+    #[test]
+    fn exec_program_and_arguments_keep_bytes_that_are_not_utf8() {
+        let line = [
+            "-nocert".into(),
+            "-exec".into(),
+            raw(b"/opt/caf\xe9/prog"),
+            raw(b"\xff\xfe"),
+            "-debug".into(),
+            raw(b"caf\xc3\xa9"),
+            "--".into(),
+            raw(b"-cert\x80"),
+        ];
+        let config = config_of(&line);
+        assert_eq!(
+            config.backend,
+            Backend::Exec {
+                program: PathBuf::from(raw(b"/opt/caf\xe9/prog")),
+                args: vec![raw(b"\xff\xfe"), raw("café".as_bytes()), raw(b"-cert\x80")]
+            }
+        );
+        assert_eq!(config.verbosity, Verbosity::Debug);
+    }
+
+    #[test]
+    fn every_path_option_keeps_bytes_that_are_not_utf8() {
+        let path = |tag: &[u8]| raw(&[b"/srv/\xe9".as_slice(), tag].concat());
+        let mut line = vec!["-port".into(), "1".into()];
+        for (option, tag) in [
+            ("-cert", b"c"),
+            ("-key", b"k"),
+            ("-CAfile", b"f"),
+            ("-CApath", b"d"),
+            ("-dhparam", b"h"),
+            ("-chroot", b"r"),
+        ] {
+            line.push(option.into());
+            line.push(path(tag));
+        }
+        let config = config_of(&line);
+        assert_eq!(config.tls.cert, PathBuf::from(path(b"c")));
+        assert_eq!(config.tls.key, Some(PathBuf::from(path(b"k"))));
+        assert_eq!(config.tls.ca_file, Some(PathBuf::from(path(b"f"))));
+        assert_eq!(config.tls.ca_path, Some(PathBuf::from(path(b"d"))));
+        assert_eq!(config.tls.dhparam, Some(PathBuf::from(path(b"h"))));
+        assert_eq!(config.chroot, Some(PathBuf::from(path(b"r"))));
+    }
+
+    #[test]
+    fn a_text_value_that_is_not_utf8_is_refused_naming_the_option() {
+        for option in [
+            "-port",
+            "-addr",
+            "-accept",
+            "-user",
+            "-group",
+            "-starttls",
+            "-cipher",
+            "-ciphersuites",
+            "-verify",
+            "-Verify",
+            "-maxconn",
+            "-maxconn_per_source",
+            "-timeout",
+            "-close_timeout",
+            "-handshake_timeout",
+            "-fd",
+        ] {
+            assert_eq!(
+                error_of(&["-nocert".into(), option.into(), raw(b"1\xff")]),
+                vec![format!("{option}: value is not valid UTF-8")]
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_word_that_is_not_utf8_is_shown_lossily() {
+        assert_eq!(
+            error_of(&[raw(b"-caf\xe9"), "-port".into(), "1".into()]),
+            vec!["unknown option -caf\u{FFFD}"]
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_told_apart_from_words_that_are_no_number() {
+        assert_eq!(
+            error("-port 1 -timeout 4294967296"),
+            vec!["-timeout: 4294967296 is out of range (0-4294967295)"]
+        );
+        assert_eq!(
+            error("-port 1 -timeout abc"),
+            vec!["-timeout: 'abc' is not a valid number"]
+        );
+        for (option, range, past_the_end) in [
+            ("-verify", "0-4294967295", "4294967296"),
+            ("-Verify", "0-4294967295", "4294967296"),
+            ("-maxconn", "1-4294967295", "4294967296"),
+            ("-maxconn_per_source", "1-4294967295", "4294967296"),
+            ("-timeout", "0-4294967295", "4294967296"),
+            ("-close_timeout", "1-4294967295", "4294967296"),
+            ("-handshake_timeout", "1-4294967295", "4294967296"),
+            ("-fd", "0-2147483647", "2147483648"),
+        ] {
+            for too_big in [past_the_end, "99999999999999999999999"] {
+                assert_eq!(
+                    error(&format!("-port 1 {option} {too_big}")),
+                    vec![format!("{option}: {too_big} is out of range ({range})")]
+                );
+            }
+            for not_a_number in ["abc", "", "1.5", "-1x"] {
+                let words = ["-port", "1", option, not_a_number].map(OsString::from);
+                assert_eq!(
+                    error_of(&words),
+                    vec![format!("{option}: '{not_a_number}' is not a valid number")]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn idle_timeout_defaults_to_twelve_hours_and_zero_means_never() {
+        assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(43200));
+        assert_eq!(config("-port 1").idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(config("-port 1 -timeout 0").idle_timeout, None);
+        assert_eq!(
+            config("-port 1 -timeout 30").idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            config("-port 1 -timeout 0 -timeout 7").idle_timeout,
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(config("-port 1 -timeout 7 -timeout 0").idle_timeout, None);
+    }
+
+    #[test]
+    fn close_timeout_defaults_to_a_minute_and_is_at_least_one_second() {
+        assert_eq!(DEFAULT_CLOSE_TIMEOUT, Duration::from_secs(60));
+        assert_eq!(config("-port 1").close_timeout, DEFAULT_CLOSE_TIMEOUT);
+        assert_eq!(
+            config("-port 1 -close_timeout 5").close_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            error("-port 1 -close_timeout 0"),
+            vec!["-close_timeout: must be at least 1"]
+        );
+        assert_eq!(
+            error("-port 1 -close_timeout"),
+            vec!["option -close_timeout needs a value"]
+        );
+    }
+
+    #[test]
+    fn maxconn_per_source_defaults_to_a_quarter_of_maxconn_and_at_least_one() {
+        assert_eq!(config("-port 1").maxconn_per_source, 64);
+        assert_eq!(config("-port 1 -maxconn 10").maxconn_per_source, 2);
+        assert_eq!(config("-port 1 -maxconn 3").maxconn_per_source, 1);
+        assert_eq!(config("-port 1 -maxconn 1").maxconn_per_source, 1);
+        assert_eq!(
+            config("-port 1 -maxconn_per_source 7 -maxconn 100").maxconn_per_source,
+            7
+        );
+        assert_eq!(
+            error("-port 1 -maxconn_per_source 0"),
+            vec!["-maxconn_per_source: must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn help_lines_state_the_new_defaults() {
+        let text = usage();
+        let line = |option: &str| {
+            text.lines()
+                .find(|line| line.starts_with(&format!("  -{option} ")))
+                .unwrap_or_else(|| panic!("no usage line for -{option}"))
+                .to_string()
+        };
+        assert!(line("timeout").contains("(default 43200; 0: never)"));
+        assert!(line("close_timeout").contains("once either direction of a session has ended"));
+        assert!(line("close_timeout").contains("(default 60)"));
+        assert!(line("maxconn_per_source").contains("one IPv4 address or IPv6 /64"));
+    }
+
+    #[test]
+    fn every_option_name_is_in_the_table_once() {
+        for spec in OPTIONS {
+            assert_eq!(
+                OPTIONS
+                    .iter()
+                    .filter(|other| other.name == spec.name)
+                    .count(),
+                1,
+                "-{} appears twice",
                 spec.name
             );
         }

@@ -81,6 +81,54 @@ fn arguments_one_word_then_words_and_after_double_dash() {
     );
 }
 
+/// Starts sslwrap under the inetd stand-in with `args` exactly as given, bytes that are not UTF-8 included, as an
+/// inetd.conf line can hold them: the stand-in takes text, so a shell script execs sslwrap with the raw words.
+fn inetd_with_raw_args(dir: &TempDir, syslog: &Syslog, args: &[&[u8]]) -> Inetd {
+    use std::os::unix::fs::PermissionsExt;
+    let mut body = b"#!/bin/sh\nexec".to_vec();
+    for word in std::iter::once(BINARY.as_bytes()).chain(args.iter().copied()) {
+        body.extend(b" '");
+        for &byte in word {
+            match byte {
+                b'\'' => body.extend(b"'\\''"),
+                _ => body.push(byte),
+            }
+        }
+        body.push(b'\'');
+    }
+    body.push(b'\n');
+    let path = dir.path("raw-args.sh");
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Inetd::start_command("127.0.0.1:0", path.to_str().unwrap(), &[], syslog)
+}
+
+#[test]
+fn arguments_that_are_not_utf8_reach_the_program_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, syslog, pki) = setup("raw-args");
+    let before: &[u8] = b"caf\xe9";
+    let after: &[u8] = b"-debug \xff\xfe\x80 it's";
+    let inetd = inetd_with_raw_args(
+        &dir,
+        &syslog,
+        &[
+            b"-cert",
+            pki.server_pem.as_os_str().as_bytes(),
+            b"-exec",
+            b"/bin/echo",
+            before,
+            b"--",
+            after,
+        ],
+    );
+    let expected = [before, b" ", after, b"\n"].concat();
+    assert_eq!(
+        read_to_close_notify(&mut tls(inetd.port)).unwrap(),
+        expected
+    );
+}
+
 #[test]
 fn environment_carries_the_connection_facts_and_client_names() {
     let (dir, syslog, pki) = setup("env");

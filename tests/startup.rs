@@ -231,3 +231,37 @@ fn links_the_system_libssl() {
         "{libssl}"
     );
 }
+
+#[test]
+fn certificate_at_a_path_that_is_not_utf8_is_loaded() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, syslog) = setup("rawpath");
+    let pki = Pki::new(&dir);
+    let cert = dir.0.join(std::ffi::OsStr::from_bytes(b"caf\xe9-\xff.pem"));
+    std::fs::copy(&pki.server_pem, &cert).unwrap();
+    // The inetd stand-in takes text; a script execs sslwrap with the raw path, as an inetd.conf line can hold it.
+    let mut script = b"#!/bin/sh\nexec '".to_vec();
+    script.extend(BINARY.as_bytes());
+    script.extend(b"' -cert '");
+    script.extend(cert.as_os_str().as_bytes());
+    script.extend(b"' -exec /bin/echo loaded\n");
+    let script_path = dir.path("raw-path.sh");
+    std::fs::File::create(&script_path)
+        .and_then(|mut file| file.write_all(&script))
+        .unwrap();
+    std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inetd = Inetd::start_command("127.0.0.1:0", script_path.to_str().unwrap(), &[], &syslog);
+    let mut client = tls(inetd.port);
+    let served = client
+        .ssl()
+        .peer_certificate()
+        .expect("a server certificate");
+    assert_eq!(
+        served.to_der().unwrap(),
+        pki.server.cert.to_der().unwrap(),
+        "the certificate from the file is served"
+    );
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"loaded\n");
+}
