@@ -1,6 +1,7 @@
-//! Start-up behaviour of the real binary: the command line's errors and messages, bad certificate and key files,
-//! -version/-help, and that it links the system OpenSSL. Each failure must exit 1 with a message naming the cause,
-//! logged to syslog with ident sslwrap.
+//! Start-up behaviour of the real binary: the command line's errors and messages, bad certificate and key files
+//! (devices, FIFOs, files over the size limit, every key layout), -version/-help, and that it links the system
+//! OpenSSL. Each failure must exit 1 with a message naming the option and the cause, logged to syslog with ident
+//! sslwrap, and never hang: every run is bounded.
 
 mod common;
 
@@ -675,4 +676,48 @@ fn the_cafile_names_are_sent_as_acceptable_cas() {
     assert_eq!(list.len(), 2, "{list:?}");
     assert!(list[0].contains("CN = sslwrap test CA"), "{list:?}");
     assert!(list[1].contains("CN = second test CA"), "{list:?}");
+}
+
+/// A SIGHUP reload reads the files again with the same checks: a certificate path that now leads to a device fails
+/// the reload at once, and the daemon goes on serving with the certificate it had.
+#[test]
+fn a_reload_refuses_a_device_and_keeps_serving() {
+    let mut s = common::setup("reload-device");
+    let cert = s.dir.path("reloaded.pem");
+    std::fs::copy(&s.pki.server_pem, &cert).unwrap();
+    let backend_port = backend(echo).to_string();
+    let (daemon, port) = spawn_daemon(
+        "127.0.0.1",
+        &["-cert", cert.to_str().unwrap(), "-port", &backend_port],
+        &[],
+        &s.syslog,
+    );
+    let daemon = KilledOnDrop(daemon);
+    std::fs::remove_file(&cert).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &cert).unwrap();
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let line = s.syslog.expect("SIGHUP: reload failed");
+    assert!(
+        line.contains(&format!("-cert: {} is not a regular file", cert.display())),
+        "{line}"
+    );
+    let mut client = tls(port);
+    std::io::Write::write_all(&mut client, b"still").unwrap();
+    let mut reply = [0u8; 5];
+    std::io::Read::read_exact(&mut client, &mut reply).unwrap();
+    assert_eq!(&reply, b"still");
+}
+
+/// A daemon the test started, stopped and reaped however the test ends.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_with_timeout(&mut self.0, std::time::Duration::from_secs(10));
+    }
 }
