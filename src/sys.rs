@@ -118,9 +118,10 @@ fn cleanse(secret: &mut [u8]) {
     unsafe { OPENSSL_cleanse(secret.as_mut_ptr().cast(), secret.len()) }
 }
 
-/// sslwrap's own copy of a file that may hold a private key: its whole allocation is overwritten when dropped, on
-/// every path out, because the daemon parent's freed heap is inherited by every child. It covers this buffer only:
-/// the copies OpenSSL makes while parsing are OpenSSL's, and tls.rs says which of them are cleared.
+/// sslwrap's own copy of a file that may hold a private key, in one allocation that never moves: overwritten when
+/// dropped, on every path out, because the daemon parent's freed heap is inherited by every child. It covers this
+/// buffer only: the copies OpenSSL makes while parsing are OpenSSL's, and tls.rs (load_private_key) says which of
+/// them OpenSSL clears.
 pub struct Secret(Vec<u8>);
 
 impl Secret {
