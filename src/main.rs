@@ -5,7 +5,6 @@
 mod backend;
 mod client;
 mod daemon;
-mod der;
 mod exec;
 mod inetd;
 mod log;

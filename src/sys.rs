@@ -1,7 +1,8 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
-//! knobs, SSL_has_pending, OPENSSL_cleanse). Each wrapper is small, returns `io::Result` where the call can fail,
-//! and states why its block is sound. Nothing outside this file may use `unsafe`.
+//! knobs, SSL_has_pending, OPENSSL_cleanse, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding). Each
+//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
+//! this file may use `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -117,13 +118,20 @@ fn cleanse(secret: &mut [u8]) {
     unsafe { OPENSSL_cleanse(secret.as_mut_ptr().cast(), secret.len()) }
 }
 
-/// Bytes that hold a secret (a key file, its base64 or DER): overwritten when dropped, on every path out, because
-/// the daemon parent's freed heap is inherited by every child.
+/// sslwrap's own copy of a file that may hold a private key, in one allocation that never moves: overwritten when
+/// dropped, on every path out, because the daemon parent's freed heap is inherited by every child. It covers this
+/// buffer only: the copies OpenSSL makes while parsing are OpenSSL's, and tls.rs (load_private_key) says which of
+/// them OpenSSL clears.
 pub struct Secret(Vec<u8>);
 
 impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
+    /// Reads at most `length` bytes into one allocation made up front, so no reallocation leaves a partial copy
+    /// behind; on an error the bytes read so far are overwritten like any other.
+    pub fn read_at_most(source: impl io::Read, length: usize) -> io::Result<Secret> {
+        let mut secret = Secret(Vec::with_capacity(length));
+        // Take ends the read at the capacity, so read_to_end never has to grow (and copy) the vector.
+        io::Read::read_to_end(&mut source.take(length as u64), &mut secret.0)?;
+        Ok(secret)
     }
 }
 
@@ -140,6 +148,300 @@ impl Drop for Secret {
         cleanse(&mut self.0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Key and certificate files through OpenSSL's own PEM and DER parsers (used by tls.rs), without OpenSSL 3's generic
+// key decoder: that decoder builds its whole table of decoders first, about 4 M instructions, a sixth of an
+// inetd-mode connection. Every byte is still parsed by OpenSSL; sslwrap only picks which of its parsers runs.
+// ---------------------------------------------------------------------------------------------------------------
+
+// SAFETY: these declarations match the prototypes in OpenSSL 3's <openssl/pem.h>, <openssl/crypto.h> and
+// <openssl/x509.h> (the `openssl-sys` crate does not declare them).
+unsafe extern "C" {
+    fn PEM_bytes_read_bio_secmem(
+        data: *mut *mut u8,
+        length: *mut libc::c_long,
+        label: *mut *mut libc::c_char,
+        wanted: *const libc::c_char,
+        bio: *mut openssl_sys::BIO,
+        pass_phrase: Option<PassPhraseCallback>,
+        user_data: *mut libc::c_void,
+    ) -> libc::c_int;
+    fn CRYPTO_secure_clear_free(
+        pointer: *mut libc::c_void,
+        length: usize,
+        file: *const libc::c_char,
+        line: libc::c_int,
+    );
+    fn CRYPTO_secure_free(pointer: *mut libc::c_void, file: *const libc::c_char, line: libc::c_int);
+    fn PKCS8_pkey_get0(
+        algorithm: *mut *const openssl_sys::ASN1_OBJECT,
+        key: *mut *const u8,
+        key_length: *mut libc::c_int,
+        algorithm_identifier: *mut *const openssl_sys::X509_ALGOR,
+        info: *const openssl_sys::PKCS8_PRIV_KEY_INFO,
+    ) -> libc::c_int;
+}
+
+type PassPhraseCallback =
+    extern "C" fn(*mut libc::c_char, libc::c_int, libc::c_int, *mut libc::c_void) -> libc::c_int;
+
+/// Gives OpenSSL no pass phrase (0 bytes), so that it never prompts on a terminal; tls.rs refuses encrypted keys
+/// with its own message before any is read.
+extern "C" fn no_pass_phrase(
+    _buffer: *mut libc::c_char,
+    _size: libc::c_int,
+    _for_writing: libc::c_int,
+    _user_data: *mut libc::c_void,
+) -> libc::c_int {
+    0
+}
+
+/// Reads PEM blocks out of bytes in memory with PEM_bytes_read_bio_secmem: every block, wanted or skipped on the
+/// way, is decoded into OpenSSL's secure-heap allocations, which OpenSSL clears when it frees them (also without a
+/// secure heap set up, when they are ordinary memory).
+pub struct SecurePemReader<'a> {
+    bio: *mut openssl_sys::BIO,
+    _pem: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> SecurePemReader<'a> {
+    pub fn new(pem: &'a [u8]) -> Result<SecurePemReader<'a>, openssl::error::ErrorStack> {
+        let length =
+            libc::c_int::try_from(pem.len()).map_err(|_| openssl::error::ErrorStack::get())?;
+        // SAFETY: BIO_new_mem_buf makes a read-only BIO over the slice without copying it; the PhantomData borrow
+        // keeps the slice alive and unchanged for as long as the BIO exists.
+        let bio = unsafe { openssl_sys::BIO_new_mem_buf(pem.as_ptr().cast(), length) };
+        if bio.is_null() {
+            return Err(openssl::error::ErrorStack::get());
+        }
+        Ok(SecurePemReader {
+            bio,
+            _pem: std::marker::PhantomData,
+        })
+    }
+
+    /// The next block whose label OpenSSL's PEM matching accepts for `wanted` ("CERTIFICATE" also takes
+    /// "X509 CERTIFICATE"; "ANY PRIVATE KEY" takes any private key label), skipping the others; Ok(None) when no
+    /// block is left.
+    pub fn next_block(
+        &mut self,
+        wanted: &CStr,
+    ) -> Result<Option<SecurePemBlock>, openssl::error::ErrorStack> {
+        let mut data = std::ptr::null_mut();
+        let mut length: libc::c_long = 0;
+        let mut label = std::ptr::null_mut();
+        // SAFETY: the BIO is live (owned by self); the three out-pointers are locals; `wanted` is NUL-terminated;
+        // the callback matches pem_password_cb and ignores its arguments.
+        let found = unsafe {
+            PEM_bytes_read_bio_secmem(
+                &mut data,
+                &mut length,
+                &mut label,
+                wanted.as_ptr(),
+                self.bio,
+                Some(no_pass_phrase),
+                std::ptr::null_mut(),
+            )
+        };
+        if found != 1 {
+            // SAFETY: ERR_peek_last_error only reads this thread's error queue.
+            let last = unsafe { openssl_sys::ERR_peek_last_error() };
+            let end_of_input = openssl_sys::ERR_GET_LIB(last) == openssl_sys::ERR_LIB_PEM
+                && openssl_sys::ERR_GET_REASON(last) == openssl_sys::PEM_R_NO_START_LINE;
+            let errors = openssl::error::ErrorStack::get();
+            return if end_of_input { Ok(None) } else { Err(errors) };
+        }
+        // A successful call always returns a label and data; a negative length never comes with success.
+        Ok(Some(SecurePemBlock {
+            label,
+            data,
+            length: usize::try_from(length).unwrap_or(0),
+        }))
+    }
+}
+
+impl Drop for SecurePemReader<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the BIO (a lone one, no chain) was made by BIO_new_mem_buf in `new` and is freed once, here.
+        unsafe {
+            openssl_sys::BIO_free_all(self.bio);
+        }
+    }
+}
+
+/// One decoded PEM block, its label and DER on OpenSSL's secure heap; both are cleared and freed when dropped.
+pub struct SecurePemBlock {
+    label: *mut libc::c_char,
+    data: *mut u8,
+    length: usize,
+}
+
+impl SecurePemBlock {
+    /// The label between "-----BEGIN " and "-----".
+    pub fn label(&self) -> &[u8] {
+        // SAFETY: PEM_bytes_read_bio_secmem returned a NUL-terminated label that lives until `self` is dropped.
+        unsafe { CStr::from_ptr(self.label) }.to_bytes()
+    }
+}
+
+impl std::ops::Deref for SecurePemBlock {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        if self.data.is_null() {
+            return &[];
+        }
+        // SAFETY: OpenSSL returned `length` bytes at `data`, owned by `self` until it is dropped.
+        unsafe { std::slice::from_raw_parts(self.data, self.length) }
+    }
+}
+
+impl Drop for SecurePemBlock {
+    fn drop(&mut self) {
+        let file = c"sslwrap sys.rs";
+        // SAFETY: both pointers came from PEM_bytes_read_bio_secmem, which documents them as secure-heap memory
+        // to give back with the secure free functions; each is freed exactly once, here, the data with its length.
+        unsafe {
+            CRYPTO_secure_clear_free(self.data.cast(), self.length, file.as_ptr(), 0);
+            CRYPTO_secure_free(self.label.cast(), file.as_ptr(), 0);
+        }
+    }
+}
+
+/// A PKCS#8 PrivateKeyInfo decoded by d2i_PKCS8_PRIV_KEY_INFO; OpenSSL overwrites its copy of the inner key when it
+/// frees it (the structure's free callback cleanses it).
+pub struct Pkcs8PrivateKeyInfo(*mut openssl_sys::PKCS8_PRIV_KEY_INFO);
+
+impl Pkcs8PrivateKeyInfo {
+    pub fn from_der(der: &[u8]) -> Result<Pkcs8PrivateKeyInfo, openssl::error::ErrorStack> {
+        let length =
+            libc::c_long::try_from(der.len()).map_err(|_| openssl::error::ErrorStack::get())?;
+        let mut input = der.as_ptr();
+        // SAFETY: d2i reads at most `length` bytes from the slice and returns a new structure or null.
+        let info = unsafe {
+            openssl_sys::d2i_PKCS8_PRIV_KEY_INFO(std::ptr::null_mut(), &mut input, length)
+        };
+        if info.is_null() {
+            return Err(openssl::error::ErrorStack::get());
+        }
+        Ok(Pkcs8PrivateKeyInfo(info))
+    }
+
+    fn algorithm_identifier(&self) -> *const openssl_sys::X509_ALGOR {
+        let mut identifier = std::ptr::null();
+        // SAFETY: the structure is live (owned by self); PKCS8_pkey_get0 only writes the one out-pointer given.
+        unsafe {
+            PKCS8_pkey_get0(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut identifier,
+                self.0,
+            );
+        }
+        identifier
+    }
+
+    /// The key's algorithm (OBJ_obj2nid of the AlgorithmIdentifier).
+    pub fn algorithm(&self) -> openssl::nid::Nid {
+        let mut object = std::ptr::null();
+        // SAFETY: the structure is live; PKCS8_pkey_get0 writes a pointer into it, valid while self lives, and
+        // OBJ_obj2nid only reads that object.
+        let nid = unsafe {
+            PKCS8_pkey_get0(
+                &mut object,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                self.0,
+            );
+            openssl_sys::OBJ_obj2nid(object)
+        };
+        openssl::nid::Nid::from_raw(nid)
+    }
+
+    /// The named curve in the algorithm's parameters; None when they are anything but one object identifier
+    /// (explicit curve parameters, none at all).
+    pub fn named_curve(&self) -> Option<openssl::nid::Nid> {
+        let mut parameter_type: libc::c_int = 0;
+        let mut parameter = std::ptr::null();
+        // SAFETY: the identifier belongs to the live structure; X509_ALGOR_get0 writes the two locals with the
+        // parameter's type and a pointer into the structure, an ASN1_OBJECT when the type is V_ASN1_OBJECT.
+        let nid = unsafe {
+            openssl_sys::X509_ALGOR_get0(
+                std::ptr::null_mut(),
+                &mut parameter_type,
+                &mut parameter,
+                self.algorithm_identifier(),
+            );
+            if parameter_type != openssl_sys::V_ASN1_OBJECT || parameter.is_null() {
+                return None;
+            }
+            openssl_sys::OBJ_obj2nid(parameter.cast())
+        };
+        Some(openssl::nid::Nid::from_raw(nid))
+    }
+
+    /// The privateKey octets: a PKCS#1 or SEC1 structure for RSA and EC.
+    pub fn private_key(&self) -> &[u8] {
+        let mut key = std::ptr::null();
+        let mut length: libc::c_int = 0;
+        // SAFETY: the structure is live; PKCS8_pkey_get0 points `key` at `length` bytes inside it, valid while
+        // self is borrowed.
+        unsafe {
+            PKCS8_pkey_get0(
+                std::ptr::null_mut(),
+                &mut key,
+                &mut length,
+                std::ptr::null_mut(),
+                self.0,
+            );
+            if key.is_null() {
+                return &[];
+            }
+            std::slice::from_raw_parts(key, usize::try_from(length).unwrap_or(0))
+        }
+    }
+}
+
+impl Drop for Pkcs8PrivateKeyInfo {
+    fn drop(&mut self) {
+        // SAFETY: the structure came from d2i_PKCS8_PRIV_KEY_INFO and is freed exactly once, here.
+        unsafe { openssl_sys::PKCS8_PRIV_KEY_INFO_free(self.0) }
+    }
+}
+
+/// A SEC1 ECPrivateKey on `curve` (d2i_ECPrivateKey into a key whose group is already set): PKCS#8 names the curve
+/// in its AlgorithmIdentifier, and the SEC1 part inside may then leave its own parameters out.
+pub fn ec_private_key_on_curve(
+    curve: openssl::nid::Nid,
+    sec1: &[u8],
+) -> Result<openssl::ec::EcKey<openssl::pkey::Private>, openssl::error::ErrorStack> {
+    use foreign_types::ForeignType;
+    let length =
+        libc::c_long::try_from(sec1.len()).map_err(|_| openssl::error::ErrorStack::get())?;
+    // SAFETY: EC_KEY_new_by_curve_name returns a new key (or null) that we own.
+    let key = unsafe { openssl_sys::EC_KEY_new_by_curve_name(curve.as_raw()) };
+    if key.is_null() {
+        return Err(openssl::error::ErrorStack::get());
+    }
+    // SAFETY: `key` is the live key made above and owned here; d2i_ECPrivateKey fills that key in place (it
+    // never replaces or frees a key it was given) and reads at most `length` bytes of the slice.
+    unsafe {
+        let mut target = key;
+        let mut input = sec1.as_ptr();
+        if openssl_sys::d2i_ECPrivateKey(&mut target, &mut input, length).is_null() {
+            openssl_sys::EC_KEY_free(key);
+            return Err(openssl::error::ErrorStack::get());
+        }
+        Ok(openssl::ec::EcKey::from_ptr(key))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// End of the key and certificate file parsers.
+// ---------------------------------------------------------------------------------------------------------------
 
 /// Hands freed heap pages back to the kernel. After a handshake a forked session holds a few hundred KiB of freed
 /// OpenSSL scratch memory that would otherwise stay private to it for the whole (possibly long, idle) session.

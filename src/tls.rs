@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, BigNumContext, MsbOption};
+use openssl::bn::{BigNum, MsbOption};
 use openssl::dh::Dh;
-use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
@@ -18,10 +18,10 @@ use openssl::ssl::{
     SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
+use openssl::stack::Stack;
 use openssl::x509::store::X509Lookup;
 use openssl::x509::{X509, X509Name, X509NameBuilder};
 
-use crate::der::{self, Pkcs8Key};
 use crate::options::{Protocol, TlsOptions};
 use crate::reason::{io_reason, openssl_reason};
 use crate::{log_debug, log_warning, sys};
@@ -294,31 +294,84 @@ fn set_dh(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), S
         sys::enable_automatic_dh(context);
         return Ok(());
     };
-    let pem = read_file("-dhparam", path)?;
+    let pem = read_file("-dhparam", path)?.bytes;
     let dh = Dh::params_from_pem(&pem).map_err(|e| {
         format!(
-            "cannot read DH parameters from {}: {}",
+            "-dhparam: no DH parameters in {}: {}",
             path.display(),
             openssl_reason(&e)
         )
     })?;
     context.set_tmp_dh(&dh).map_err(|e| {
         format!(
-            "DH parameters in {}: {}",
+            "-dhparam: cannot use the DH parameters in {}: {}",
             path.display(),
             openssl_reason(&e)
         )
     })
 }
 
-fn read_file(option: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| {
+/// The largest certificate, key, DH parameter or CA file read: 4 MiB, some twenty times the system CA bundle
+/// (about 220 KB). A wrong path (a device, a log) fails at once instead of filling memory, also on a SIGHUP reload.
+const MAX_FILE_BYTES: usize = 4 << 20;
+
+/// A file as read: its bytes and its permission bits, both from the one descriptor opened.
+struct FileContents {
+    bytes: sys::Secret,
+    mode: u32,
+}
+
+/// Reads a regular file of at most MAX_FILE_BYTES, following symbolic links. The file is opened without blocking,
+/// so that a FIFO is refused like any other file that is not regular instead of waiting for a writer forever.
+fn read_file(option: &str, path: &Path) -> Result<FileContents, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let cannot_read = |error: std::io::Error| {
         format!(
             "{option}: cannot read {}: {}",
             path.display(),
-            io_reason(&e)
+            io_reason(&error)
         )
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot_read)?;
+    let metadata = file.metadata().map_err(cannot_read)?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "{option}: {} is not a regular file",
+            path.display()
+        ));
+    }
+    let length = usize::try_from(metadata.len())
+        .ok()
+        .filter(|&length| length <= MAX_FILE_BYTES)
+        .ok_or_else(|| {
+            format!(
+                "{option}: {} is larger than {} MiB",
+                path.display(),
+                MAX_FILE_BYTES >> 20
+            )
+        })?;
+    // At most the size fstat reported: a file still growing cannot push the read past the limit.
+    let bytes = sys::Secret::read_at_most(&file, length).map_err(cannot_read)?;
+    Ok(FileContents {
+        bytes,
+        mode: metadata.permissions().mode(),
     })
+}
+
+/// Every certificate of a PEM file, in order (PEM_bytes_read_bio_secmem, then d2i_X509 as PEM_read_bio_X509 does).
+/// The secure-heap reader matters when the file also holds the key: the key block, skipped here, is then decoded
+/// into memory OpenSSL clears on freeing, where PEM_read_bio_X509 would leave a plain copy of it in the freed heap.
+fn read_certificates(pem: &[u8]) -> Result<Vec<X509>, ErrorStack> {
+    let mut reader = sys::SecurePemReader::new(pem)?;
+    let mut certificates = Vec::new();
+    while let Some(block) = reader.next_block(c"CERTIFICATE")? {
+        certificates.push(X509::from_der(&block)?);
+    }
+    Ok(certificates)
 }
 
 /// Loads the certificate chain and the private key, checks they belong together, and warns when the key file can be
@@ -327,11 +380,9 @@ fn use_certificate_files(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
 ) -> Result<(), String> {
-    let cert_path = &options.cert;
-    let key_path = options.key.as_deref().unwrap_or(cert_path);
-    // Without -key the certificate file holds the private key too.
-    let cert_pem = sys::Secret::new(read_file("-cert", cert_path)?);
-    let chain = X509::stack_from_pem(&cert_pem).map_err(|e| {
+    let cert_path = options.cert.as_path();
+    let cert_file = read_file("-cert", cert_path)?;
+    let chain = read_certificates(&cert_file.bytes).map_err(|e| {
         format!(
             "-cert: {} is not a PEM certificate: {}",
             cert_path.display(),
@@ -345,35 +396,66 @@ fn use_certificate_files(
             cert_path.display()
         ));
     };
-    context
-        .set_certificate(&leaf)
-        .map_err(|e| format!("-cert {}: {}", cert_path.display(), openssl_reason(&e)))?;
+    context.set_certificate(&leaf).map_err(|e| {
+        format!(
+            "-cert: cannot use the certificate in {}: {}",
+            cert_path.display(),
+            openssl_reason(&e)
+        )
+    })?;
     for intermediate in chain {
         context.add_extra_chain_cert(intermediate).map_err(|e| {
             format!(
-                "-cert {}: chain: {}",
+                "-cert: cannot use the chain in {}: {}",
                 cert_path.display(),
                 openssl_reason(&e)
             )
         })?;
     }
-    let key = load_private_key(key_path)?;
+    // Without -key (or with -key naming the same file) the certificate file holds the key: it is read only once.
+    let separate_key_file;
+    let (key_option, key_path, key_file) = match options.key.as_deref() {
+        Some(key_path) if key_path != cert_path => {
+            separate_key_file = read_file("-key", key_path)?;
+            ("-key", key_path, &separate_key_file)
+        }
+        Some(key_path) => ("-key", key_path, &cert_file),
+        None => ("-cert", cert_path, &cert_file),
+    };
+    let key = load_private_key(key_option, key_path, &key_file.bytes)?;
     let mismatch = || {
         format!(
-            "the private key in {} does not match the certificate in {}",
+            "{key_option}: the private key in {} does not match the certificate in {}",
             key_path.display(),
             cert_path.display()
         )
     };
     context.set_private_key(&key).map_err(|_| mismatch())?;
     context.check_private_key().map_err(|_| mismatch())?;
-    warn_if_key_readable_by_others(key_path);
+    warn_if_readable_by_others(key_option, key_path, key_file.mode);
     Ok(())
 }
 
-fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
-    let pem = sys::Secret::new(read_file("key", path)?);
-    if is_encrypted_pem(&pem) {
+/// The curves whose keys take the short path below: the ones TLS servers use.
+const USUAL_CURVES: [Nid; 3] = [Nid::X9_62_PRIME256V1, Nid::SECP384R1, Nid::SECP521R1];
+
+/// The private key of a PEM file. RSA keys, and EC keys on the usual curves, in PKCS#8, PKCS#1 or SEC1 form go
+/// through OpenSSL's own decoders for exactly that structure; any other key, or one those decoders refuse, goes to
+/// OpenSSL's generic decoder (PEM_read_bio_PrivateKey), which reads every type it knows and words the error.
+///
+/// The short path exists because in OpenSSL 3.0 the generic decoder (and with it d2i_AutoPrivateKey and
+/// EVP_PKCS82PKEY) first builds its table of every decoder; see sys.rs. The copies of the key it leaves, as read in
+/// OpenSSL 3.0's source:
+/// - PEM framing and base64 decoding (PEM_bytes_read_bio_secmem): secure-heap buffers, cleared when freed, for the
+///   key block and for every block skipped before it; but the base64 context (EVP_ENCODE_CTX) is freed without
+///   clearing and keeps up to the last 64 base64 characters of each block, about its last 48 bytes of DER;
+/// - PKCS#8 (d2i_PKCS8_PRIV_KEY_INFO): its copy of the inner key is cleansed when the structure is freed;
+/// - RSA (d2i_RSAPrivateKey): the private numbers go straight from the DER into secure BIGNUMs, cleared when freed;
+/// - EC (d2i_ECPrivateKey): the private scalar is copied into an ASN.1 OCTET STRING that is freed without clearing.
+///
+/// Keys of other types take the generic decoder, whose plain PEM reader promises nothing.
+fn load_private_key(option: &str, path: &Path, pem: &[u8]) -> Result<PKey<Private>, String> {
+    if is_encrypted_pem(pem) {
         return Err(format!(
             "the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
              (openssl pkey -in FILE -out NEWFILE)",
@@ -384,20 +466,25 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
         .windows(b"PRIVATE KEY-----".len())
         .any(|window| window == b"PRIVATE KEY-----")
     {
+        let hint = if option == "-cert" {
+            " (use -key FILE if it is in another file)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "no private key found in {} (use -key FILE if it is in another file)",
+            "{option}: no private key found in {}{hint}",
             path.display()
         ));
     }
-    match decode_key_directly(&pem) {
+    match decode_usual_key(pem) {
         Some(key) => {
             log_debug!("key in {} read directly", path.display());
             Ok(key)
         }
         // An empty pass phrase callback: OpenSSL must never prompt on the terminal.
-        None => PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| {
+        None => PKey::private_key_from_pem_callback(pem, |_| Ok(0)).map_err(|e| {
             format!(
-                "cannot read the private key in {}: {}",
+                "{option}: cannot read the private key in {}: {}",
                 path.display(),
                 openssl_reason(&e)
             )
@@ -405,79 +492,37 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, String> {
     }
 }
 
-/// The usual unencrypted RSA and EC key files (PKCS#8, PKCS#1, SEC1) decoded through OpenSSL's direct RSA and EC
-/// constructors (see der.rs for why); None leaves the file to the generic decoder.
-fn decode_key_directly(pem: &[u8]) -> Option<PKey<Private>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let (label, body) = private_key_block(text)?;
-    // Sized once: a growing vector would leave freed partial copies of the key behind.
-    let mut base64 = Vec::with_capacity(body.len());
-    base64.extend(body.bytes().filter(|byte| !byte.is_ascii_whitespace()));
-    let base64 = sys::Secret::new(base64);
-    let der =
-        sys::Secret::new(openssl::base64::decode_block(std::str::from_utf8(&base64).ok()?).ok()?);
-    match label {
-        "RSA PRIVATE KEY" => rsa_key(&der),
-        "EC PRIVATE KEY" => PKey::from_ec_key(EcKey::private_key_from_der(&der).ok()?).ok(),
-        "PRIVATE KEY" => match der::unwrap_pkcs8(&der)? {
-            Pkcs8Key::Rsa(pkcs1) => rsa_key(pkcs1),
-            Pkcs8Key::Ec { curve, sec1 } => ec_key(curve, sec1),
-        },
+/// The first private key block, if it is an RSA or usual-curve EC key that OpenSSL's structure-specific decoders
+/// accept; None leaves the file to the generic decoder.
+fn decode_usual_key(pem: &[u8]) -> Option<PKey<Private>> {
+    let mut reader = sys::SecurePemReader::new(pem).ok()?;
+    let block = reader.next_block(c"ANY PRIVATE KEY").ok()??;
+    match block.label() {
+        b"RSA PRIVATE KEY" => PKey::from_rsa(Rsa::private_key_from_der(&block).ok()?).ok(),
+        b"EC PRIVATE KEY" => usual_ec_key(EcKey::private_key_from_der(&block).ok()?),
+        b"PRIVATE KEY" => {
+            let info = sys::Pkcs8PrivateKeyInfo::from_der(&block).ok()?;
+            match info.algorithm() {
+                Nid::RSAENCRYPTION => {
+                    PKey::from_rsa(Rsa::private_key_from_der(info.private_key()).ok()?).ok()
+                }
+                Nid::X9_62_ID_ECPUBLICKEY => {
+                    let curve = info.named_curve()?;
+                    USUAL_CURVES.contains(&curve).then_some(())?;
+                    usual_ec_key(sys::ec_private_key_on_curve(curve, info.private_key()).ok()?)
+                }
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
 
-/// The label and base64 body of the first `-----BEGIN ... PRIVATE KEY-----` block without PEM headers.
-fn private_key_block(text: &str) -> Option<(&str, &str)> {
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let after = &rest[start + "-----BEGIN ".len()..];
-        let (label, body) = after.split_once("-----")?;
-        if label.ends_with("PRIVATE KEY") {
-            let (body, _) = body.split_once(&format!("-----END {label}-----"))?;
-            return (!body.contains(':')).then_some((label, body));
-        }
-        rest = body;
-    }
-    None
-}
-
-fn rsa_key(pkcs1: &[u8]) -> Option<PKey<Private>> {
-    PKey::from_rsa(Rsa::private_key_from_der(pkcs1).ok()?).ok()
-}
-
-/// A SEC1 key on the curve its PKCS#8 wrapping names.
-fn ec_key(curve: &[u8], sec1: &[u8]) -> Option<PKey<Private>> {
-    let nid = match curve {
-        der::P256 => Nid::X9_62_PRIME256V1,
-        der::P384 => Nid::SECP384R1,
-        der::P521 => Nid::SECP521R1,
-        _ => return None,
-    };
-    let group = EcGroup::from_curve_name(nid).ok()?;
-    let (scalar, point) = der::sec1_parts(sec1, curve)?;
-    let mut private = BigNum::from_slice(scalar).ok()?;
-    let key = ec_key_from_scalar(&group, &private, point);
-    // BN_free does not zero; the parent's freed heap is inherited by every child.
-    private.clear();
-    key
-}
-
-fn ec_key_from_scalar(
-    group: &EcGroup,
-    private: &BigNum,
-    point: Option<&[u8]>,
-) -> Option<PKey<Private>> {
-    let mut context = BigNumContext::new().ok()?;
-    let public = match point {
-        Some(encoded) => EcPoint::from_bytes(group, encoded, &mut context).ok()?,
-        None => {
-            let mut public = EcPoint::new(group).ok()?;
-            public.mul_generator2(group, private, &mut context).ok()?;
-            public
-        }
-    };
-    PKey::from_ec_key(EcKey::from_private_components(group, private, &public).ok()?).ok()
+/// The EC key, if it lies on one of the usual curves (a SEC1 structure may name its own).
+fn usual_ec_key(key: EcKey<Private>) -> Option<PKey<Private>> {
+    let curve = key.group().curve_name()?;
+    USUAL_CURVES.contains(&curve).then_some(())?;
+    PKey::from_ec_key(key).ok()
 }
 
 fn is_encrypted_pem(pem: &[u8]) -> bool {
@@ -485,16 +530,13 @@ fn is_encrypted_pem(pem: &[u8]) -> bool {
     contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
 }
 
-fn warn_if_key_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            log_warning!(
-                "private key file {} is readable by group or others (mode {mode:o}): chmod 600 it",
-                path.display()
-            );
-        }
+fn warn_if_readable_by_others(option: &str, path: &Path, mode: u32) {
+    let mode = mode & 0o777;
+    if mode & 0o077 != 0 {
+        log_warning!(
+            "{option}: private key file {} is readable by group or others (mode {mode:o}): chmod 600 it",
+            path.display()
+        );
     }
 }
 
@@ -551,14 +593,7 @@ fn set_client_verification(
     context.set_verify(mode);
     context.set_verify_depth(depth);
     if let Some(file) = &options.ca_file {
-        std::fs::metadata(file)
-            .map_err(|e| format!("-CAfile: cannot read {}: {}", file.display(), io_reason(&e)))?;
-        context
-            .set_ca_file(file)
-            .map_err(|e| format!("-CAfile {}: {}", file.display(), openssl_reason(&e)))?;
-        let names = X509Name::load_client_ca_file(file)
-            .map_err(|e| format!("-CAfile {}: {}", file.display(), openssl_reason(&e)))?;
-        context.set_client_ca_list(names);
+        trust_ca_file(context, file)?;
     }
     if let Some(dir) = &options.ca_path {
         if !dir.is_dir() {
@@ -570,13 +605,58 @@ fn set_client_verification(
             .map_err(|e| openssl_failure("-CApath", &e))?;
         lookup
             .add_dir(&dir.to_string_lossy(), SslFiletype::PEM)
-            .map_err(|e| format!("-CApath {}: {}", dir.display(), openssl_reason(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "-CApath: cannot use {}: {}",
+                    dir.display(),
+                    openssl_reason(&e)
+                )
+            })?;
     }
     if options.ca_file.is_none() && options.ca_path.is_none() {
         context
             .set_default_verify_paths()
             .map_err(|e| openssl_failure("system CA store", &e))?;
     }
+    Ok(())
+}
+
+/// -CAfile: its certificates become trust anchors, and their subject names, each once and in file order, the list
+/// of acceptable CAs sent to clients (what SSL_CTX_load_verify_locations and SSL_load_client_CA_file would make of
+/// it, but from bytes read with read_file's checks; CRLs and TRUSTED CERTIFICATE blocks in the file are not used).
+fn trust_ca_file(context: &mut SslContextBuilder, file: &Path) -> Result<(), String> {
+    let failure = |e: ErrorStack| {
+        format!(
+            "-CAfile: cannot use the certificates in {}: {}",
+            file.display(),
+            openssl_reason(&e)
+        )
+    };
+    let pem = read_file("-CAfile", file)?.bytes;
+    let certificates = read_certificates(&pem).map_err(failure)?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "-CAfile: no certificate found in {}",
+            file.display()
+        ));
+    }
+    let mut names = Stack::<X509Name>::new().map_err(failure)?;
+    for certificate in certificates {
+        let name = certificate.subject_name();
+        let listed = names
+            .iter()
+            .any(|known| matches!(known.try_cmp(name), Ok(std::cmp::Ordering::Equal)));
+        if !listed {
+            names
+                .push(name.to_owned().map_err(failure)?)
+                .map_err(failure)?;
+        }
+        context
+            .cert_store_mut()
+            .add_cert(certificate)
+            .map_err(failure)?;
+    }
+    context.set_client_ca_list(names);
     Ok(())
 }
 

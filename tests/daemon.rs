@@ -925,9 +925,8 @@ fn one_source_cannot_take_every_session_slot() {
     )
     .unwrap();
     assert_eq!(ready.trim(), "connected");
-    s.syslog.expect(
-        "127.0.0.5 has 5 sessions (-maxconn_per_source); its new connections wait",
-    );
+    s.syslog
+        .expect("127.0.0.5 has 5 sessions (-maxconn_per_source); its new connections wait");
     // A client from another source still gets one of the slots the flood cannot take.
     let served = echo_round_trip(daemon.port, b"another source");
     let sessions = children_of(daemon.pid()).len();
