@@ -592,7 +592,8 @@ fn find_option(word: &OsStr) -> Option<&'static OptionSpec> {
 // as -cert, where 2.0.6 said "unknown option"; in long-only mode an optional value is only ever `-proxy=v1`, never
 // the next word; it records no positions for free words, so a stray word before -exec cannot be told from a program
 // argument after it; and its errors do not show the word as typed. Every decision would have to be made again by the
-// table, so a getopts pass could only confirm what was already decided.
+// table, so a getopts pass could only confirm what was already decided. getopts formats the usage text instead (see
+// `usage`), from the same table.
 
 /// Reads the words left to right in one pass, applying each option where it stands, so the last of a repeated or
 /// conflicting option wins (`-verify 1 -Verify 2`, `-debug -quiet`, `-tls1_3 -tls1`). An option that takes a value
@@ -725,20 +726,28 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
     })
 }
 
-/// The usage text: one line per option, generated from the table so it can never disagree with the parser.
+/// The usage text: getopts, in long-only mode, formats one row per option of the table (name, value hint, help
+/// wrapped under it), so the help can never disagree with the parser.
 pub fn usage() -> String {
-    let mut text = String::from(
-        "usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) [-accept [ADDR:]PORT] [options]\n",
-    );
+    let mut formatter = getopts::Options::new();
+    formatter.long_only(true);
     for spec in OPTIONS {
-        let left = match spec.action {
-            Flag(_) => format!("-{}", spec.name),
-            Text(hint, _) | Path(hint, _) => format!("-{} {}", spec.name, hint),
-            OptionalWord(hint, ..) => format!("-{} [{}]", spec.name, hint),
+        match spec.action {
+            Flag(_) => formatter.optflagmulti("", spec.name, spec.help),
+            Text(hint, _) | Path(hint, _) => formatter.optmulti("", spec.name, spec.help, hint),
+            OptionalWord(hint, ..) => formatter.optflagopt("", spec.name, spec.help, hint),
         };
-        text.push_str(&format!("  {left:<26} {}\n", spec.help));
     }
-    text
+    formatter.usage_with_format(|rows| {
+        let mut text = String::from(
+            "usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) [-accept [ADDR:]PORT] [options]\n",
+        );
+        for row in rows {
+            text.push_str(&row);
+            text.push('\n');
+        }
+        text
+    })
 }
 
 #[cfg(test)]

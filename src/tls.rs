@@ -599,19 +599,24 @@ fn set_client_verification(
         if !dir.is_dir() {
             return Err(format!("-CApath: {} is not a directory", dir.display()));
         }
+        // The openssl crate passes the directory as text; a lossy name would make OpenSSL search another directory.
+        let Some(dir_name) = dir.to_str() else {
+            return Err(format!(
+                "-CApath: {} is not valid UTF-8; use a directory whose name is",
+                dir.display()
+            ));
+        };
         let lookup = context
             .cert_store_mut()
             .add_lookup(X509Lookup::hash_dir())
             .map_err(|e| openssl_failure("-CApath", &e))?;
-        lookup
-            .add_dir(&dir.to_string_lossy(), SslFiletype::PEM)
-            .map_err(|e| {
-                format!(
-                    "-CApath: cannot use {}: {}",
-                    dir.display(),
-                    openssl_reason(&e)
-                )
-            })?;
+        lookup.add_dir(dir_name, SslFiletype::PEM).map_err(|e| {
+            format!(
+                "-CApath: cannot use {}: {}",
+                dir.display(),
+                openssl_reason(&e)
+            )
+        })?;
     }
     if options.ca_file.is_none() && options.ca_path.is_none() {
         context
