@@ -4,7 +4,9 @@
 //! no session data), only names, addresses and reasons.
 //!
 //! The syslog socket is `/dev/log`, or the path in `SSLWRAP_SYSLOG_SOCKET` (the tests listen there). It is connected
-//! once at start-up, so logging keeps working after a chroot.
+//! once at start-up, so logging keeps working after a chroot, and it is replaced only when its receiver is really
+//! gone: a full queue drops the one message, never the socket. Neither a stalled syslog daemon nor an unread stderr
+//! pipe may ever make a write wait: both are written without blocking.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -30,8 +32,56 @@ const MAX_MESSAGE: usize = 2048;
 struct Logger {
     syslog: Option<UnixDatagram>,
     syslog_path: String,
-    to_stderr: bool,
+    stderr: StderrSink,
     verbosity: Verbosity,
+}
+
+/// How messages reach stderr. A pipe or terminal nobody reads must never stall the accept loop or a session, so a
+/// descriptor of its own is opened for it in non-blocking mode (opening /proc/self/fd/2 gives a new open file
+/// description: the O_NONBLOCK flag then does not reach the shell or supervisor that shares fd 2). A line that does
+/// not fit is dropped. A regular file is written through fd 2 itself, where writes never wait for a reader.
+enum StderrSink {
+    /// stderr is a socket (the client, in inetd mode), or cannot be used.
+    Nothing,
+    Fd2,
+    NonBlocking(std::fs::File),
+}
+
+impl StderrSink {
+    fn open() -> StderrSink {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return StderrSink::Nothing;
+        };
+        let Ok(meta) = std::fs::File::from(stderr).metadata() else {
+            return StderrSink::Nothing;
+        };
+        let kind = meta.file_type();
+        if kind.is_socket() {
+            return StderrSink::Nothing;
+        }
+        if kind.is_file() {
+            return StderrSink::Fd2;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open("/proc/self/fd/2")
+        {
+            Ok(file) => StderrSink::NonBlocking(file),
+            // Without /proc (or for /dev/null and the like) fd 2 is used as it is.
+            Err(_) => StderrSink::Fd2,
+        }
+    }
+
+    fn write_line(&self, line: &str) {
+        let _ = match self {
+            StderrSink::Nothing => Ok(()),
+            StderrSink::Fd2 => std::io::stderr().write_all(line.as_bytes()),
+            // One write: a line shorter than PIPE_BUF goes into a pipe whole or not at all.
+            StderrSink::NonBlocking(file) => (&*file).write_all(line.as_bytes()),
+        };
+    }
 }
 
 static LOGGER: Mutex<Option<Logger>> = Mutex::new(None);
@@ -43,7 +93,7 @@ pub fn init() {
     let logger = Logger {
         syslog: connect_syslog(&syslog_path),
         syslog_path,
-        to_stderr: stderr_is_safe_to_write(),
+        stderr: StderrSink::open(),
         verbosity: Verbosity::Normal,
     };
     *lock() = Some(logger);
@@ -89,15 +139,13 @@ pub fn write(severity: Severity, message: &str) {
         return;
     };
     send_to_syslog(logger, severity, &message);
-    if logger.to_stderr {
-        let _ = writeln!(std::io::stderr(), "sslwrap: {message}");
-    }
+    logger.stderr.write_line(&format!("sslwrap: {message}\n"));
 }
 
 /// Writes text (the usage) to stderr when that is safe.
 pub fn to_stderr(text: &str) {
-    if stderr_is_safe_to_write() {
-        let _ = std::io::stderr().write_all(text.as_bytes());
+    if let Some(logger) = lock().as_ref() {
+        logger.stderr.write_line(text);
     }
 }
 
@@ -119,17 +167,33 @@ fn connect_syslog(path: &str) -> Option<UnixDatagram> {
 fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
     let priority = FACILITY_USER * 8 + severity as u8;
     let line = format!("<{priority}>sslwrap[{}]: {message}", std::process::id());
-    let delivered = logger
-        .syslog
-        .as_ref()
-        .is_some_and(|socket| socket.send(line.as_bytes()).is_ok());
-    if !delivered {
-        // syslogd may have restarted since we connected; one reconnect, then give up quietly.
+    let Some(socket) = logger.syslog.as_ref() else {
         logger.syslog = connect_syslog(&logger.syslog_path);
         if let Some(socket) = logger.syslog.as_ref() {
             let _ = socket.send(line.as_bytes());
         }
+        return;
+    };
+    match socket.send(line.as_bytes()) {
+        Ok(_) => {}
+        // The receiver is gone (syslogd restarted, with a new socket at the same path): reconnect once, and keep
+        // the old socket if that fails, as inside a chroot it must, since the path cannot be reached there.
+        Err(error) if is_receiver_gone(&error) => {
+            if let Some(fresh) = connect_syslog(&logger.syslog_path) {
+                let _ = fresh.send(line.as_bytes());
+                logger.syslog = Some(fresh);
+            }
+        }
+        // A full queue (EAGAIN, ENOBUFS) or anything else: this message is dropped, the socket stays.
+        Err(_) => {}
     }
+}
+
+fn is_receiver_gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ENOTCONN | libc::ECONNRESET)
+    )
 }
 
 /// Keeps a message to one bounded line, so a peer cannot forge extra log lines with CR/LF in what it sent.

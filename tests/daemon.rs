@@ -938,3 +938,35 @@ fn one_source_cannot_take_every_session_slot() {
         "{sessions} sessions: the flood holds more than its 5"
     );
 }
+
+#[test]
+fn an_unread_stderr_pipe_never_stalls_the_daemon_or_its_sessions() {
+    let s = setup("stderr-pipe");
+    let port = free_port_on("127.0.0.1");
+    let accept = format!("127.0.0.1:{port}");
+    let mut line = s.legacy_line(backend(echo), &["-state", "-debug"]);
+    line.extend(["-accept".to_string(), accept]);
+    // stderr is a pipe nobody reads: -state writes some twenty lines per session, and the pipe's 64 KiB are full
+    // after a few dozen sessions.
+    let mut daemon = sslwrap(&as_strs(&line), &s.syslog)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        assert!(Instant::now() < deadline, "sslwrap is not listening");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in 0..120 {
+        if let Err(reason) = echo_round_trip(port, format!("session {n}").as_bytes()) {
+            let _ = daemon.kill();
+            panic!("session {n} failed with stderr unread: {reason}");
+        }
+    }
+    let unread = daemon.stderr.take();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(unread);
+}

@@ -254,3 +254,120 @@ fn fd_option_works_chrooted_as_nobody_like_the_seed_setup() {
     drop(client);
     exchange_over_fd3(inetd.port, &mut s.syslog);
 }
+
+/// A syslog socket nobody reads until the test says so: its queue fills up as a stalled syslogd's would.
+struct StalledSyslog {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl StalledSyslog {
+    fn new(dir: &TempDir) -> StalledSyslog {
+        let path = dir.path("stalled.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        StalledSyslog { socket, path }
+    }
+
+    /// Everything queued so far.
+    fn drain(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(count) = self.socket.recv(&mut buffer) {
+            lines.push(String::from_utf8_lossy(&buffer[..count]).into_owned());
+        }
+        lines
+    }
+}
+
+/// Waits until `pid` is no child of `parent` any more (it was reaped); bounded.
+fn wait_until_reaped(parent: u32, pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while children_of(parent).iter().any(|(child, _)| *child == pid) {
+        assert!(std::time::Instant::now() < deadline, "{pid} was not reaped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a session that waits in its handshake, kills its process, and waits until the parent has reaped it (and
+/// so has logged "was killed by signal 9").
+fn kill_a_session(daemon: u32, port: u16) {
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let child = loop {
+        if let Some((pid, _)) = children_of(daemon).first() {
+            break *pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no session process");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &child.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until_reaped(daemon, child);
+}
+
+#[test]
+fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
+    require_root();
+    let s = setup("log-full");
+    let jail = jail(&s);
+    let syslog = StalledSyslog::new(&s.dir);
+    let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
+    let port = free_port("127.0.0.1");
+    let accept = format!("127.0.0.1:{port}");
+    let mut daemon = std::process::Command::new(BINARY)
+        .args(&line)
+        .args(["-accept", &accept])
+        .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sslwrap is not listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Far more failed handshakes than the socket queue holds (max_dgram_qlen, 10 by default): each session process
+    // logs one error, and once they are all reaped the queue is full.
+    for _ in 0..40 {
+        let _ = raw_exchange(port, b"not a ClientHello\r\n");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !children_of(daemon.id()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "sessions did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The parent now logs into the full queue: that line is lost, but the socket must stay.
+    kill_a_session(daemon.id(), port);
+    let queued = syslog.drain();
+    assert!(
+        !queued
+            .iter()
+            .any(|line| line.contains("was killed by signal 9")),
+        "the queue was not full, so this test proves nothing: {queued:#?}"
+    );
+    kill_a_session(daemon.id(), port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut later = Vec::new();
+    while !later
+        .iter()
+        .any(|line: &String| line.contains("was killed by signal 9"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing logged after the queue had room again: {later:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        later.extend(syslog.drain());
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
