@@ -14,7 +14,7 @@ use crate::exec;
 use crate::options::{Backend, Config};
 use crate::proxy_header::{ProxyVersion, proxy_header};
 use crate::reason::io_reason;
-use crate::relay::Plaintext;
+use crate::relay::{OutputEnd, Plaintext};
 use crate::sys;
 use crate::tls_facts::TlsFacts;
 
@@ -109,6 +109,13 @@ impl AsRawFd for Backside {
 }
 
 impl Plaintext for Backside {
+    fn output_end(&mut self, client_finished: bool) -> OutputEnd {
+        match self {
+            Backside::Program { program, .. } => program.output_end(client_finished),
+            Backside::Tcp(_) | Backside::Descriptor(_) => OutputEnd::Complete,
+        }
+    }
+
     fn shutdown_write(&self) -> std::io::Result<()> {
         match self {
             Backside::Tcp(stream) => stream.shutdown_write(),

@@ -1,56 +1,86 @@
 //! `-exec PROG [ARGS]`: the plaintext side is a program started after the handshake succeeded, with one end of a
 //! socketpair as its stdin and stdout (so half-close reaches it as EOF), its stderr lines sent to syslog (never to the
-//! client), and the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them. The program is
-//! reaped before the session ends; one that will not exit after its input closed is stopped.
+//! client), the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them (and nothing of those
+//! names that sslwrap itself inherited), and no descriptor but those three. A program that was killed or failed
+//! while the client was still sending must never look like a complete transfer. The program is reaped before the
+//! session ends; one that will not exit after its input closed gets SIGTERM, then SIGKILL.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use crate::client::ClientAddresses;
+use crate::reason::io_reason;
+use crate::relay::{OutputEnd, wait_until};
 use crate::tls_facts::TlsFacts;
-use crate::{log_debug, log_error, log_notice};
+use crate::{log_error, log_notice, sys};
 
-/// How long the program may take to exit once the session is over, before it is killed.
+/// How long the program may take to exit once the session is over before it is asked to (SIGTERM), and again
+/// before it is killed (SIGKILL).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long the last stderr lines of an ended program may take to reach syslog.
 const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Longest stderr line passed to syslog.
 const MAX_STDERR_LINE: usize = 1024;
 
+/// Every variable sslwrap sets for a program. All of them are removed from the environment sslwrap itself got before
+/// the ones that apply are set, so a name in sslwrap's own environment (an `SSL_CLIENT_S_DN` left by whoever started
+/// it) can never pass for a fact of this session.
+const OWNED_VARIABLES: [&str; 9] = [
+    "PROTO",
+    "TCPREMOTEIP",
+    "TCPREMOTEPORT",
+    "TCPLOCALIP",
+    "TCPLOCALPORT",
+    "SSL_PROTOCOL",
+    "SSL_CIPHER",
+    "SSL_CLIENT_S_DN",
+    "SSL_CLIENT_I_DN",
+];
+
 /// The connection facts for the program's environment.
 /// `facts` is None when the program starts before TLS (STARTTLS sessions): then no SSL_ variable is set.
-pub fn environment(addresses: &ClientAddresses, facts: Option<&TlsFacts>) -> Vec<(String, String)> {
-    let mut variables = vec![("PROTO".to_string(), "TCP".to_string())];
-    let mut add_address = |prefix: &str, address: Option<SocketAddr>| {
+pub fn environment(
+    addresses: &ClientAddresses,
+    facts: Option<&TlsFacts>,
+) -> Vec<(&'static str, String)> {
+    let mut variables = vec![("PROTO", "TCP".to_string())];
+    let mut add_address = |names: [&'static str; 2], address: Option<SocketAddr>| {
         if let Some(address) = address {
-            variables.push((format!("{prefix}IP"), address.ip().to_string()));
-            variables.push((format!("{prefix}PORT"), address.port().to_string()));
+            variables.push((names[0], address.ip().to_string()));
+            variables.push((names[1], address.port().to_string()));
         }
     };
-    add_address("TCPREMOTE", addresses.peer);
-    add_address("TCPLOCAL", addresses.local);
+    add_address(["TCPREMOTEIP", "TCPREMOTEPORT"], addresses.peer);
+    add_address(["TCPLOCALIP", "TCPLOCALPORT"], addresses.local);
     let Some(facts) = facts else {
         return variables;
     };
-    variables.push(("SSL_PROTOCOL".to_string(), facts.protocol.clone()));
-    variables.push(("SSL_CIPHER".to_string(), facts.cipher.clone()));
+    variables.push(("SSL_PROTOCOL", facts.protocol.clone()));
+    variables.push(("SSL_CIPHER", facts.cipher.clone()));
     if let Some(client) = &facts.verified_client {
-        variables.push(("SSL_CLIENT_S_DN".to_string(), client.subject.clone()));
-        variables.push(("SSL_CLIENT_I_DN".to_string(), client.issuer.clone()));
+        variables.push(("SSL_CLIENT_S_DN", client.subject.clone()));
+        variables.push(("SSL_CLIENT_I_DN", client.issuer.clone()));
     }
     variables
 }
 
-/// A started program: the process, its name for log lines, and the signal that its stderr was fully logged.
+/// A started program: the process, its name for log lines, a descriptor that becomes readable when it exits, its
+/// exit status once known, and the signal that its stderr was fully logged.
 pub struct Program {
     child: Child,
     name: PathBuf,
+    exit_watch: OwnedFd,
+    status: Option<ExitStatus>,
+    /// Its end was already reported as the session's failure.
+    end_reported: bool,
     stderr_logged: Option<Receiver<()>>,
 }
 
@@ -58,20 +88,35 @@ pub struct Program {
 pub fn start_program(
     program: &Path,
     args: &[OsString],
-    variables: &[(String, String)],
+    variables: &[(&'static str, String)],
 ) -> Result<(Program, UnixStream), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let their_stdout = theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?;
     let mut command = Command::new(program);
     command
         .args(args)
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-        .stdout(Stdio::from(std::os::fd::OwnedFd::from(their_stdout)))
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(their_stdout)))
         .stderr(Stdio::piped());
+    for name in OWNED_VARIABLES {
+        command.env_remove(name);
+    }
     for (name, value) in variables {
         command.env(name, value);
     }
-    let mut child = command.spawn().map_err(|e| crate::reason::io_reason(&e))?;
+    sys::inherit_only_stdio(&mut command);
+    let mut child = command.spawn().map_err(|e| io_reason(&e))?;
+    let exit_watch = match sys::process_exit_watch(child.id()) {
+        Ok(watch) => watch,
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "cannot watch for its exit (pidfd_open: {}; Linux 5.3 or later is needed)",
+                io_reason(&error)
+            ));
+        }
+    };
     let stderr_logged = child.stderr.take().map(|stderr| {
         let name = program.display().to_string();
         let (done, logged) = channel();
@@ -85,18 +130,96 @@ pub fn start_program(
     let program = Program {
         child,
         name: program.to_path_buf(),
+        exit_watch,
+        status: None,
+        end_reported: false,
         stderr_logged,
     };
     Ok((program, ours))
 }
 
 impl Program {
-    /// Reaps the program, then lets its last stderr lines reach syslog before the session process exits; bounded,
-    /// because a background child of the program may keep the stderr pipe open.
+    /// Whether the program's output, which just reached its end, is complete: only once the program has exited,
+    /// and then only if it was not killed by a signal and did not fail (exit non-zero) while the client was still
+    /// sending. A cut-short output ends the session without close_notify, so the client cannot take it for whole.
+    pub fn output_end(&mut self, client_finished: bool) -> OutputEnd {
+        let Some(status) = self.exit_status() else {
+            return OutputEnd::WaitFor(self.exit_watch.as_raw_fd());
+        };
+        let failure = match (status.signal(), status.code()) {
+            (Some(signal), _) => Some(format!(
+                "{} was killed by signal {signal}",
+                self.name.display()
+            )),
+            (None, Some(code)) if code != 0 && !client_finished => Some(format!(
+                "{} exited with status {code} before the client finished",
+                self.name.display()
+            )),
+            _ => None,
+        };
+        match failure {
+            Some(reason) => {
+                self.end_reported = true;
+                OutputEnd::CutShort(reason)
+            }
+            None => OutputEnd::Complete,
+        }
+    }
+
+    /// Reaps the program (asking it to end if it outlives the session), then lets its last stderr lines reach
+    /// syslog before the session process exits; bounded, because a background child of the program may keep the
+    /// stderr pipe open.
     pub fn finish(mut self) {
-        reap(&mut self.child, &self.name);
+        if self.status.is_none() {
+            self.status = self.wait_or_stop();
+        }
+        if let Some(status) = self
+            .status
+            .filter(|status| !status.success() && !self.end_reported)
+        {
+            log_notice!("{} ended with {status}", self.name.display());
+        }
         if let Some(logged) = self.stderr_logged {
             let _ = logged.recv_timeout(STDERR_DRAIN_LIMIT);
+        }
+    }
+
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// The program's input is closed now: it gets EXIT_GRACE to end by itself, then SIGTERM and EXIT_GRACE more,
+    /// then SIGKILL.
+    fn wait_or_stop(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.wait_for_exit() {
+            return Some(status);
+        }
+        log_error!(
+            "{} did not exit within {} s after the session ended; sending SIGTERM",
+            self.name.display(),
+            EXIT_GRACE.as_secs()
+        );
+        let _ = sys::terminate(self.child.id());
+        if let Some(status) = self.wait_for_exit() {
+            return Some(status);
+        }
+        log_error!(
+            "{} did not exit within {} s of SIGTERM; killed",
+            self.name.display(),
+            EXIT_GRACE.as_secs()
+        );
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    fn wait_for_exit(&mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + EXIT_GRACE;
+        match wait_until(self.exit_watch.as_raw_fd(), sys::POLLIN, deadline) {
+            Ok(true) => self.exit_status(),
+            _ => None,
         }
     }
 }
@@ -117,25 +240,30 @@ fn log_program_stderr(program: &str, stderr: std::process::ChildStderr) {
     }
 }
 
-/// Waits for the program to end; stops it if it outlives the session by more than the grace period.
-fn reap(child: &mut Child, program: &Path) {
-    let deadline = Instant::now() + EXIT_GRACE;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                log_error!(
-                    "{} did not exit after the session ended; killed",
-                    program.display()
-                );
-                let _ = child.kill();
-                break child.wait().ok();
-            }
-            Err(_) => break None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_set_is_one_that_is_cleared_first() {
+        let addresses = ClientAddresses {
+            peer: "192.0.2.7:1234".parse().ok(),
+            local: "192.0.2.1:993".parse().ok(),
+        };
+        let facts = TlsFacts {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
+            client_cert_presented: true,
+            verified_client: Some(crate::tls_facts::ClientNames::default()),
+            server_name: None,
+        };
+        let variables = environment(&addresses, Some(&facts));
+        assert_eq!(variables.len(), OWNED_VARIABLES.len());
+        for (name, _) in variables {
+            assert!(
+                OWNED_VARIABLES.contains(&name),
+                "{name} is not cleared first"
+            );
         }
-    };
-    if let Some(status) = status.filter(|status| !status.success()) {
-        log_debug!("{} ended with {status}", program.display());
     }
 }

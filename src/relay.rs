@@ -26,6 +26,33 @@ const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(1);
 pub trait Plaintext: Read + Write + AsRawFd {
     /// Tells the other end no more data will come, while still reading what it sends.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Asked once the plaintext side's output has reached its end (EOF), before the client is told so with
+    /// close_notify: whether that output is complete. For a socket, its orderly EOF is its end; an `-exec` program
+    /// must have exited well first. `client_finished`: the client has ended its direction already.
+    fn output_end(&mut self, _client_finished: bool) -> OutputEnd {
+        OutputEnd::Complete
+    }
+}
+
+/// What the plaintext side's end of output means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutputEnd {
+    /// Complete: the client may be sent close_notify.
+    Complete,
+    /// Not known yet: ask again once this descriptor is readable.
+    WaitFor(RawFd),
+    /// Cut short (why): the session ends without close_notify.
+    CutShort(String),
+}
+
+/// The time limits of a relayed session.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `-timeout`: end a session on which nothing moved for this long; None: never.
+    pub idle: Option<Duration>,
+    /// `-close_timeout`: once either direction has ended, end the session after this long without traffic.
+    pub close: Duration,
 }
 
 impl Plaintext for TcpStream {
@@ -169,6 +196,12 @@ pub enum RelayError {
     ClientGone(String),
     Backend(String),
     Idle(Duration),
+    /// The close limit ran out after one direction had ended. `complete`: every byte of both directions was
+    /// delivered and close_notify sent; the client only never closed its side.
+    Closing {
+        limit: Duration,
+        complete: bool,
+    },
 }
 
 impl std::fmt::Display for RelayError {
@@ -179,6 +212,22 @@ impl std::fmt::Display for RelayError {
             }
             RelayError::Backend(reason) => write!(f, "backend: {reason}"),
             RelayError::Idle(limit) => write!(f, "idle for {} s, closed", limit.as_secs()),
+            RelayError::Closing {
+                limit,
+                complete: true,
+            } => write!(
+                f,
+                "all data delivered, but the client did not close within {} s; closed",
+                limit.as_secs()
+            ),
+            RelayError::Closing {
+                limit,
+                complete: false,
+            } => write!(
+                f,
+                "no traffic for {} s after one side had ended; closed with data undelivered",
+                limit.as_secs()
+            ),
         }
     }
 }
@@ -267,19 +316,22 @@ struct Pump<'a, C: ClientSide, P: Plaintext> {
     backend_read_blocked: bool,
     backend_write_blocked: bool,
     backend_write_shut: bool,
+    /// The backend's end of output was found complete (see [`Plaintext::output_end`]).
+    backend_end_confirmed: bool,
+    /// A descriptor to poll before asking [`Plaintext::output_end`] again.
+    backend_end_watch: Option<RawFd>,
     close_notify_sent: bool,
     client_read_wait: Wait,
     client_write_wait: Wait,
     transfer: Transfer,
 }
 
-/// Relays until both directions have ended (Ok) or one side failed (Err). `idle` ends a session on which nothing
-/// moved for that long.
+/// Relays until both directions have ended (Ok) or one side failed or a time limit ran out (Err).
 pub fn relay_until_closed<'a, C: ClientSide, P: Plaintext>(
     client: &'a mut C,
     plain: &'a mut P,
     filter: Option<&'a mut dyn SessionFilter>,
-    idle: Option<Duration>,
+    limits: Limits,
 ) -> Result<Transfer, RelayError> {
     let mut pump = Pump {
         client,
@@ -292,12 +344,14 @@ pub fn relay_until_closed<'a, C: ClientSide, P: Plaintext>(
         backend_read_blocked: false,
         backend_write_blocked: false,
         backend_write_shut: false,
+        backend_end_confirmed: false,
+        backend_end_watch: None,
         close_notify_sent: false,
         client_read_wait: Wait::Nothing,
         client_write_wait: Wait::Nothing,
         transfer: Transfer::default(),
     };
-    pump.run(idle)
+    pump.run(limits)
 }
 
 fn is_would_block(error: &io::Error) -> bool {
@@ -308,7 +362,7 @@ fn is_would_block(error: &io::Error) -> bool {
 }
 
 impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
-    fn run(&mut self, idle: Option<Duration>) -> Result<Transfer, RelayError> {
+    fn run(&mut self, limits: Limits) -> Result<Transfer, RelayError> {
         loop {
             let mut progress = false;
             progress |= self.read_client()?;
@@ -320,9 +374,15 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 return Ok(self.transfer);
             }
             if !progress {
-                self.wait_for_readiness(idle)?;
+                self.wait_for_readiness(limits)?;
             }
         }
+    }
+
+    /// Both directions were carried to their ends as far as this side can tell: nothing is held, the client has
+    /// close_notify, and whatever the client sent reached the backend.
+    fn everything_delivered(&self) -> bool {
+        self.close_notify_sent && self.to_client.is_empty() && self.to_backend.is_empty()
     }
 
     fn finished(&self) -> bool {
@@ -466,6 +526,21 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         if self.backend_done
             && self.to_client.is_empty()
             && !self.close_notify_sent
+            && !self.backend_end_confirmed
+            && self.backend_end_watch.is_none()
+        {
+            match self.plain.output_end(self.client_done) {
+                OutputEnd::Complete => {
+                    self.backend_end_confirmed = true;
+                    progress = true;
+                }
+                OutputEnd::WaitFor(fd) => self.backend_end_watch = Some(fd),
+                OutputEnd::CutShort(reason) => return Err(RelayError::Backend(reason)),
+            }
+        }
+        if self.backend_end_confirmed
+            && self.to_client.is_empty()
+            && !self.close_notify_sent
             && self.client_write_wait == Wait::Nothing
         {
             match self.client.finish_writing() {
@@ -493,7 +568,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         Ok(false)
     }
 
-    fn wait_for_readiness(&mut self, idle: Option<Duration>) -> Result<(), RelayError> {
+    fn wait_for_readiness(&mut self, limits: Limits) -> Result<(), RelayError> {
         let client_read = self.client.client_io().read_fd();
         let client_write = self.client.client_io().write_fd();
         let waits = [self.client_read_wait, self.client_write_wait];
@@ -517,16 +592,38 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         push_entry(&mut entries, client_read, client_read_events);
         push_entry(&mut entries, client_write, client_write_events);
         push_entry(&mut entries, self.plain.as_raw_fd(), backend_events);
+        if let Some(watch) = self.backend_end_watch {
+            push_entry(&mut entries, watch, sys::POLLIN);
+        }
         if entries.is_empty() {
             // Nothing can move any more: only a side that stopped without closing is left.
             return Err(RelayError::Client(
                 "stalled with nothing to wait for".to_string(),
             ));
         }
+        // Once either direction has ended, the close limit applies (stunnel's TIMEOUTclose): a peer that never closes
+        // its side, or a program that never exits, must not hold the session for ever.
+        let closing = self.client_done || self.backend_done;
+        let limit = if closing {
+            Some(
+                limits
+                    .idle
+                    .map_or(limits.close, |idle| idle.min(limits.close)),
+            )
+        } else {
+            limits.idle
+        };
         let started = Instant::now();
-        let ready = self.poll_releasing_memory_when_quiet(&mut entries, idle, started)?;
-        if ready == 0 && idle.is_some_and(|limit| started.elapsed() >= limit) {
-            return Err(RelayError::Idle(idle.unwrap_or_default()));
+        let ready = self.poll_releasing_memory_when_quiet(&mut entries, limit, started)?;
+        if let Some(limit) = limit.filter(|limit| ready == 0 && started.elapsed() >= *limit) {
+            return Err(if closing {
+                RelayError::Closing {
+                    limit,
+                    complete: self.everything_delivered(),
+                }
+            } else {
+                RelayError::Idle(limit)
+            });
         }
         for entry in entries.iter().filter(|entry| entry.revents != 0) {
             self.note_ready(entry.fd, client_read, client_write);
@@ -584,6 +681,9 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         if fd == self.plain.as_raw_fd() {
             self.backend_read_blocked = false;
             self.backend_write_blocked = false;
+        }
+        if self.backend_end_watch == Some(fd) {
+            self.backend_end_watch = None;
         }
     }
 }
@@ -649,5 +749,262 @@ mod tests {
         pending.written = 4;
         pending.release();
         assert_eq!(pending.unwritten(), b"yet written");
+    }
+
+    /// The pump between two socketpairs: `client` and `backend` are the far ends a test drives.
+    struct Wiring {
+        client: UnixStream,
+        backend: UnixStream,
+        near_client: ClientIo,
+        near_backend: UnixStream,
+    }
+
+    fn wiring() -> Wiring {
+        let (client, near_client) = UnixStream::pair().unwrap();
+        let (backend, near_backend) = UnixStream::pair().unwrap();
+        near_backend.set_nonblocking(true).unwrap();
+        for far in [&client, &backend] {
+            far.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Wiring {
+            client,
+            backend,
+            near_client: ClientIo::from_socket(std::os::fd::OwnedFd::from(near_client)).unwrap(),
+            near_backend,
+        }
+    }
+
+    const NO_IDLE_LIMIT: Limits = Limits {
+        idle: None,
+        close: Duration::from_secs(30),
+    };
+
+    fn read_to_eof(stream: &mut UnixStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    #[test]
+    fn the_client_half_closes_first_and_the_reply_still_arrives() {
+        let Wiring {
+            mut client,
+            mut backend,
+            mut near_client,
+            mut near_backend,
+        } = wiring();
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| {
+                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
+            });
+            client.write_all(b"request").unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut backend), b"request");
+            backend.write_all(b"reply").unwrap();
+            backend.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut client), b"reply");
+            let transfer = pump.join().unwrap().unwrap();
+            assert_eq!((transfer.from_client, transfer.to_client), (7, 5));
+        });
+    }
+
+    #[test]
+    fn the_backend_half_closes_first_and_the_client_goes_on_sending() {
+        let Wiring {
+            mut client,
+            mut backend,
+            mut near_client,
+            mut near_backend,
+        } = wiring();
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| {
+                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
+            });
+            backend.write_all(b"greeting").unwrap();
+            backend.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut client), b"greeting");
+            client.write_all(b"late words").unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut backend), b"late words");
+            let transfer = pump.join().unwrap().unwrap();
+            assert_eq!((transfer.from_client, transfer.to_client), (10, 8));
+        });
+    }
+
+    /// A client side whose first write cannot go on until the connection has something to read, as an SSL_write
+    /// answering WANT_READ in the middle of a renegotiation: the pump must wait for readability, not writability.
+    struct WriteNeedsRead {
+        inner: ClientIo,
+        readable_seen: bool,
+        blocked_writes: usize,
+    }
+
+    impl WriteNeedsRead {
+        fn note_readability(&mut self) {
+            let mut entry = [sys::poll_entry(self.inner.read_fd(), sys::POLLIN)];
+            if sys::poll(&mut entry, Some(Duration::ZERO)).unwrap() > 0 {
+                self.readable_seen = true;
+            }
+        }
+    }
+
+    impl ClientSide for WriteNeedsRead {
+        fn read_into(&mut self, buffer: &mut [u8]) -> Io {
+            self.note_readability();
+            self.inner.read_into(buffer)
+        }
+
+        fn write_from(&mut self, data: &[u8]) -> Io {
+            self.note_readability();
+            if !self.readable_seen {
+                self.blocked_writes += 1;
+                return Io::Blocked(Wait::Readable);
+            }
+            self.inner.write_from(data)
+        }
+
+        fn finish_writing(&mut self) -> Io {
+            self.inner.finish_writing()
+        }
+
+        fn client_io(&self) -> &ClientIo {
+            &self.inner
+        }
+
+        fn holds_unread_input(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_client_write_that_needs_a_read_goes_on_once_the_client_is_readable() {
+        let Wiring {
+            mut client,
+            mut backend,
+            near_client,
+            mut near_backend,
+        } = wiring();
+        let mut near_client = WriteNeedsRead {
+            inner: near_client,
+            readable_seen: false,
+            blocked_writes: 0,
+        };
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| {
+                let outcome =
+                    relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT);
+                (outcome, near_client.blocked_writes)
+            });
+            backend.write_all(b"for the client").unwrap();
+            backend.shutdown(Shutdown::Write).unwrap();
+            // Only now does the client side become readable: the write waiting for that can go on.
+            client.write_all(b"k").unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut client), b"for the client");
+            assert_eq!(read_to_eof(&mut backend), b"k");
+            let (outcome, blocked_writes) = pump.join().unwrap();
+            assert!(outcome.is_ok(), "{outcome:?}");
+            assert!(
+                blocked_writes <= 2,
+                "the write was retried {blocked_writes} times before the client was readable"
+            );
+        });
+    }
+
+    #[test]
+    fn a_stalled_reader_slows_the_backend_down_and_loses_nothing() {
+        let Wiring {
+            mut client,
+            mut backend,
+            mut near_client,
+            mut near_backend,
+        } = wiring();
+        let data: Vec<u8> = (0..4 << 20).map(|index: u32| (index % 251) as u8).collect();
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| {
+                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
+            });
+            let (blocked, writer_blocked) = std::sync::mpsc::channel();
+            let data = &data;
+            let backend = &mut backend;
+            let writer = scope.spawn(move || {
+                // Non-blocking, so the moment the pump stops taking data is seen: it stops only while the client
+                // does not read.
+                backend.set_nonblocking(true).unwrap();
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    match backend.write(rest) {
+                        Ok(count) => rest = &rest[count..],
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                            let _ = blocked.send(());
+                            let mut entry = [sys::poll_entry(backend.as_raw_fd(), sys::POLLOUT)];
+                            sys::poll(&mut entry, Some(Duration::from_secs(30))).unwrap();
+                        }
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                backend.shutdown(Shutdown::Write).unwrap();
+            });
+            writer_blocked
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the pump never held the backend back");
+            assert_eq!(read_to_eof(&mut client), *data);
+            writer.join().unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            pump.join().unwrap().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_client_that_never_closes_is_let_go_at_the_close_limit_with_everything_delivered() {
+        let Wiring {
+            mut client,
+            mut backend,
+            mut near_client,
+            mut near_backend,
+        } = wiring();
+        let limits = Limits {
+            idle: None,
+            close: Duration::from_millis(200),
+        };
+        std::thread::scope(|scope| {
+            let pump = scope
+                .spawn(|| relay_until_closed(&mut near_client, &mut near_backend, None, limits));
+            backend.write_all(b"bye").unwrap();
+            backend.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut client), b"bye");
+            match pump.join().unwrap() {
+                Err(RelayError::Closing { complete: true, .. }) => {}
+                other => panic!("expected the close limit with everything delivered: {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_backend_that_never_ends_after_the_client_did_is_let_go_as_incomplete() {
+        let Wiring {
+            client,
+            backend,
+            mut near_client,
+            mut near_backend,
+        } = wiring();
+        let limits = Limits {
+            idle: None,
+            close: Duration::from_millis(200),
+        };
+        std::thread::scope(|scope| {
+            let pump = scope
+                .spawn(|| relay_until_closed(&mut near_client, &mut near_backend, None, limits));
+            client.shutdown(Shutdown::Write).unwrap();
+            match pump.join().unwrap() {
+                Err(RelayError::Closing {
+                    complete: false, ..
+                }) => {}
+                other => {
+                    panic!("expected the close limit with the backend's end missing: {other:?}")
+                }
+            }
+        });
+        drop(backend);
     }
 }

@@ -12,7 +12,7 @@ use crate::client::{ClientAddresses, ClientIo};
 use crate::options::Config;
 use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
 use crate::reason::{openssl_reason, tls_reason};
-use crate::relay::{self, RelayError, Transfer};
+use crate::relay::{self, Limits, RelayError, Transfer};
 use crate::starttls::{AfterTls, StartTlsMode};
 use crate::tls_facts::TlsFacts;
 use crate::{log_debug, log_error, log_notice, sys};
@@ -56,7 +56,7 @@ fn serve_tls_from_the_start(
             return 1;
         }
     };
-    let outcome = relay::relay_until_closed(&mut stream, &mut backend, None, config.idle_timeout);
+    let outcome = relay::relay_until_closed(&mut stream, &mut backend, None, relay_limits(config));
     backend.finish();
     report_end(peer, outcome)
 }
@@ -92,7 +92,7 @@ fn serve_with_starttls(
             return i32::from(failed);
         }
         PhaseEnd::PlainRelay => {
-            relay::relay_until_closed(&mut client, &mut backend, None, config.idle_timeout)
+            relay::relay_until_closed(&mut client, &mut backend, None, relay_limits(config))
         }
         PhaseEnd::BeginTls { backend_pending } => {
             match upgrade(config, context, client, mode, &backend_pending, peer) {
@@ -100,7 +100,7 @@ fn serve_with_starttls(
                     &mut stream,
                     &mut backend,
                     Some(&mut filter),
-                    config.idle_timeout,
+                    relay_limits(config),
                 ),
                 Err(reason) => {
                     log_error!("{reason}");
@@ -141,6 +141,14 @@ fn upgrade(
     Ok((stream, filter))
 }
 
+/// The relay's time limits from the command line.
+fn relay_limits(config: &Config) -> Limits {
+    Limits {
+        idle: config.idle_timeout,
+        close: config.close_timeout,
+    }
+}
+
 /// Logs how the relay ended and turns it into the exit status.
 pub fn report_end(peer: &str, outcome: Result<Transfer, RelayError>) -> SessionStatus {
     match outcome {
@@ -155,6 +163,10 @@ pub fn report_end(peer: &str, outcome: Result<Transfer, RelayError>) -> SessionS
         Err(error @ RelayError::ClientGone(_)) => {
             log_notice!("{peer}: session ended: {error}");
             1
+        }
+        Err(error @ RelayError::Closing { complete: true, .. }) => {
+            log_notice!("{peer}: session ended: {error}");
+            0
         }
         Err(error) => {
             log_error!("{peer}: session ended: {error}");

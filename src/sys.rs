@@ -1,6 +1,6 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
-//! knobs, SSL_has_pending, OPENSSL_cleanse, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding). Each
+//! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding). Each
 //! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
 //! this file may use `unsafe`.
 
@@ -474,6 +474,64 @@ pub fn fork() -> io::Result<Forked> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
+}
+
+/// A descriptor that becomes readable when the process `pid` (a child not yet reaped, so the number cannot have
+/// been reused) exits: poll(2) on it waits for the exit without a signal handler and without polling in a loop.
+pub fn process_exit_watch(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Asks a child process to end (SIGTERM).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers; `pid` is our own unreaped child, so it names no other process.
+    check(unsafe { libc::kill(pid, libc::SIGTERM) })?;
+    Ok(())
+}
+
+/// Makes the program `command` starts inherit no descriptor but its stdin, stdout and stderr, as inetd does for the
+/// programs it starts: whatever sslwrap itself inherited (a descriptor a shell left open on a secret file) or opened
+/// without close-on-exec stays out of it. The descriptors are marked close-on-exec rather than closed, so the
+/// channel on which std reports a failed exec keeps working.
+pub fn inherit_only_stdio(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and makes only async-signal-safe system calls
+    // (close_range, or getrlimit and fcntl where close_range is missing); it touches no memory but its locals.
+    unsafe {
+        command.pre_exec(|| {
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if marked == 0 {
+                return Ok(());
+            }
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let highest = limit.rlim_cur.min(1 << 20) as RawFd;
+            for fd in 3..highest {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// How a reaped child ended.

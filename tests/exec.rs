@@ -228,6 +228,20 @@ fn program_stderr_goes_to_syslog_never_to_the_client() {
     syslog.expect("noisy.sh: complaint on stderr");
 }
 
+/// Every descendant of `pid`, with its state letter (`Z` for a zombie): the session processes and, below them, the
+/// programs they started.
+fn descendants_of(pid: u32) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for (child, state) in children_of(parent) {
+            found.push((child, state));
+            parents.push(child);
+        }
+    }
+    found
+}
+
 #[test]
 fn exec_in_daemon_mode_reaps_every_program() {
     let (_dir, syslog, pki) = setup("daemon-exec");
@@ -246,15 +260,158 @@ fn exec_in_daemon_mode_reaps_every_program() {
         client.shutdown().unwrap();
         read_to_close_notify(&mut client).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        children_of(daemon.id())
-            .iter()
-            .filter(|(_, state)| *state == 'Z')
-            .count(),
-        0,
-        "zombie processes left behind"
-    );
+    // Each session process reaps its program before it exits, and the daemon reaps the session process: once the
+    // tree is empty nothing was left behind; a zombie at any level would stay in it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut left = descendants_of(daemon.id());
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = descendants_of(daemon.id());
+    }
     let _ = daemon.kill();
     let _ = daemon.wait();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn variables_of_sslwrap_s_own_environment_never_pass_for_session_facts() {
+    let (dir, syslog, pki) = setup("stale-env");
+    let program = script(
+        &dir,
+        "env.sh",
+        "env | grep -E '^(PROTO|TCPREMOTE|TCPLOCAL|SSL_)' | sort",
+    );
+    // What whoever started sslwrap left in its environment: a forged client name and address.
+    let forged = [
+        "SSL_CLIENT_S_DN=/CN=forged admin",
+        "SSL_CLIENT_I_DN=/CN=forged CA",
+        "TCPREMOTEIP=203.0.113.66",
+        "PROTO=forged",
+    ];
+    let mut args: Vec<&str> = forged.to_vec();
+    let cert = pki.server_pem.to_str().unwrap();
+    args.extend([BINARY, "-cert", cert, "-exec", &program]);
+    let inetd = Inetd::start_command("127.0.0.1:0", "/usr/bin/env", &args, &syslog);
+    let text = String::from_utf8(read_to_close_notify(&mut tls(inetd.port)).unwrap()).unwrap();
+    assert!(
+        !text.contains("forged"),
+        "a stale variable reached the program:\n{text}"
+    );
+    assert!(
+        !text.contains("SSL_CLIENT"),
+        "no client certificate, no client names:\n{text}"
+    );
+    assert!(
+        text.lines().any(|line| line == "TCPREMOTEIP=127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.lines().any(|line| line == "PROTO=TCP"), "{text}");
+}
+
+#[test]
+fn descriptors_sslwrap_inherited_never_reach_the_program() {
+    let (dir, syslog, pki) = setup("inherited-fd");
+    let secret = dir.path("secret.txt");
+    std::fs::write(&secret, "the secret\n").unwrap();
+    let program = script(
+        &dir,
+        "fds.sh",
+        "if [ -e /proc/self/fd/7 ]; then echo 'fd 7 is open'; cat <&7; else echo 'fd 7 is closed'; fi",
+    );
+    // The launching shell leaves fd 7 open on a secret file, as the finding describes; sslwrap drops to nobody.
+    let launcher = script(
+        &dir,
+        "launch.sh",
+        &format!(
+            "exec 7<'{}'\nexec '{BINARY}' -cert '{}' -user nobody -group nogroup -exec '{program}'",
+            secret.display(),
+            pki.server_pem.display()
+        ),
+    );
+    let inetd = Inetd::start_command("127.0.0.1:0", &launcher, &[], &syslog);
+    let text = String::from_utf8(read_to_close_notify(&mut tls(inetd.port)).unwrap()).unwrap();
+    assert_eq!(text, "fd 7 is closed\n");
+}
+
+/// Reads until the TLS stream ends; returns how many bytes came and whether the end was a close_notify.
+fn read_to_the_end(client: &mut openssl::ssl::SslStream<std::net::TcpStream>) -> (usize, bool) {
+    let mut total = 0;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match client.ssl_read(&mut buffer) {
+            Ok(count) => total += count,
+            Err(error) => return (total, error.code() == openssl::ssl::ErrorCode::ZERO_RETURN),
+        }
+    }
+}
+
+#[test]
+fn a_program_killed_by_a_signal_is_no_complete_transfer() {
+    let (dir, mut syslog, pki) = setup("killed");
+    let _ = dir;
+    let inetd = Inetd::start(
+        &[
+            "-cert",
+            pki.server_pem.to_str().unwrap(),
+            "-exec",
+            "/usr/bin/head",
+            "-c",
+            "524288000",
+            "/dev/zero",
+        ],
+        &syslog,
+    );
+    let mut client = tls(inetd.port);
+    let mut first = vec![0u8; 20 << 20];
+    client.read_exact(&mut first).unwrap();
+    let session = inetd.children.lock().unwrap()[0].id();
+    let program = children_of(session)
+        .first()
+        .map(|(pid, _)| *pid)
+        .expect("the program runs under the session");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &program.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (more, close_notify) = read_to_the_end(&mut client);
+    assert!(
+        !close_notify,
+        "the client got close_notify after {} MiB of 500: it would take the transfer for complete",
+        (first.len() + more) >> 20
+    );
+    let line = syslog.expect("/usr/bin/head was killed by signal 9");
+    assert!(line.starts_with("<11>"), "logged as an error: {line}");
+}
+
+#[test]
+fn a_program_that_fails_before_the_client_finished_is_no_complete_transfer() {
+    let (dir, mut syslog, pki) = setup("failed");
+    let program = script(&dir, "fails.sh", "echo partial; exit 3");
+    let inetd = Inetd::start(
+        &["-cert", pki.server_pem.to_str().unwrap(), "-exec", &program],
+        &syslog,
+    );
+    let mut client = tls(inetd.port);
+    let (received, close_notify) = read_to_the_end(&mut client);
+    assert_eq!(received, b"partial\n".len());
+    assert!(
+        !close_notify,
+        "a failed program's output must not end with close_notify"
+    );
+    syslog.expect("fails.sh exited with status 3 before the client finished");
+}
+
+#[test]
+fn a_program_that_exits_non_zero_after_the_client_finished_still_ends_cleanly() {
+    let (dir, mut syslog, pki) = setup("late-status");
+    let program = script(&dir, "cat-then-3.sh", "cat; exit 3");
+    let inetd = Inetd::start(
+        &["-cert", pki.server_pem.to_str().unwrap(), "-exec", &program],
+        &syslog,
+    );
+    let mut client = tls(inetd.port);
+    write_and_close(&mut client, b"all of it\n");
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"all of it\n");
+    syslog.expect("cat-then-3.sh ended with exit status: 3");
 }

@@ -463,3 +463,24 @@ fn p256_pkcs8_without_point(key: &PKey<Private>) -> Vec<u8> {
     let body = openssl::base64::encode_block(&der);
     format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n").into_bytes()
 }
+
+#[test]
+fn a_client_that_never_closes_is_let_go_after_the_close_limit() {
+    fn say_goodbye(mut stream: std::net::TcpStream) {
+        let _ = stream.write_all(b"goodbye\n");
+    }
+    let mut s = setup("close-limit");
+    let inetd = s.inetd(backend(say_goodbye), &["-close_timeout", "2"]);
+    let mut client = tls(inetd.port);
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"goodbye\n");
+    // The client keeps its side open and says nothing: the session must still end, and with everything delivered
+    // it ends as a success.
+    let statuses = inetd.wait_children();
+    assert!(
+        statuses.iter().all(|status| status.success()),
+        "{statuses:?}"
+    );
+    s.syslog
+        .expect("all data delivered, but the client did not close within 2 s; closed");
+    drop(client);
+}

@@ -318,15 +318,17 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
     let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
     let port = free_port("127.0.0.1");
     let accept = format!("127.0.0.1:{port}");
-    let mut daemon = std::process::Command::new(BINARY)
-        .args(&line)
-        .args(["-accept", &accept])
-        .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let daemon = KilledOnDrop(
+        std::process::Command::new(BINARY)
+            .args(&line)
+            .args(["-accept", &accept])
+            .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !is_listening(port) {
         assert!(
@@ -341,12 +343,12 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
         let _ = raw_exchange(port, b"not a ClientHello\r\n");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !children_of(daemon.id()).is_empty() {
+    while !children_of(daemon.0.id()).is_empty() {
         assert!(std::time::Instant::now() < deadline, "sessions did not end");
         std::thread::sleep(Duration::from_millis(10));
     }
     // The parent now logs into the full queue: that line is lost, but the socket must stay.
-    kill_a_session(daemon.id(), port);
+    kill_a_session(daemon.0.id(), port);
     let queued = syslog.drain();
     assert!(
         !queued
@@ -354,7 +356,7 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
             .any(|line| line.contains("was killed by signal 9")),
         "the queue was not full, so this test proves nothing: {queued:#?}"
     );
-    kill_a_session(daemon.id(), port);
+    kill_a_session(daemon.0.id(), port);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut later = Vec::new();
     while !later
@@ -368,6 +370,4 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
         std::thread::sleep(Duration::from_millis(20));
         later.extend(syslog.drain());
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

@@ -745,13 +745,3 @@ fn a_reload_refuses_a_device_and_keeps_serving() {
     std::io::Read::read_exact(&mut client, &mut reply).unwrap();
     assert_eq!(&reply, b"still");
 }
-
-/// A daemon the test started, stopped and reaped however the test ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = wait_with_timeout(&mut self.0, std::time::Duration::from_secs(10));
-    }
-}

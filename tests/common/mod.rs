@@ -382,7 +382,12 @@ impl Drop for Inetd {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
-        for child in self.children.lock().unwrap().iter_mut() {
+        // A failed wait_children may have poisoned the lock; the children must still be stopped.
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for child in children.iter_mut() {
             let _ = wait_with_timeout(child, Duration::from_secs(10));
         }
     }
@@ -597,4 +602,14 @@ pub fn children_of(pid: u32) -> Vec<(u32, char)> {
         }
     }
     children
+}
+
+/// A child process that is killed and reaped when the test ends, whether it passed or not.
+pub struct KilledOnDrop(pub Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_with_timeout(&mut self.0, Duration::from_secs(10));
+    }
 }
