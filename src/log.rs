@@ -9,7 +9,7 @@
 //! pipe may ever make a write wait: both are written without blocking.
 
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
@@ -28,10 +28,17 @@ pub enum Severity {
 const FACILITY_USER: u8 = 1;
 /// Syslog daemons truncate long datagrams anyway; keep one message to a sane size.
 const MAX_MESSAGE: usize = 2048;
+/// How long a message waits for room in a full syslog queue.
+const SYSLOG_ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long messages are dropped at once after a wait for room went unanswered.
+const SYSLOG_STUCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Logger {
     syslog: Option<UnixDatagram>,
     syslog_path: String,
+    /// Since when the syslog daemon took nothing within [`SYSLOG_ROOM_WAIT`]: messages are then dropped at once for
+    /// a while, so a stuck daemon costs the wait only once.
+    syslog_stuck_since: Option<std::time::Instant>,
     stderr: StderrSink,
     verbosity: Verbosity,
 }
@@ -93,6 +100,7 @@ pub fn init() {
     let logger = Logger {
         syslog: connect_syslog(&syslog_path),
         syslog_path,
+        syslog_stuck_since: None,
         stderr: StderrSink::open(),
         verbosity: Verbosity::Normal,
     };
@@ -174,7 +182,7 @@ fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
         }
         return;
     };
-    match socket.send(line.as_bytes()) {
+    match send_with_room_wait(socket, line.as_bytes(), &mut logger.syslog_stuck_since) {
         Ok(_) => {}
         // The receiver is gone (syslogd restarted, with a new socket at the same path): reconnect once, and keep
         // the old socket if that fails, as inside a chroot it must, since the path cannot be reached there.
@@ -187,6 +195,40 @@ fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
         // A full queue (EAGAIN, ENOBUFS) or anything else: this message is dropped, the socket stays.
         Err(_) => {}
     }
+}
+
+/// A burst (a handshake under -state logs some twenty lines) can fill the receiving socket's queue, which is only 10
+/// datagrams by default (net.unix.max_dgram_qlen). A syslog daemon that is reading makes room within microseconds,
+/// so a full queue is waited on briefly; one that stays full is stuck, and its messages are dropped at once for a
+/// second after each wait that was not answered.
+fn send_with_room_wait(
+    socket: &UnixDatagram,
+    message: &[u8],
+    stuck_since: &mut Option<std::time::Instant>,
+) -> std::io::Result<usize> {
+    let error = match socket.send(message) {
+        Ok(sent) => {
+            *stuck_since = None;
+            return Ok(sent);
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => error,
+        Err(error) => return Err(error),
+    };
+    if stuck_since.is_some_and(|since| since.elapsed() < SYSLOG_STUCK_PAUSE) {
+        return Err(error);
+    }
+    let mut entry = [crate::sys::poll_entry(
+        socket.as_raw_fd(),
+        crate::sys::POLLOUT,
+    )];
+    if crate::sys::poll(&mut entry, Some(SYSLOG_ROOM_WAIT)).unwrap_or(0) > 0 {
+        if let Ok(sent) = socket.send(message) {
+            *stuck_since = None;
+            return Ok(sent);
+        }
+    }
+    *stuck_since = Some(std::time::Instant::now());
+    Err(error)
 }
 
 fn is_receiver_gone(error: &std::io::Error) -> bool {

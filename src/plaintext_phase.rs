@@ -1,14 +1,14 @@
 //! The plaintext phase of a `-starttls` session over real sockets: relays the backend's greeting and the few
 //! commands allowed before TLS through the protocol engine in `starttls/`, and stops exactly at the switch. Nothing
-//! read from the client after an accepted STARTTLS is ever forwarded (the engine drops it and we log it), the
-//! engine's OK is the last plaintext byte the client gets, and every wait is bounded: the backend's greeting must
-//! come within the handshake deadline, and an idle plaintext phase ends after its own limit.
+//! read from the client after an accepted STARTTLS is ever forwarded (the engine drops it, so does this file, and
+//! every such byte is counted in one warning), the engine's OK is the last plaintext byte the client gets, and every
+//! wait is bounded: the whole time before TLS by the caller's deadline, an idle phase by its own limit.
 
 use std::time::{Duration, Instant};
 
 use crate::client::ClientIo;
 use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait, push_entry};
-use crate::starttls::{Prelude, StartTlsMode, Step};
+use crate::starttls::{Prelude, StartTlsMode, Step, TimeLimit};
 use crate::{log_debug, log_error, log_warning, sys};
 
 /// How long a client may stay silent before STARTTLS when no -timeout says otherwise.
@@ -17,9 +17,14 @@ const DEFAULT_PLAINTEXT_IDLE: Duration = Duration::from_secs(300);
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// How the plaintext phase ended.
+#[derive(Debug, PartialEq, Eq)]
 pub enum PhaseEnd {
-    /// Start the TLS handshake now; `backend_pending` goes to the client inside TLS.
-    BeginTls { backend_pending: Vec<u8> },
+    /// Start the TLS handshake now; `backend_pending` goes to the client inside TLS. `discarded`: client bytes
+    /// dropped after the STARTTLS line (already logged).
+    BeginTls {
+        backend_pending: Vec<u8>,
+        discarded: usize,
+    },
     /// The client went on without TLS (optional mode): relay both ways untouched.
     PlainRelay,
     /// The session is over; `failed` when it ended in an error (already logged).
@@ -28,7 +33,11 @@ pub enum PhaseEnd {
 
 /// Time limits of the plaintext phase.
 pub struct PhaseLimits {
-    pub greeting: Duration,
+    /// When the time allowed before TLS runs out: it covers this phase and the handshake after it, so a client
+    /// trickling bytes cannot hold the session (and its backend connection) open.
+    pub deadline: Instant,
+    /// How long that time is, for the log.
+    pub total: Duration,
     pub idle: Option<Duration>,
 }
 
@@ -41,7 +50,8 @@ struct Phase<'a, P: Plaintext> {
     ending: Option<PhaseEnd>,
     client_done: bool,
     backend_done: bool,
-    greeting_seen: bool,
+    /// Client bytes dropped after the STARTTLS line: the engine's count plus what was read here after the switch.
+    discarded: usize,
     peer: &'a str,
 }
 
@@ -62,21 +72,35 @@ pub fn run<P: Plaintext>(
         ending: None,
         client_done: false,
         backend_done: false,
-        greeting_seen: false,
+        discarded: 0,
         peer,
     };
-    match phase.run_until_switch(limits) {
+    let end = match phase.run_until_switch(limits) {
         Ok(end) => end,
         Err(reason) => {
             log_error!("{peer}: {mode} before TLS: {reason}");
             PhaseEnd::Closed { failed: true }
         }
+    };
+    if phase.discarded > 0 {
+        log_warning!(
+            "{peer}: {} bytes sent after STARTTLS in plaintext were discarded (command injection?)",
+            phase.discarded
+        );
+    }
+    match end {
+        PhaseEnd::BeginTls {
+            backend_pending, ..
+        } => PhaseEnd::BeginTls {
+            backend_pending,
+            discarded: phase.discarded,
+        },
+        end => end,
     }
 }
 
 impl<P: Plaintext> Phase<'_, P> {
     fn run_until_switch(&mut self, limits: &PhaseLimits) -> Result<PhaseEnd, String> {
-        let greeting_deadline = Instant::now() + limits.greeting;
         let idle = limits.idle.unwrap_or(DEFAULT_PLAINTEXT_IDLE);
         let mut last_activity = Instant::now();
         loop {
@@ -90,35 +114,42 @@ impl<P: Plaintext> Phase<'_, P> {
             }
             if self.ending.is_none() {
                 progress |= self.read_backend()?;
+                // Also when the backend's reply just released a STARTTLS: what the client sent meanwhile is read
+                // and dropped (and counted), not left for the TLS handshake to choke on.
                 progress |= self.read_client()?;
             }
+            // Checked on every pass, busy or not: a client that keeps sending never makes the phase idle.
+            let now = Instant::now();
+            if now >= limits.deadline {
+                return Ok(self.time_out(TimeLimit::Total(limits.total)));
+            }
             if progress {
-                last_activity = Instant::now();
+                last_activity = now;
                 continue;
             }
-            let waiting_for_greeting = self.prelude_waits_for_greeting();
-            let deadline = if waiting_for_greeting {
-                greeting_deadline
-            } else {
-                last_activity + idle
-            };
-            if Instant::now() >= deadline {
-                return Err(if waiting_for_greeting {
-                    format!(
-                        "the backend sent no greeting within {} s",
-                        limits.greeting.as_secs()
-                    )
-                } else {
-                    format!("idle for {} s, closed", idle.as_secs())
-                });
+            if now >= last_activity + idle {
+                return Ok(self.time_out(TimeLimit::Idle(idle)));
             }
-            self.wait_for_readiness(deadline)?;
+            self.wait_for_readiness(limits.deadline.min(last_activity + idle))?;
         }
     }
 
-    /// True until the backend's first bytes arrived.
-    fn prelude_waits_for_greeting(&self) -> bool {
-        !self.backend_done && !self.greeting_seen
+    /// Ends the phase on a time limit, with the protocol's farewell if the client takes it at once.
+    fn time_out(&mut self, limit: TimeLimit) -> PhaseEnd {
+        if self.ending.is_some() {
+            log_error!(
+                "{}: the client did not take the last plaintext reply in time",
+                self.peer
+            );
+            return PhaseEnd::Closed { failed: true };
+        }
+        let steps = self.prelude.time_out(limit);
+        self.apply(steps);
+        // One try only: a client that let the time run out is not waited for any longer.
+        let _ = self.flush_to_client();
+        self.ending
+            .take()
+            .unwrap_or(PhaseEnd::Closed { failed: true })
     }
 
     fn flush_to_client(&mut self) -> Result<bool, String> {
@@ -163,10 +194,7 @@ impl<P: Plaintext> Phase<'_, P> {
                 self.backend_done = true;
                 self.prelude.backend_eof()
             }
-            Ok(count) => {
-                self.greeting_seen = true;
-                self.prelude.backend_bytes(&buffer[..count])
-            }
+            Ok(count) => self.prelude.backend_bytes(&buffer[..count]),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(error) => {
                 return Err(format!(
@@ -185,6 +213,17 @@ impl<P: Plaintext> Phase<'_, P> {
         }
         let mut buffer = [0u8; BUFFER_SIZE];
         let steps = match self.client.read_into(&mut buffer) {
+            Io::Done(count) if self.ending.is_some() => {
+                // The engine has finished; what the client sent meanwhile follows the way the phase ended.
+                match self.ending {
+                    Some(PhaseEnd::PlainRelay) => {
+                        self.to_backend.extend_from_slice(&buffer[..count])
+                    }
+                    Some(PhaseEnd::BeginTls { .. }) => self.discarded += count,
+                    _ => {}
+                }
+                return Ok(true);
+            }
             Io::Done(count) => self.prelude.client_bytes(&buffer[..count]),
             Io::Eof => {
                 self.client_done = true;
@@ -206,13 +245,11 @@ impl<P: Plaintext> Phase<'_, P> {
                     discarded,
                     backend_pending,
                 } => {
-                    if discarded > 0 {
-                        log_warning!(
-                            "{}: {discarded} bytes sent after STARTTLS in plaintext were discarded (command injection?)",
-                            self.peer
-                        );
-                    }
-                    self.ending = Some(PhaseEnd::BeginTls { backend_pending });
+                    self.discarded += discarded;
+                    self.ending = Some(PhaseEnd::BeginTls {
+                        backend_pending,
+                        discarded,
+                    });
                 }
                 Step::PlainRelay => {
                     log_debug!(
@@ -266,20 +303,6 @@ impl<P: Plaintext> Phase<'_, P> {
     }
 }
 
-impl crate::relay::SessionFilter for crate::starttls::AfterTls {
-    fn client_to_backend(&mut self, data: &[u8]) {
-        crate::starttls::AfterTls::client_to_backend(self, data);
-    }
-
-    fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        crate::starttls::AfterTls::backend_to_client(self, data, out);
-    }
-
-    fn backend_finished(&mut self, out: &mut Vec<u8>) {
-        crate::starttls::AfterTls::backend_finished(self, out);
-    }
-}
-
 /// Writes all of `data` to the client side within the deadline (the switch's last plaintext reply, or backend bytes
 /// held back for TLS).
 pub fn write_all_within<C: ClientSide>(
@@ -305,4 +328,134 @@ pub fn write_all_within<C: ClientSide>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// The phase's client connection, and the test's end of it.
+    fn client_pair() -> (ClientIo, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (ClientIo::from_socket(OwnedFd::from(ours)).unwrap(), theirs)
+    }
+
+    /// The phase's backend connection, and the test's end of it.
+    fn backend_pair() -> (UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (ours, theirs)
+    }
+
+    fn limits_until(deadline: Instant) -> PhaseLimits {
+        PhaseLimits {
+            deadline,
+            total: Duration::from_secs(30),
+            idle: None,
+        }
+    }
+
+    /// Everything already sent to `end`, without waiting for more.
+    fn received(end: &mut UnixStream) -> Vec<u8> {
+        end.set_nonblocking(true).unwrap();
+        let mut data = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(count) = end.read(&mut buffer) {
+            if count == 0 {
+                break;
+            }
+            data.extend_from_slice(&buffer[..count]);
+        }
+        data
+    }
+
+    #[test]
+    fn client_bytes_read_in_the_pass_that_releases_starttls_are_counted_as_discarded() {
+        let (mut client, mut client_end) = client_pair();
+        let (mut backend, mut backend_end) = backend_pair();
+        // Everything is written before the phase starts, and the sizes decide the passes: the greeting and an
+        // unasked line fill exactly one read, so the NOOP's reply comes with the second backend read, which
+        // releases STARTTLS; the client's injected tail is longer than one read, so its rest is read in that same
+        // pass, after the switch.
+        let mut first_read = b"* OK ready\r\n* OK ".to_vec();
+        first_read.resize(BUFFER_SIZE - 2, b'x');
+        first_read.extend_from_slice(b"\r\n");
+        backend_end
+            .write_all(&[&first_read[..], b"a OK done\r\n"].concat())
+            .unwrap();
+        let injected = b"c LOGIN joe secret\r\n".repeat(1000);
+        assert!(injected.len() > BUFFER_SIZE && injected.len() < 2 * BUFFER_SIZE - 20);
+        client_end
+            .write_all(&[&b"a NOOP\r\nb STARTTLS\r\n"[..], &injected].concat())
+            .unwrap();
+        let limits = limits_until(Instant::now() + Duration::from_secs(30));
+        let end = run(
+            &mut client,
+            &mut backend,
+            "imap".parse().unwrap(),
+            "test",
+            &limits,
+        );
+        assert_eq!(
+            end,
+            PhaseEnd::BeginTls {
+                backend_pending: Vec::new(),
+                discarded: injected.len()
+            }
+        );
+        assert_eq!(received(&mut backend_end), b"a NOOP\r\n");
+        assert!(
+            received(&mut client_end).ends_with(b"a OK done\r\nb OK Begin TLS negotiation now\r\n")
+        );
+    }
+
+    #[test]
+    fn client_bytes_read_in_the_pass_that_goes_plain_reach_the_backend() {
+        let (mut client, mut client_end) = client_pair();
+        let (mut backend, mut backend_end) = backend_pair();
+        // The PREAUTH greeting ends an optional phase in the backend read; the client read of the same pass follows.
+        backend_end.write_all(b"* PREAUTH welcome\r\n").unwrap();
+        client_end.write_all(b"a SELECT INBOX\r\n").unwrap();
+        let limits = limits_until(Instant::now() + Duration::from_secs(30));
+        let end = run(
+            &mut client,
+            &mut backend,
+            "imap-".parse().unwrap(),
+            "test",
+            &limits,
+        );
+        assert_eq!(end, PhaseEnd::PlainRelay);
+        assert_eq!(received(&mut backend_end), b"a SELECT INBOX\r\n");
+        assert_eq!(received(&mut client_end), b"* PREAUTH welcome\r\n");
+    }
+
+    #[test]
+    fn a_backend_that_never_greets_gets_the_client_a_farewell_when_the_time_is_up() {
+        for (mode, farewell) in [
+            ("imap", &b"* BYE Server unavailable\r\n"[..]),
+            ("pop3", b"-ERR Server unavailable\r\n"),
+            (
+                "smtp",
+                b"421 4.3.0 Service not available, closing connection\r\n",
+            ),
+        ] {
+            let (mut client, mut client_end) = client_pair();
+            let (mut backend, _backend_end) = backend_pair();
+            // A deadline already passed: the first pass finds nothing to read and the time up.
+            let limits = limits_until(Instant::now());
+            let end = run(
+                &mut client,
+                &mut backend,
+                mode.parse().unwrap(),
+                "test",
+                &limits,
+            );
+            assert_eq!(end, PhaseEnd::Closed { failed: true }, "{mode}");
+            assert_eq!(received(&mut client_end), farewell, "{mode}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use crate::client::{ClientAddresses, ClientIo};
 use crate::options::Config;
 use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
 use crate::reason::{openssl_reason, tls_reason};
-use crate::relay::{self, Limits, RelayError, Transfer};
+use crate::relay::{self, Limits, RelayError, SessionFilter, Transfer};
 use crate::starttls::{AfterTls, StartTlsMode};
 use crate::tls_facts::TlsFacts;
 use crate::{log_debug, log_error, log_notice, sys};
@@ -70,6 +70,9 @@ fn serve_with_starttls(
     addresses: &ClientAddresses,
     peer: &str,
 ) -> SessionStatus {
+    // One limit for everything before TLS (backend connection, greeting, plaintext phase, handshake), so a client
+    // trickling bytes cannot keep the session, and its backend connection, open.
+    let deadline = Instant::now() + config.handshake_timeout;
     let tls = if mode.required {
         TlsState::RequiredLater
     } else {
@@ -83,7 +86,8 @@ fn serve_with_starttls(
         }
     };
     let limits = PhaseLimits {
-        greeting: config.handshake_timeout,
+        deadline,
+        total: config.handshake_timeout,
         idle: config.idle_timeout,
     };
     let outcome = match plaintext_phase::run(&mut client, &mut backend, mode, peer, &limits) {
@@ -94,8 +98,18 @@ fn serve_with_starttls(
         PhaseEnd::PlainRelay => {
             relay::relay_until_closed(&mut client, &mut backend, None, relay_limits(config))
         }
-        PhaseEnd::BeginTls { backend_pending } => {
-            match upgrade(config, context, client, mode, &backend_pending, peer) {
+        PhaseEnd::BeginTls {
+            backend_pending, ..
+        } => {
+            match upgrade(
+                config,
+                context,
+                client,
+                mode,
+                &backend_pending,
+                peer,
+                deadline,
+            ) {
                 Ok((mut stream, mut filter)) => relay::relay_until_closed(
                     &mut stream,
                     &mut backend,
@@ -115,7 +129,8 @@ fn serve_with_starttls(
 }
 
 /// The switch: the handshake on the raw connection (never a fallback to plaintext once STARTTLS was accepted), then
-/// the backend bytes held back during the switch, filtered, inside TLS.
+/// the backend bytes held back during the switch, filtered, inside TLS. The handshake gets what is left of the time
+/// before TLS, not a limit of its own.
 fn upgrade(
     config: &Config,
     context: &SslContext,
@@ -123,8 +138,8 @@ fn upgrade(
     mode: StartTlsMode,
     backend_pending: &[u8],
     peer: &str,
+    deadline: Instant,
 ) -> Result<(SslStream<ClientIo>, AfterTls), String> {
-    let deadline = Instant::now() + config.handshake_timeout;
     let mut stream = accept_tls(context, client, deadline, config.handshake_timeout)
         .map_err(|reason| format!("TLS handshake with {peer} after STARTTLS failed: {reason}"))?;
     let facts = TlsFacts::of(stream.ssl());

@@ -3,12 +3,16 @@
 //! driven by real clients: `openssl s_client -starttls`, curl, Python's imaplib/poplib/smtplib and gnutls-cli.
 //! Raw-socket tests check what the RFCs and the project's STARTTLS notes require before TLS (capabilities,
 //! refusals, which commands work) and that bytes pipelined after STARTTLS are never executed (CVE-2011-0411).
-//! Every assertion is about what a client or a server observably got, or what sslwrap logged.
+//! Scripted backends (played by the test) show what reached the backend before TLS and what sslwrap does when a
+//! backend misbehaves. Every assertion is about what a client or a server observably got, or what sslwrap logged.
 
 mod common;
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -171,6 +175,113 @@ fn expect_discard_warning(syslog: &mut Syslog, count: usize) {
         line.contains(&format!("{count} {DISCARDED}")),
         "expected {count} discarded bytes: {line}"
     );
+}
+
+/// How a scripted backend answers one line it received (terminator included): bytes to send back, or None to close.
+type Answer = fn(&[u8]) -> Option<Vec<u8>>;
+
+/// A plaintext backend played by the test: each connection gets `greeting` (none: it stays silent), then every line
+/// it receives is recorded and answered. `closed` reports each connection's end as sslwrap let it go.
+struct ScriptedBackend {
+    port: u16,
+    received: Arc<Mutex<Vec<u8>>>,
+    closed: Receiver<()>,
+}
+
+impl ScriptedBackend {
+    fn start(greeting: Option<&'static [u8]>, answer: Answer) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (report, closed) = mpsc::channel();
+        let record = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (record, report) = (record.clone(), report.clone());
+                std::thread::spawn(move || {
+                    serve_script(stream, greeting, answer, &record);
+                    let _ = report.send(());
+                });
+            }
+        });
+        ScriptedBackend {
+            port,
+            received,
+            closed,
+        }
+    }
+
+    /// Waits (bounded) until sslwrap has let go of a backend connection.
+    fn expect_closed(&self) {
+        self.closed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sslwrap kept its backend connection open");
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve_script(
+    mut stream: TcpStream,
+    greeting: Option<&[u8]>,
+    answer: Answer,
+    record: &Mutex<Vec<u8>>,
+) {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    if let Some(greeting) = greeting {
+        stream.write_all(greeting).unwrap();
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = stream.read(&mut byte) {
+        record.lock().unwrap().push(byte[0]);
+        line.push(byte[0]);
+        if byte[0] != b'\n' {
+            continue;
+        }
+        match answer(&line) {
+            Some(reply) if stream.write_all(&reply).is_ok() => line.clear(),
+            _ => return,
+        }
+    }
+}
+
+/// A minimal IMAP server: every command gets a tagged OK, LOGOUT a BYE first.
+fn imap_answer(line: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(line);
+    let mut words = text.split_whitespace();
+    let tag = words.next().unwrap_or("*");
+    if words
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case("LOGOUT"))
+    {
+        return Some(format!("* BYE fake\r\n{tag} OK done\r\n").into_bytes());
+    }
+    Some(format!("{tag} OK done\r\n").into_bytes())
+}
+
+/// sslwrap with `-starttls PROTO` and `extra` in front of a scripted backend.
+fn scripted_front(s: &Setup, backend: &ScriptedBackend, proto: &str, extra: &[&str]) -> Front {
+    let mut args = vec!["-starttls", proto];
+    args.extend(extra);
+    let line = s.legacy_line(backend.port, &args);
+    Front::start(Mode::Inetd, "127.0.0.1", &as_strs(&line), &s.syslog)
+}
+
+/// Reads whatever comes until the server closes (or resets) the connection, bounded by the stream's read timeout.
+fn read_to_end_of_connection(stream: &mut TcpStream) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return data,
+            Ok(count) => data.extend_from_slice(&buffer[..count]),
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => return data,
+            Err(error) => panic!("reading to the end: {error}; got {data:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -718,4 +829,168 @@ fn smtp_rset_pipelined_after_starttls_is_discarded_not_executed() {
     assert_eq!(replies.len(), 1, "only QUIT's reply expected: {rest:?}");
     assert!(replies[0].starts_with("221"), "{rest:?}");
     expect_discard_warning(&mut s.syslog, injected.len());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Limits before TLS, with scripted backends
+
+#[test]
+fn imap_commands_with_literals_too_large_never_reach_the_backend() {
+    let mut s = setup("imap-literals");
+    let backend = ScriptedBackend::start(Some(b"* OK fake IMAP\r\n"), imap_answer);
+    // A session the client ends by breaking a limit is logged at debug level only.
+    let front = scripted_front(&s, &backend, "imap", &["-debug"]);
+    let mut stream = tcp(front.port());
+    assert_eq!(read_line(&mut stream).unwrap(), "* OK fake IMAP\r\n");
+    // Too many digits for any number: still a literal, so refused; it used to be forwarded as a plain NOOP.
+    let refused = imap_command(&mut stream, "a1", "NOOP {99999999999999999999}");
+    assert_eq!(
+        refused,
+        ["a1 BAD Literals are not accepted before STARTTLS\r\n"]
+    );
+    let forwarded = imap_command(&mut stream, "a2", "NOOP");
+    assert_eq!(forwarded, ["a2 OK done\r\n"]);
+    // A non-synchronising literal beyond RFC 7888's LITERAL- limit cannot be skipped: the session ends unread.
+    stream
+        .write_all(b"a3 NOOP {18446744073709551615+}\r\nxxxx")
+        .unwrap();
+    let rest = read_to_end_of_connection(&mut stream);
+    assert_eq!(rest, b"* BYE Literal too large before STARTTLS\r\n");
+    s.syslog
+        .expect("client announced a literal of more than 4096 bytes before TLS");
+    backend.expect_closed();
+    assert_eq!(
+        String::from_utf8_lossy(&backend.received()),
+        "a2 NOOP\r\n",
+        "only the literal-free NOOP may reach the backend"
+    );
+}
+
+#[test]
+fn a_client_trickling_bytes_is_cut_off_by_the_time_limit_before_tls() {
+    let mut s = setup("trickle");
+    let backend = ScriptedBackend::start(Some(b"* OK fake IMAP\r\n"), imap_answer);
+    // No -timeout: the idle limit is then 300 s, so only the total limit can end this session within the loop.
+    let front = scripted_front(&s, &backend, "imap", &["-handshake_timeout", "3"]);
+    let mut stream = tcp(front.port());
+    assert_eq!(read_line(&mut stream).unwrap(), "* OK fake IMAP\r\n");
+    // One byte of a never-ending command line each time a short wait for a reply passes: never idle.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut closed = false;
+    let mut buffer = [0u8; 256];
+    for _ in 0..240 {
+        if stream.write_all(b"x").is_err() {
+            break;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(count) => received.extend_from_slice(&buffer[..count]),
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // A byte sent after sslwrap closed is answered with a reset.
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(error) => panic!("while trickling: {error}; got {received:?}"),
+        }
+    }
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    if !closed {
+        received.extend(read_to_end_of_connection(&mut stream));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&received),
+        "* BYE Timeout waiting for STARTTLS\r\n"
+    );
+    s.syslog.expect("TLS not established within 3 s, closed");
+    backend.expect_closed();
+    assert!(
+        backend.received().is_empty(),
+        "nothing of the unfinished line may reach the backend"
+    );
+}
+
+#[test]
+fn a_backend_that_never_greets_gets_the_client_the_protocols_farewell() {
+    for (proto, farewell) in [
+        ("imap", "* BYE Server unavailable\r\n"),
+        ("pop3", "-ERR Server unavailable\r\n"),
+        (
+            "smtp",
+            "421 4.3.0 Service not available, closing connection\r\n",
+        ),
+    ] {
+        let mut s = setup(&format!("silent-{proto}"));
+        let backend = ScriptedBackend::start(None, imap_answer);
+        let front = scripted_front(&s, &backend, proto, &["-handshake_timeout", "2"]);
+        let mut stream = tcp(front.port());
+        let said = read_to_end_of_connection(&mut stream);
+        assert_eq!(String::from_utf8_lossy(&said), farewell, "{proto}");
+        s.syslog.expect("backend sent no greeting within 2 s");
+        backend.expect_closed();
+    }
+}
+
+#[test]
+fn a_backend_that_closes_before_its_greeting_gets_the_client_the_protocols_farewell() {
+    let mut s = setup("early-eof");
+    let front = start_front(&s, Mode::Inetd, backend(drop), "smtp");
+    let mut stream = tcp(front.port());
+    let said = read_to_end_of_connection(&mut stream);
+    assert_eq!(
+        String::from_utf8_lossy(&said),
+        "421 4.3.0 Service not available, closing connection\r\n"
+    );
+    s.syslog
+        .expect("backend closed the connection before sending its greeting");
+}
+
+/// A multi-line reply to a command sslwrap knows nothing about (Qpopper's XTND XLST), with lines that look like a
+/// status and like capabilities.
+const XTND_LISTING: &[u8] =
+    b"+OK list follows\r\n+OK quoted from a POP3 log\r\nSTLS\r\nSTARTTLS\r\n.\r\n";
+
+/// A minimal POP3 server with CAPA (offering STLS itself), XTND XLST and QUIT.
+fn pop3_answer(line: &[u8]) -> Option<Vec<u8>> {
+    let command = String::from_utf8_lossy(line)
+        .trim_end()
+        .to_ascii_uppercase();
+    let reply: &[u8] = match command.as_str() {
+        "CAPA" => b"+OK\r\nSTLS\r\nUSER\r\n.\r\n",
+        "XTND XLST" => XTND_LISTING,
+        "QUIT" => b"+OK bye\r\n",
+        _ => b"-ERR unknown command\r\n",
+    };
+    Some(reply.to_vec())
+}
+
+#[test]
+fn pop3_after_stls_only_the_first_capa_reply_loses_stls_and_other_replies_pass_unaltered() {
+    let s = setup("pop3-first-capa");
+    let backend = ScriptedBackend::start(Some(b"+OK fake POP3\r\n"), pop3_answer);
+    let front = scripted_front(&s, &backend, "pop3", &[]);
+    let mut stream = tcp(front.port());
+    assert_eq!(read_line(&mut stream).unwrap(), "+OK fake POP3\r\n");
+    stream.write_all(b"STLS\r\n").unwrap();
+    assert_eq!(
+        read_line(&mut stream).unwrap(),
+        "+OK Begin TLS negotiation\r\n"
+    );
+    let mut tls = start_tls(stream);
+    tls.write_all(b"CAPA\r\nXTND XLST\r\nCAPA\r\nQUIT\r\n")
+        .unwrap();
+    let replies = read_until(&mut tls, "+OK bye").concat();
+    let expected = [
+        &b"+OK\r\nUSER\r\n.\r\n"[..],
+        XTND_LISTING,
+        b"+OK\r\nSTLS\r\nUSER\r\n.\r\n+OK bye\r\n",
+    ]
+    .concat();
+    assert_eq!(replies, String::from_utf8_lossy(&expected));
 }

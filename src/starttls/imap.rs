@@ -1,8 +1,8 @@
 //! IMAP (RFC 3501, RFC 9051, STARTTLS per RFC 2595): the plaintext phase up to STARTTLS, and the filter that strips
-//! STARTTLS from capability lists after TLS.
-//! It must never forward STARTTLS, nor LOGIN/AUTHENTICATE while TLS is required, never advertise a capability the
-//! plaintext phase cannot honour, never send a `+` continuation before TLS, and never alter bytes inside a server
-//! literal.
+//! STARTTLS from the first capability reply after TLS.
+//! It must never forward STARTTLS, a command with a literal, nor LOGIN/AUTHENTICATE while TLS is required; never
+//! advertise a capability the plaintext phase cannot honour, never send a `+` continuation before TLS, never read
+//! more than a small literal before TLS, and never alter bytes inside a server literal.
 
 use std::ops::Range;
 
@@ -10,25 +10,35 @@ use super::lines::{
     LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
     strip_prefix_ignore_case,
 };
-use super::{AwaitedReply, Decision, Dialect, Farewells, Session};
+use super::{Dialect, Farewells, Session};
 
 pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"* BYE Command line too long\r\n",
     flooded: b"* BYE Too much pipelined input before STARTTLS\r\n",
     too_many_commands: b"* BYE Too many commands without STARTTLS\r\n",
     backend_lost: b"* BYE Server unavailable\r\n",
+    timed_out: b"* BYE Timeout waiting for STARTTLS\r\n",
 };
 
 const PREAUTH_REFUSAL: &[u8] = b"* BYE Refusing a pre-authenticated session without TLS\r\n";
+
+/// The largest non-synchronising literal skipped before TLS: the limit RFC 7888 sets for LITERAL-. The refusal of its
+/// command can only follow the literal, so a larger one would have to be read, however long, before the client hears
+/// anything.
+const MAX_LITERAL_BEFORE_TLS: u64 = 4096;
+
+/// A larger literal cannot be skipped and the command cannot be refused without reading it, so the session ends.
+const LITERAL_TOO_LARGE: &[u8] = b"* BYE Literal too large before STARTTLS\r\n";
 
 /// The plaintext phase of an IMAP session.
 ///
 /// CAPABILITY, NOOP, ID and (when TLS is required) LOGOUT go to the backend one at a time, and its replies come back
 /// with the capability lists rewritten. A command that carries a literal is refused rather than forwarded: a
 /// synchronising literal gets its tagged refusal at once, without a `+`, so the client never sends the literal; the
-/// bytes of a non-synchronising literal are skipped unread and the refusal follows the end of the command.
+/// bytes of a non-synchronising literal of up to [`MAX_LITERAL_BEFORE_TLS`] are skipped unread, each counting as one
+/// more command, and the refusal follows the end of the command.
 #[derive(Debug)]
-pub(super) struct ImapPrelude {
+pub(super) struct Prelude {
     required: bool,
     scanner: ResponseScanner,
     waiting: Waiting,
@@ -43,12 +53,6 @@ enum Waiting {
     Completion { tag: Vec<u8>, logout: bool },
 }
 
-impl AwaitedReply for Waiting {
-    fn ends_session(&self) -> bool {
-        matches!(self, Waiting::Completion { logout: true, .. })
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Command<'a> {
     tag: &'a [u8],
@@ -58,13 +62,14 @@ struct Command<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Literal {
+    /// Saturates at u64::MAX: a longer digit run is still a literal, only a too large one.
     size: u64,
     synchronising: bool,
 }
 
-impl ImapPrelude {
+impl Prelude {
     pub(super) fn new(required: bool) -> Self {
-        ImapPrelude {
+        Prelude {
             required,
             scanner: ResponseScanner::default(),
             waiting: Waiting::Greeting,
@@ -72,39 +77,48 @@ impl ImapPrelude {
         }
     }
 
-    /// What to do with one well-formed client command; the replies carry its tag.
-    fn decide(&self, command: &Command) -> Decision<Waiting, Vec<u8>> {
+    /// Handles one well-formed client command that was counted already; the replies carry its tag.
+    fn command(&mut self, command: &Command, line: &[u8], session: &mut Session) {
         let Command { tag, name, args } = *command;
-        if is_word(name, "STARTTLS") {
-            return if args.is_empty() {
-                Decision::StartTls(tagged(tag, "OK Begin TLS negotiation now"))
-            } else {
-                Decision::Refuse(tagged(tag, "BAD STARTTLS takes no arguments"))
-            };
-        }
+        let text = strip_eol(line);
         let answered_by_backend = ["CAPABILITY", "NOOP", "ID"]
             .iter()
             .any(|known| is_word(name, known))
             || (self.required && is_word(name, "LOGOUT"));
-        if answered_by_backend {
-            return if literal_at_end(args).is_some() {
-                Decision::Refuse(tagged(tag, "BAD Literals are not accepted before STARTTLS"))
-            } else {
-                Decision::Forward(Waiting::Completion {
-                    tag: tag.to_vec(),
-                    logout: is_word(name, "LOGOUT"),
-                })
+        if is_word(name, "STARTTLS") && args.is_empty() {
+            session.send_to_client(&tagged(tag, "OK Begin TLS negotiation now"));
+            session.start_tls();
+        } else if is_word(name, "STARTTLS") {
+            self.refuse(
+                tagged(tag, "BAD STARTTLS takes no arguments"),
+                text,
+                session,
+            );
+        } else if answered_by_backend && literal_at_end(args).is_some() {
+            let reply = tagged(tag, "BAD Literals are not accepted before STARTTLS");
+            self.refuse(reply, text, session);
+        } else if answered_by_backend {
+            let logout = is_word(name, "LOGOUT");
+            if logout {
+                session.expect_backend_close();
+            }
+            session.send_to_backend(line);
+            self.waiting = Waiting::Completion {
+                tag: tag.to_vec(),
+                logout,
             };
-        }
-        if !self.required {
-            Decision::Plain
+        } else if !self.required {
+            session.send_to_backend(line);
+            session.go_plain();
         } else if is_word(name, "LOGIN") || is_word(name, "AUTHENTICATE") {
-            Decision::Refuse(tagged(
+            let reply = tagged(
                 tag,
                 "NO [PRIVACYREQUIRED] Authentication is not allowed before STARTTLS",
-            ))
+            );
+            self.refuse(reply, text, session);
         } else {
-            Decision::Refuse(tagged(tag, "BAD Command not available before STARTTLS"))
+            let reply = tagged(tag, "BAD Command not available before STARTTLS");
+            self.refuse(reply, text, session);
         }
     }
 
@@ -114,9 +128,22 @@ impl ImapPrelude {
             Some(Literal {
                 size,
                 synchronising: false,
+            }) if size > MAX_LITERAL_BEFORE_TLS => {
+                let reason = format!(
+                    "client announced a literal of more than {MAX_LITERAL_BEFORE_TLS} bytes before TLS"
+                );
+                session.say_and_close(LITERAL_TOO_LARGE, reason, false);
+            }
+            Some(Literal {
+                size,
+                synchronising: false,
             }) => {
-                session.client.skip(size);
-                self.owed_reply = Some(reply);
+                // The literal continues the command with another line, which counts like a command of its own:
+                // otherwise one command could chain literals without end.
+                if session.count_command() {
+                    session.skip_client_bytes(size);
+                    self.owed_reply = Some(reply);
+                }
             }
             _ => session.send_to_client(&reply),
         }
@@ -182,7 +209,7 @@ impl ImapPrelude {
     }
 }
 
-impl Dialect for ImapPrelude {
+impl Dialect for Prelude {
     fn greeting_received(&self) -> bool {
         !matches!(self.waiting, Waiting::Greeting)
     }
@@ -193,37 +220,30 @@ impl Dialect for ImapPrelude {
         !matches!(self.waiting, Waiting::Nothing) || self.scanner.within_response
     }
 
-    fn command(&mut self, line: &[u8], session: &mut Session) {
+    fn client_line(&mut self, line: &[u8], session: &mut Session) {
+        let text = strip_eol(line);
         if let Some(reply) = self.owed_reply.take() {
-            self.refuse(reply, strip_eol(line), session);
+            // The line goes on with a command whose literal was skipped; it is refused once it ends.
+            self.refuse(reply, text, session);
             return;
         }
-        let text = strip_eol(line);
-        let command = match parse_command(text) {
-            Ok(command) => command,
+        match parse_command(text) {
             Err(reply) => {
-                if session.admit_command() {
+                if session.count_command() {
                     self.refuse(reply, text, session);
                 }
-                return;
             }
-        };
-        let exempt = is_word(command.name, "STARTTLS") || is_word(command.name, "LOGOUT");
-        if !exempt && !session.admit_command() {
-            return;
-        }
-        match self.decide(&command) {
-            // The refusal may have to wait for a literal the command still carries.
-            Decision::Refuse(reply) => self.refuse(reply, text, session),
-            decision => {
-                if let Some(waiting) = session.act_on(decision, line) {
-                    self.waiting = waiting;
+            Ok(command) => {
+                // STARTTLS and LOGOUT end the phase, so they never count against the limit.
+                let exempt = is_word(command.name, "STARTTLS") || is_word(command.name, "LOGOUT");
+                if exempt || session.count_command() {
+                    self.command(&command, line, session);
                 }
             }
         }
     }
 
-    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
+    fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize {
         let (used, piece) = self.scanner.next(input);
         match piece {
             None => {}
@@ -232,9 +252,16 @@ impl Dialect for ImapPrelude {
             }
             Some(ServerPiece::Response(line)) => self.response(&line, session),
             Some(ServerPiece::Inner(bytes)) => session.send_to_client(&bytes),
-            Some(ServerPiece::Overlong(_)) => session.refuse_overlong_backend_line(),
+            // Before TLS every backend line is read, so one too long to hold ends the session.
+            Some(ServerPiece::Overlong(_)) => {
+                session.backend_failed("backend sent an over-long line before TLS")
+            }
         }
         used
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.scanner.lines.held_len() + self.owed_reply.as_ref().map_or(0, Vec::len)
     }
 
     fn take_backend_held(&mut self) -> Vec<u8> {
@@ -242,24 +269,82 @@ impl Dialect for ImapPrelude {
     }
 }
 
-/// After TLS: relays server output, taking STARTTLS out of capability lists.
-#[derive(Debug, Default)]
-pub(super) struct ImapFilter {
-    scanner: ResponseScanner,
+/// How much of the client's first command after TLS is kept to recognise `tag CAPABILITY`.
+const COMMAND_HEAD_LEN: usize = 128;
+
+/// Where the filter is. RFC 2595 §3.1 has the client discard what it knew and re-issue CAPABILITY after STARTTLS, so
+/// only that command's answer needs STARTTLS taken out; when the client begins with anything else (a LOGIN, say),
+/// the filter stays out of the way and relays everything unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    /// The client's first command is not complete yet; responses meanwhile pass unaltered.
+    FirstCommand,
+    /// The client began with CAPABILITY: every capability list up to its tagged completion loses STARTTLS.
+    Capabilities { tag: Vec<u8> },
+    /// Everything passes untouched from now on.
+    Done,
 }
 
-impl ImapFilter {
+/// After TLS: takes STARTTLS out of the reply to the client's first command when that is CAPABILITY. Until then it
+/// follows literals in the server's output, so literal bytes are never taken for a response.
+#[derive(Debug)]
+pub(super) struct Filter {
+    scanner: ResponseScanner,
+    stage: Stage,
+    command_head: Vec<u8>,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            scanner: ResponseScanner::default(),
+            stage: Stage::FirstCommand,
+            command_head: Vec::new(),
+        }
+    }
+}
+
+impl Filter {
+    pub(super) fn client_to_backend(&mut self, data: &[u8]) {
+        if self.stage != Stage::FirstCommand {
+            return;
+        }
+        let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
+            Some(newline) => (&data[..newline], true),
+            None => (data, false),
+        };
+        // One byte beyond the limit is kept, to tell a line that fits from one that does not.
+        let room = (COMMAND_HEAD_LEN + 1).saturating_sub(self.command_head.len());
+        self.command_head
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if ends_line {
+            self.stage = match parse_command(strip_eol(&self.command_head)) {
+                Ok(Command { tag, name, args })
+                    if self.command_head.len() <= COMMAND_HEAD_LEN
+                        && is_word(name, "CAPABILITY")
+                        && args.is_empty() =>
+                {
+                    Stage::Capabilities { tag: tag.to_vec() }
+                }
+                _ => Stage::Done,
+            };
+            self.command_head = Vec::new();
+        }
+    }
+
     pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut rest = data;
         while !rest.is_empty() {
+            if self.stage == Stage::Done {
+                self.backend_finished(out);
+                out.extend_from_slice(rest);
+                return;
+            }
             let (used, piece) = self.scanner.next(rest);
             rest = &rest[used..];
             match piece {
                 None => {}
-                Some(ServerPiece::Response(line)) => match without_starttls(&line) {
-                    Some(stripped) => out.extend_from_slice(&stripped),
-                    None => out.extend_from_slice(&line),
-                },
+                Some(ServerPiece::Response(line)) => self.response(&line, out),
                 Some(ServerPiece::Inner(bytes) | ServerPiece::Overlong(bytes)) => {
                     out.extend_from_slice(&bytes)
                 }
@@ -267,9 +352,28 @@ impl ImapFilter {
         }
     }
 
-    /// Appends the unfinished line held for filtering, unchanged: the backend has closed, so no line end will come.
+    /// Appends the unfinished line held for filtering, unchanged: the backend has closed, or filtering has stopped.
     pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.scanner.lines.take_held());
+    }
+
+    pub(super) fn held_bytes(&self) -> usize {
+        self.scanner.lines.held_len() + self.command_head.len()
+    }
+
+    fn response(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let Stage::Capabilities { tag } = &self.stage else {
+            out.extend_from_slice(line);
+            return;
+        };
+        let completes = response_parts(line).0 == tag.as_slice();
+        match without_starttls(line) {
+            Some(stripped) => out.extend_from_slice(&stripped),
+            None => out.extend_from_slice(line),
+        }
+        if completes {
+            self.stage = Stage::Done;
+        }
     }
 }
 
@@ -353,7 +457,7 @@ fn tagged(tag: &[u8], text: &str) -> Vec<u8> {
     [tag, b" ", text.as_bytes(), b"\r\n"].concat()
 }
 
-/// A literal marker ending a line: `{n}` (synchronising) or `{n+}` (not).
+/// A literal marker ending a line: `{n}` (synchronising) or `{n+}` (not), with any run of digits.
 fn literal_at_end(text: &[u8]) -> Option<Literal> {
     let inner = text.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&byte| byte == b'{')?;
@@ -364,7 +468,10 @@ fn literal_at_end(text: &[u8]) -> Option<Literal> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let size = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let size = digits.iter().fold(0u64, |size, digit| {
+        size.saturating_mul(10)
+            .saturating_add(u64::from(digit - b'0'))
+    });
     Some(Literal {
         size,
         synchronising,
@@ -450,7 +557,7 @@ fn without_starttls(line: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::super::lines::MAX_LINE;
     use super::super::testing::*;
-    use super::super::{Proto, Step};
+    use super::super::{MAX_PLAINTEXT_COMMANDS, Proto, Step};
     use super::*;
 
     const GREETING: &[u8] =
@@ -809,6 +916,97 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_too_large_for_any_number_is_still_a_literal_and_never_forwarded() {
+        let steps = after_ready(
+            "imap",
+            b"a1 NOOP {99999999999999999999}\r\na2 NOOP\r\n",
+            b"",
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\na1 BAD Literals are not accepted before STARTTLS\r\n"),
+                to_backend(b"a2 NOOP\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_non_synchronising_literal_above_the_limit_ends_the_session_unread() {
+        let reason = format!(
+            "client announced a literal of more than {MAX_LITERAL_BEFORE_TLS} bytes before TLS"
+        );
+        for marker in [
+            &b"{18446744073709551615+}"[..],
+            b"{99999999999999999999+}",
+            b"{4097+}",
+        ] {
+            let command = [&b"a1 NOOP "[..], marker, b"\r\n"].concat();
+            let steps = run(
+                "imap",
+                &[
+                    Feed::Backend(b"* OK ready\r\n"),
+                    Feed::Client(&command),
+                    Feed::Client(&[b'x'; 10240]),
+                ],
+                false,
+            );
+            assert_eq!(
+                steps,
+                [
+                    to_client(b"* OK ready\r\n* BYE Literal too large before STARTTLS\r\n"),
+                    close(&reason, false),
+                ],
+                "{}",
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_synchronising_literal_at_the_limit_is_skipped() {
+        let literal = vec![b'{'; MAX_LITERAL_BEFORE_TLS as usize];
+        let steps = after_ready(
+            "imap",
+            &[&b"a ID {4096+}\r\n"[..], &literal, b"\r\nb STARTTLS\r\n"].concat(),
+            b"",
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(
+                    b"* OK ready\r\na BAD Literals are not accepted before STARTTLS\r\nb OK Begin TLS negotiation now\r\n"
+                ),
+                begin_tls(0, b""),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_skipped_literal_counts_as_a_command() {
+        let mut chained = b"a ID (".to_vec();
+        for _ in 0..MAX_PLAINTEXT_COMMANDS {
+            chained.extend_from_slice(b"{1+}\r\nx");
+        }
+        chained.extend_from_slice(b")\r\n");
+        let steps = run(
+            "imap",
+            &[Feed::Backend(b"* OK ready\r\n"), Feed::Client(&chained)],
+            false,
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n* BYE Too many commands without STARTTLS\r\n"),
+                close(
+                    "client sent more than 100 commands without starting TLS",
+                    false
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn a_literal_in_a_backend_response_is_relayed_untouched_and_does_not_end_the_wait() {
         let steps = after_ready(
             "imap",
@@ -967,7 +1165,20 @@ mod tests {
         );
         assert_eq!(literal_at_end(b"a LOGIN {}"), None);
         assert_eq!(literal_at_end(b"a LOGIN {5} x"), None);
-        assert_eq!(literal_at_end(b"a LOGIN {99999999999999999999}"), None);
+        assert_eq!(
+            literal_at_end(b"a NOOP {99999999999999999999}"),
+            Some(Literal {
+                size: u64::MAX,
+                synchronising: true
+            })
+        );
+        assert_eq!(
+            literal_at_end(b"a NOOP {18446744073709551616+}"),
+            Some(Literal {
+                size: u64::MAX,
+                synchronising: false
+            })
+        );
         assert_eq!(literal_at_end(b"a LOGIN {-5}"), None);
     }
 
@@ -991,19 +1202,86 @@ mod tests {
         assert_eq!(without_starttls(b"* CAPABILITY  IMAP4rev1  IDLE\r\n"), None);
     }
 
+    /// The client's first command after TLS, which arms the filter.
+    const CAPABILITY: Feed = Feed::Client(b"t CAPABILITY\r\n");
+
     #[test]
     fn after_tls_starttls_is_stripped_from_capability_lists() {
         let out = filter_both(
             Proto::Imap,
-            &[Feed::Backend(
-                b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] Logged in\r\n\
-                  * CAPABILITY  IMAP4rev1  IDLE\r\n",
-            )],
+            &[
+                CAPABILITY,
+                Feed::Backend(
+                    b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\n* OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] hi\r\n\
+                      * CAPABILITY  IMAP4rev1  IDLE\r\nt OK [CAPABILITY STARTTLS IMAP4rev1] done\r\n",
+                ),
+            ],
         );
         assert_eq!(
             out,
-            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n\
-              * CAPABILITY  IMAP4rev1  IDLE\r\n"
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n* OK [CAPABILITY IMAP4rev1 IDLE] hi\r\n\
+              * CAPABILITY  IMAP4rev1  IDLE\r\nt OK [CAPABILITY IMAP4rev1] done\r\n"
+        );
+    }
+
+    #[test]
+    fn after_tls_nothing_is_filtered_after_the_first_capability_reply() {
+        let later =
+            b"* CAPABILITY IMAP4rev1 STARTTLS\r\nu OK [CAPABILITY IMAP4rev1 STARTTLS] done\r\n";
+        let out = filter_both(
+            Proto::Imap,
+            &[
+                CAPABILITY,
+                Feed::Client(b"u CAPABILITY\r\n"),
+                Feed::Backend(b"* CAPABILITY IMAP4rev1 STARTTLS\r\nt OK done\r\n"),
+                Feed::Backend(later),
+            ],
+        );
+        assert_eq!(
+            out,
+            [&b"* CAPABILITY IMAP4rev1\r\nt OK done\r\n"[..], later].concat()
+        );
+    }
+
+    #[test]
+    fn after_tls_a_first_command_other_than_capability_leaves_every_response_alone() {
+        let responses =
+            b"* CAPABILITY IMAP4rev1 STARTTLS\r\nt OK [CAPABILITY IMAP4rev1 STARTTLS] Logged in\r\n";
+        for first in [
+            &b"t LOGIN joe secret\r\n"[..],
+            b"t CAPABILITY now\r\n",
+            b"CAPABILITY\r\n",
+        ] {
+            let out = filter_both(
+                Proto::Imap,
+                &[Feed::Client(first), CAPABILITY, Feed::Backend(responses)],
+            );
+            assert_eq!(out, responses);
+        }
+        let mut long_tag = vec![b'x'; COMMAND_HEAD_LEN];
+        long_tag.extend_from_slice(b" CAPABILITY\r\n");
+        let out = filter_both(
+            Proto::Imap,
+            &[Feed::Client(&long_tag), Feed::Backend(responses)],
+        );
+        assert_eq!(out, responses);
+    }
+
+    #[test]
+    fn after_tls_responses_before_the_first_command_pass_unaltered_with_their_literals_followed() {
+        let early = b"* 1 FETCH (BODY[] {34}\r\n* CAPABILITY IMAP4rev1 STARTTLS\r\n)\r\n";
+        let out = filter_both(
+            Proto::Imap,
+            &[
+                Feed::Backend(&early[..30]),
+                CAPABILITY,
+                Feed::Backend(&early[30..]),
+                Feed::Backend(b"* CAPABILITY IMAP4rev1 STARTTLS\r\nt OK done\r\n"),
+            ],
+        );
+        assert_eq!(
+            out,
+            [&early[..], b"* CAPABILITY IMAP4rev1\r\nt OK done\r\n"].concat()
         );
     }
 
@@ -1016,7 +1294,7 @@ mod tests {
             b" BODY[1] {0}\r\n)\r\n* CAPABILITY STARTTLS IDLE\r\n",
         ]
         .concat();
-        let out = filter_both(Proto::Imap, &[Feed::Backend(&response)]);
+        let out = filter_both(Proto::Imap, &[CAPABILITY, Feed::Backend(&response)]);
         let expected = [
             &b"* 1 FETCH (BODY[] {33}\r\n"[..],
             body,
@@ -1033,34 +1311,51 @@ mod tests {
         line.extend_from_slice(
             b"\") BODY[] {33}\r\n* CAPABILITY IMAP4rev1 STARTTLS\r\n)\r\n* CAPABILITY STARTTLS\r\n",
         );
-        let out = filter_both(Proto::Imap, &[Feed::Backend(&line)]);
+        let out = filter_both(Proto::Imap, &[CAPABILITY, Feed::Backend(&line)]);
         let mut expected = line[..line.len() - b"* CAPABILITY STARTTLS\r\n".len()].to_vec();
         expected.extend_from_slice(b"* CAPABILITY\r\n");
-        assert_eq!(out, expected);
+        assert!(out == expected, "the literal or the list was misread");
     }
 
     #[test]
     fn after_tls_literal_bytes_pass_through_without_waiting_for_a_line_end() {
-        let mut after = super::super::AfterTls::new(Proto::Imap);
+        let mut after = Filter::default();
+        after.client_to_backend(b"t CAPABILITY\r\n");
         let mut out = Vec::new();
         after.backend_to_client(b"* 1 FETCH (BODY[] {100}\r\nhalf of", &mut out);
         assert_eq!(out, b"* 1 FETCH (BODY[] {100}\r\nhalf of");
     }
 
     #[test]
+    fn after_tls_bytes_pass_without_waiting_for_a_line_end_once_filtering_is_over() {
+        let mut after = Filter::default();
+        after.client_to_backend(b"t CAPABILITY\r\nu NOOP\r\n");
+        let mut out = Vec::new();
+        after.backend_to_client(b"* CAPABILITY STARTTLS\r\nt OK done\r\n* 3 EXI", &mut out);
+        assert_eq!(out, b"* CAPABILITY\r\nt OK done\r\n* 3 EXI");
+        assert_eq!(after.held_bytes(), 0);
+    }
+
+    #[test]
     fn after_tls_an_unfinished_line_is_delivered_when_the_backend_closes() {
         let response = b"* CAPABILITY IMAP4rev1 STARTTLS\r\n* BYE Autologout; idle for too long";
         let filtered = b"* CAPABILITY IMAP4rev1\r\n* BYE Autologout; idle for too long";
-        let open = filter_both(Proto::Imap, &[Feed::Backend(response)]);
+        let open = filter_both(Proto::Imap, &[CAPABILITY, Feed::Backend(response)]);
         assert_eq!(open, b"* CAPABILITY IMAP4rev1\r\n");
-        let closed = filter_both(Proto::Imap, &[Feed::Backend(response), Feed::BackendEof]);
+        let closed = filter_both(
+            Proto::Imap,
+            &[CAPABILITY, Feed::Backend(response), Feed::BackendEof],
+        );
         assert_eq!(closed, filtered);
     }
 
     #[test]
     fn after_tls_a_response_without_a_final_crlf_is_delivered_when_the_backend_closes() {
         let response = b"* OK [ALERT] shutting down";
-        let out = filter_both(Proto::Imap, &[Feed::Backend(response), Feed::BackendEof]);
+        let out = filter_both(
+            Proto::Imap,
+            &[CAPABILITY, Feed::Backend(response), Feed::BackendEof],
+        );
         assert_eq!(out, response);
     }
 }

@@ -216,6 +216,11 @@ impl LineSplitter {
         &self.ending
     }
 
+    /// How many bytes of an unfinished line are held.
+    pub(super) fn held_len(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Bytes of an unfinished line that were taken but not yet handed out as a piece.
     pub(super) fn take_held(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.partial)

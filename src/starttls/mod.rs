@@ -1,7 +1,8 @@
-//! Server-side STARTTLS for IMAP, POP3 and SMTP as pure state machines: bytes in, [`Step`]s out. [`Prelude`] speaks
-//! the plaintext phase up to the TLS switch; [`AfterTls`] strips STARTTLS from capability lists once TLS is up.
-//! This module must never do I/O or block, never hold more than a fixed number of bytes, and never let a client byte
-//! that followed an accepted STARTTLS/STLS line reach the backend or be acted on.
+//! Server-side STARTTLS for IMAP, POP3 and SMTP as pure state machines. [`Prelude`] speaks the plaintext phase up to
+//! the TLS switch: bytes and events in, [`Step`]s out. [`AfterTls`] takes STARTTLS out of the capability list the
+//! backend sends once TLS is up. Each protocol is one file (`imap.rs`, `pop3.rs`, `smtp.rs`) holding both halves.
+//! This module must never do I/O or block, never hold more than [`MAX_HELD_BYTES`] between calls, and never let a
+//! client byte that followed an accepted STARTTLS/STLS line reach the backend or be acted on.
 
 mod imap;
 mod lines;
@@ -10,17 +11,25 @@ mod smtp;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-use lines::{
-    ClientInput, LineSplitter, LineTooLong, MAX_LINE, Piece, has_smuggling_bytes, is_word,
-    split_word, strip_eol,
-};
+use lines::{ClientInput, LineTooLong, MAX_LINE};
+
+use crate::relay::SessionFilter;
 
 /// Commands a client may send before TLS (STARTTLS, LOGOUT and QUIT aside) before the session is closed.
 const MAX_PLAINTEXT_COMMANDS: u32 = 100;
 
 /// Client bytes held while the backend has not yet answered: room for a pipelined burst, but not for a flood.
 const MAX_HELD_CLIENT_BYTES: usize = 2 * MAX_LINE;
+
+/// The most a [`Prelude`] holds between calls ([`Prelude::held_bytes`]): the client's unanswered bytes, the start of
+/// one backend line and a refusal owed to a command still arriving.
+pub const MAX_HELD_BYTES: usize = MAX_HELD_CLIENT_BYTES + 2 * MAX_LINE;
+
+/// The most an [`AfterTls`] holds between calls ([`AfterTls::held_bytes`]): the start of one line, one line waiting
+/// for the next, and the start of the client's first command.
+pub const MAX_FILTER_HELD_BYTES: usize = 2 * MAX_LINE + 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -83,8 +92,9 @@ pub enum Step {
     ToBackend(Vec<u8>),
     /// The client's STARTTLS/STLS was accepted: every earlier ToClient must be flushed, then the TLS handshake starts
     /// on the raw client socket. All client bytes that came after the STARTTLS line were dropped by the engine;
-    /// `discarded` says how many (the I/O side logs an injection warning when > 0). `backend_pending`: backend bytes
-    /// the engine held back, to be delivered to the client only inside TLS. No Step ever follows BeginTls.
+    /// `discarded` says how many (the I/O side logs an injection warning when > 0, adding any bytes it reads from the
+    /// client before the switch, which it must drop too). `backend_pending`: backend bytes the engine held back, to
+    /// be delivered to the client only inside TLS. No Step ever follows BeginTls.
     BeginTls {
         discarded: usize,
         backend_pending: Vec<u8>,
@@ -96,6 +106,47 @@ pub enum Step {
     Close { reason: String, error: bool },
 }
 
+/// A time limit of the plaintext phase that the I/O side saw pass (it keeps the clock; the engine has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// Nothing moved either way for this long.
+    Idle(Duration),
+    /// The whole time allowed before TLS (greeting, plaintext phase and handshake together) is used up.
+    Total(Duration),
+}
+
+/// What a protocol says when the engine itself ends a session; an empty text means the protocol wants a silent
+/// close there.
+#[derive(Debug)]
+struct Farewells {
+    line_too_long: &'static [u8],
+    flooded: &'static [u8],
+    too_many_commands: &'static [u8],
+    /// The backend failed: closed early, never greeted, or sent something unusable.
+    backend_lost: &'static [u8],
+    /// The client used up a time limit.
+    timed_out: &'static [u8],
+}
+
+/// One protocol's plaintext phase. Every dialect has this one shape: it reads whole client lines and as much backend
+/// output as makes one piece, and answers by calling the verbs of [`Session`].
+trait Dialect: Send + fmt::Debug {
+    fn greeting_received(&self) -> bool;
+    /// True while the greeting, the reply to a forwarded command, or the rest of a response already partly relayed is
+    /// outstanding; client lines wait meanwhile, so replies come back whole and in order, and nothing is acted on
+    /// before the backend has spoken.
+    fn awaiting_backend(&self) -> bool;
+    /// Handles one whole client line, terminator included.
+    fn client_line(&mut self, line: &[u8], session: &mut Session);
+    /// Handles backend bytes from the front of `input` up to one complete piece; returns how many it took (at least
+    /// one of a non-empty input).
+    fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize;
+    /// How many bytes the dialect holds: the start of an unfinished backend line, a refusal it owes.
+    fn held_bytes(&self) -> usize;
+    /// Backend bytes taken but not yet relayed: the start of an unfinished line.
+    fn take_backend_held(&mut self) -> Vec<u8>;
+}
+
 /// How the plaintext phase ends, decided while handling one line and carried out once the line's steps are out.
 #[derive(Debug)]
 enum Ending {
@@ -104,43 +155,8 @@ enum Ending {
     Close { reason: String, error: bool },
 }
 
-/// What the protocol says when the engine itself ends a session.
-#[derive(Debug)]
-struct Farewells {
-    line_too_long: &'static [u8],
-    flooded: &'static [u8],
-    too_many_commands: &'static [u8],
-    backend_lost: &'static [u8],
-}
-
-/// How a line-based protocol (POP3, SMTP) screens a command line before deciding what to do with it.
-struct Screening {
-    /// The commands that do not count against [`MAX_PLAINTEXT_COMMANDS`]: the switch itself and leaving.
-    exempt: [&'static str; 2],
-    invalid_characters: &'static [u8],
-    empty: &'static [u8],
-}
-
-/// What a dialect decided to do with one readable client command; `R` is a reply to the client.
-enum Decision<W, R = &'static [u8]> {
-    /// Accept STARTTLS/STLS: send the go-ahead, then switch to TLS.
-    StartTls(R),
-    /// Forward the line; its reply is then awaited in state `W`.
-    Forward(W),
-    /// Optional mode only: forward the line, then relay both ways untouched.
-    Plain,
-    /// Answer with the refusal; nothing reaches the backend.
-    Refuse(R),
-}
-
-/// A dialect's state while the reply to a forwarded command is awaited.
-trait AwaitedReply {
-    /// The command ends the session (QUIT, LOGOUT), so the backend closing after its reply is no error.
-    fn ends_session(&self) -> bool;
-}
-
-/// The state every protocol's plaintext phase shares: the steps produced so far, the client bytes not yet acted on,
-/// and how the phase is to end.
+/// What a dialect talks to: the steps produced so far, the client bytes not yet acted on, the command count, and how
+/// the phase is to end. Its methods are the only things a dialect can do.
 #[derive(Debug)]
 struct Session {
     farewells: &'static Farewells,
@@ -149,6 +165,8 @@ struct Session {
     ending: Option<Ending>,
     commands: u32,
     backend_close_expected: bool,
+    /// Bytes handed to the client so far, so the engine can tell whether a backend piece relayed anything.
+    sent_to_client: u64,
 }
 
 impl Session {
@@ -160,10 +178,12 @@ impl Session {
             ending: None,
             commands: 0,
             backend_close_expected: false,
+            sent_to_client: 0,
         }
     }
 
     fn send_to_client(&mut self, bytes: &[u8]) {
+        self.sent_to_client += bytes.len() as u64;
         if let Some(Step::ToClient(pending)) = self.steps.last_mut() {
             pending.extend_from_slice(bytes);
         } else if !bytes.is_empty() {
@@ -179,10 +199,12 @@ impl Session {
         }
     }
 
+    /// Switches to TLS once this line's steps are out; whatever the client sent after the line is dropped.
     fn start_tls(&mut self) {
         self.end(Ending::Tls);
     }
 
+    /// Optional mode: relays both ways untouched once this line's steps are out.
     fn go_plain(&mut self) {
         self.end(Ending::Plain);
     }
@@ -205,7 +227,7 @@ impl Session {
     }
 
     /// Counts one more plaintext command; past the limit the session is closed and the command must be ignored.
-    fn admit_command(&mut self) -> bool {
+    fn count_command(&mut self) -> bool {
         self.commands += 1;
         if self.commands <= MAX_PLAINTEXT_COMMANDS {
             return true;
@@ -216,64 +238,9 @@ impl Session {
         false
     }
 
-    /// Counts a line-based protocol's command line and answers it here if it cannot be read; otherwise returns its
-    /// verb and arguments for the dialect to decide on.
-    fn screen_command<'a>(
-        &mut self,
-        line: &'a [u8],
-        screening: &Screening,
-    ) -> Option<(&'a [u8], &'a [u8])> {
-        let text = strip_eol(line);
-        let (verb, args) = split_word(text);
-        let exempt = screening.exempt.iter().any(|word| is_word(verb, word));
-        if !exempt && !self.admit_command() {
-            return None;
-        }
-        if has_smuggling_bytes(text) {
-            self.send_to_client(screening.invalid_characters);
-            return None;
-        }
-        if verb.is_empty() {
-            self.send_to_client(screening.empty);
-            return None;
-        }
-        Some((verb, args))
-    }
-
-    /// Carries out what was decided for the client's `line`; returns the state to wait in when it was forwarded.
-    fn act_on<W: AwaitedReply, R: AsRef<[u8]>>(
-        &mut self,
-        decision: Decision<W, R>,
-        line: &[u8],
-    ) -> Option<W> {
-        match decision {
-            Decision::StartTls(go_ahead) => {
-                self.send_to_client(go_ahead.as_ref());
-                self.start_tls();
-                None
-            }
-            Decision::Forward(waiting) => {
-                if waiting.ends_session() {
-                    self.expect_backend_close();
-                }
-                self.send_to_backend(line);
-                Some(waiting)
-            }
-            Decision::Plain => {
-                self.send_to_backend(line);
-                self.go_plain();
-                None
-            }
-            Decision::Refuse(reply) => {
-                self.send_to_client(reply.as_ref());
-                None
-            }
-        }
-    }
-
-    /// Before TLS every backend line is read, so one too long to hold ends the session.
-    fn refuse_overlong_backend_line(&mut self) {
-        self.backend_failed("backend sent an over-long line before TLS");
+    /// Drops the next `count` client bytes unread, whether they have arrived or not.
+    fn skip_client_bytes(&mut self, count: u64) {
+        self.client.skip(count);
     }
 
     /// The backend announced (or was asked for) the end of the session, so its EOF is no error.
@@ -292,96 +259,14 @@ impl Session {
     }
 }
 
-/// One protocol's plaintext phase, driven by [`Prelude`].
-trait Dialect: Send + fmt::Debug {
-    fn greeting_received(&self) -> bool;
-    /// True while the greeting, the reply to a forwarded command, or the rest of a response already partly relayed is
-    /// outstanding; client lines wait meanwhile, so replies come back whole and in order, and nothing is acted on
-    /// before the backend has spoken.
-    fn awaiting_backend(&self) -> bool;
-    /// Handles one whole client line, terminator included.
-    fn command(&mut self, line: &[u8], session: &mut Session);
-    /// Handles backend bytes from the front of `input` up to one complete piece; returns how many it took (at least
-    /// one of a non-empty input).
-    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize;
-    /// Backend bytes taken but not yet relayed: the start of an unfinished line.
-    fn take_backend_held(&mut self) -> Vec<u8>;
-}
-
-/// A protocol spoken one command line and one reply at a time before TLS (POP3, SMTP), driven by [`LinePrelude`]:
-/// it only decides on commands and reads whole reply lines.
-trait LineProtocol: Send + fmt::Debug {
-    /// What the protocol waits for after forwarding a command.
-    type Waiting: AwaitedReply;
-    const SCREENING: Screening;
-    fn greeting_received(&self) -> bool;
-    /// See [`Dialect::awaiting_backend`].
-    fn awaiting_backend(&self) -> bool;
-    /// What to do with a command that passed [`Session::screen_command`].
-    fn decide(&self, verb: &[u8], args: &[u8]) -> Decision<Self::Waiting>;
-    fn await_reply(&mut self, waiting: Self::Waiting);
-    /// Handles one whole backend line, terminator included.
-    fn reply_line(&mut self, line: &[u8], session: &mut Session);
-}
-
-/// The [`Dialect`] of a [`LineProtocol`]: client lines are screened, decided on and acted on here, and backend output
-/// is cut into whole lines for the protocol to read.
-#[derive(Debug)]
-struct LinePrelude<P> {
-    protocol: P,
-    lines: LineSplitter,
-}
-
-impl<P: LineProtocol> LinePrelude<P> {
-    fn new(protocol: P) -> Self {
-        LinePrelude {
-            protocol,
-            lines: LineSplitter::default(),
-        }
-    }
-}
-
-impl<P: LineProtocol> Dialect for LinePrelude<P> {
-    fn greeting_received(&self) -> bool {
-        self.protocol.greeting_received()
-    }
-
-    fn awaiting_backend(&self) -> bool {
-        self.protocol.awaiting_backend()
-    }
-
-    fn command(&mut self, line: &[u8], session: &mut Session) {
-        let Some((verb, args)) = session.screen_command(line, &P::SCREENING) else {
-            return;
-        };
-        let decision = self.protocol.decide(verb, args);
-        if let Some(waiting) = session.act_on(decision, line) {
-            self.protocol.await_reply(waiting);
-        }
-    }
-
-    fn backend_piece(&mut self, input: &[u8], session: &mut Session) -> usize {
-        let (used, piece) = self.lines.next(input);
-        match piece {
-            None => {}
-            Some(Piece::Line(line)) => self.protocol.reply_line(&line, session),
-            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
-                session.refuse_overlong_backend_line()
-            }
-        }
-        used
-    }
-
-    fn take_backend_held(&mut self) -> Vec<u8> {
-        self.lines.take_held()
-    }
-}
-
 /// The plaintext phase, from connect to BeginTls/PlainRelay/Close.
 #[derive(Debug)]
 pub struct Prelude {
     dialect: Box<dyn Dialect>,
     session: Session,
+    /// Part of a backend response has reached the client and the rest is still to come: a farewell of ours now would
+    /// land in its middle.
+    reply_in_progress: bool,
     finished: bool,
 }
 
@@ -389,21 +274,22 @@ impl Prelude {
     pub fn new(mode: StartTlsMode) -> Prelude {
         let (dialect, farewells): (Box<dyn Dialect>, _) = match mode.proto {
             Proto::Imap => (
-                Box::new(imap::ImapPrelude::new(mode.required)),
+                Box::new(imap::Prelude::new(mode.required)),
                 &imap::FAREWELLS,
             ),
             Proto::Pop3 => (
-                Box::new(LinePrelude::new(pop3::Pop3Prelude::new(mode.required))),
+                Box::new(pop3::Prelude::new(mode.required)),
                 &pop3::FAREWELLS,
             ),
             Proto::Smtp => (
-                Box::new(LinePrelude::new(smtp::SmtpPrelude::new(mode.required))),
+                Box::new(smtp::Prelude::new(mode.required)),
                 &smtp::FAREWELLS,
             ),
         };
         Prelude {
             dialect,
             session: Session::new(farewells),
+            reply_in_progress: false,
             finished: false,
         }
     }
@@ -432,8 +318,15 @@ impl Prelude {
         // One piece at a time: a completed reply may release a waiting STARTTLS, and whatever the backend sent after
         // that point must then be held back for TLS rather than relayed in plaintext.
         while !rest.is_empty() && !self.session.is_ending() {
-            let used = self.dialect.backend_piece(rest, &mut self.session);
+            let relayed_before = self.session.sent_to_client;
+            let used = self.dialect.backend_bytes(rest, &mut self.session);
             rest = &rest[used..];
+            if self.session.sent_to_client > relayed_before {
+                self.reply_in_progress = true;
+            }
+            if !self.dialect.awaiting_backend() {
+                self.reply_in_progress = false;
+            }
             self.run_client_commands();
         }
         self.conclude(rest)
@@ -465,11 +358,54 @@ impl Prelude {
         self.conclude(&[])
     }
 
+    /// A time limit passed: the session ends as an error, with the protocol's farewell unless a backend response is
+    /// half relayed. Waiting on the backend (its greeting, or a reply) makes it the backend's failure.
+    pub fn time_out(&mut self, limit: TimeLimit) -> Vec<Step> {
+        if self.finished {
+            return Vec::new();
+        }
+        let farewells = self.session.farewells;
+        let (farewell, reason) = match limit {
+            _ if !self.dialect.greeting_received() => (
+                farewells.backend_lost,
+                format!("backend sent no greeting within {} s", limit_seconds(limit)),
+            ),
+            TimeLimit::Idle(idle) => (
+                self.timeout_farewell(),
+                format!("idle for {} s before TLS, closed", idle.as_secs()),
+            ),
+            TimeLimit::Total(total) => (
+                self.timeout_farewell(),
+                format!("TLS not established within {} s, closed", total.as_secs()),
+            ),
+        };
+        let farewell = if self.reply_in_progress {
+            &[][..]
+        } else {
+            farewell
+        };
+        self.session.say_and_close(farewell, reason, true);
+        self.conclude(&[])
+    }
+
+    /// Bytes the engine holds between calls; never more than [`MAX_HELD_BYTES`].
+    pub fn held_bytes(&self) -> usize {
+        self.session.client.held_len() + self.dialect.held_bytes()
+    }
+
+    fn timeout_farewell(&self) -> &'static [u8] {
+        if self.dialect.awaiting_backend() {
+            self.session.farewells.backend_lost
+        } else {
+            self.session.farewells.timed_out
+        }
+    }
+
     fn run_client_commands(&mut self) {
         while !self.session.is_ending() && !self.dialect.awaiting_backend() {
             match self.session.client.next_line() {
                 None => return,
-                Some(Ok(line)) => self.dialect.command(&line, &mut self.session),
+                Some(Ok(line)) => self.dialect.client_line(&line, &mut self.session),
                 Some(Err(LineTooLong)) => {
                     let reason = format!("client sent a line longer than {MAX_LINE} bytes");
                     let farewell = self.session.farewells.line_too_long;
@@ -485,10 +421,11 @@ impl Prelude {
         if let Some(ending) = self.session.ending.take() {
             let step = match ending {
                 Ending::Tls => {
+                    let discarded = self.session.client.take_all().len();
                     let mut backend_pending = self.dialect.take_backend_held();
                     backend_pending.extend_from_slice(backend_rest);
                     Step::BeginTls {
-                        discarded: self.session.client.held_len(),
+                        discarded,
                         backend_pending,
                     }
                 }
@@ -500,20 +437,28 @@ impl Prelude {
                     self.session.send_to_client(backend_rest);
                     Step::PlainRelay
                 }
-                Ending::Close { reason, error } => Step::Close { reason, error },
+                Ending::Close { reason, error } => {
+                    self.session.client.take_all();
+                    self.dialect.take_backend_held();
+                    Step::Close { reason, error }
+                }
             };
             self.session.steps.push(step);
             self.finished = true;
         }
+        debug_assert!(self.held_bytes() <= MAX_HELD_BYTES);
         std::mem::take(&mut self.session.steps)
     }
 }
 
-/// After the handshake: the session is relayed, but STARTTLS/STLS must be stripped from every capability list the
-/// backend sends (IMAP untagged CAPABILITY and [CAPABILITY ...] codes; POP3 CAPA replies only — never a message body;
-/// SMTP EHLO replies — fix the `250-`/`250 ` continuation when the removed line was the last). Must respect IMAP
-/// literals `{n}` in server output (bytes inside a literal are never altered) and POP3 multi-line replies (only the
-/// CAPA reply is filtered: track the client's commands to know which reply is which, pipelining included).
+fn limit_seconds(limit: TimeLimit) -> u64 {
+    match limit {
+        TimeLimit::Idle(duration) | TimeLimit::Total(duration) => duration.as_secs(),
+    }
+}
+
+/// After the handshake: the session is relayed, and STARTTLS/STLS is taken out of the backend's first capability
+/// reply (SMTP: out of every EHLO reply, RFC 3207 §4.2). Each protocol's rules are in its own file.
 #[derive(Debug)]
 pub struct AfterTls {
     filter: Filter,
@@ -521,40 +466,52 @@ pub struct AfterTls {
 
 #[derive(Debug)]
 enum Filter {
-    Imap(imap::ImapFilter),
-    Pop3(pop3::Pop3Filter),
-    Smtp(smtp::SmtpFilter),
+    Imap(imap::Filter),
+    Pop3(pop3::Filter),
+    Smtp(smtp::Filter),
 }
 
 impl AfterTls {
     pub fn new(proto: Proto) -> AfterTls {
         let filter = match proto {
-            Proto::Imap => Filter::Imap(imap::ImapFilter::default()),
-            Proto::Pop3 => Filter::Pop3(pop3::Pop3Filter::default()),
-            Proto::Smtp => Filter::Smtp(smtp::SmtpFilter::default()),
+            Proto::Imap => Filter::Imap(imap::Filter::default()),
+            Proto::Pop3 => Filter::Pop3(pop3::Filter::default()),
+            Proto::Smtp => Filter::Smtp(smtp::Filter::default()),
         };
         AfterTls { filter }
     }
 
-    /// Observes bytes the client sends; call it no later than forwarding them, so the backend's reply is expected.
-    pub fn client_to_backend(&mut self, data: &[u8]) {
-        if let Filter::Pop3(filter) = &mut self.filter {
-            filter.client_to_backend(data);
+    /// Bytes the filter holds between calls; never more than [`MAX_FILTER_HELD_BYTES`].
+    pub fn held_bytes(&self) -> usize {
+        match &self.filter {
+            Filter::Imap(filter) => filter.held_bytes(),
+            Filter::Pop3(filter) => filter.held_bytes(),
+            Filter::Smtp(filter) => filter.held_bytes(),
+        }
+    }
+}
+
+impl SessionFilter for AfterTls {
+    /// Observes what the client sends (IMAP and POP3 look at its first command); call it no later than forwarding
+    /// the bytes, so a reply is never seen before the command it answers.
+    fn client_to_backend(&mut self, data: &[u8]) {
+        match &mut self.filter {
+            Filter::Imap(filter) => filter.client_to_backend(data),
+            Filter::Pop3(filter) => filter.client_to_backend(data),
+            Filter::Smtp(_) => {}
         }
     }
 
-    /// Appends the backend's bytes to `out`, minus any STARTTLS/STLS advertisement.
-    pub fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
         match &mut self.filter {
             Filter::Imap(filter) => filter.backend_to_client(data, out),
             Filter::Pop3(filter) => filter.backend_to_client(data, out),
             Filter::Smtp(filter) => filter.backend_to_client(data, out),
         }
+        debug_assert!(self.held_bytes() <= MAX_FILTER_HELD_BYTES);
     }
 
-    /// The backend has closed: appends to `out` whatever was held back waiting for the rest of a line, so it reaches
-    /// the client before the session's end does.
-    pub fn backend_finished(&mut self, out: &mut Vec<u8>) {
+    fn backend_finished(&mut self, out: &mut Vec<u8>) {
         match &mut self.filter {
             Filter::Imap(filter) => filter.backend_finished(out),
             Filter::Pop3(filter) => filter.backend_finished(out),
@@ -622,15 +579,18 @@ mod testing {
         for feed in feeds {
             match feed {
                 Feed::Client(data) => each_chunk(data, byte_by_byte, |chunk| {
-                    steps.extend(prelude.client_bytes(chunk))
+                    steps.extend(prelude.client_bytes(chunk));
+                    assert!(prelude.held_bytes() <= MAX_HELD_BYTES);
                 }),
                 Feed::Backend(data) => each_chunk(data, byte_by_byte, |chunk| {
-                    steps.extend(prelude.backend_bytes(chunk))
+                    steps.extend(prelude.backend_bytes(chunk));
+                    assert!(prelude.held_bytes() <= MAX_HELD_BYTES);
                 }),
                 Feed::ClientEof => steps.extend(prelude.client_eof()),
                 Feed::BackendEof => steps.extend(prelude.backend_eof()),
             }
         }
+        assert_nothing_follows_the_end(&steps);
         merge(steps)
     }
 
@@ -661,13 +621,27 @@ mod testing {
                     each_chunk(data, byte_by_byte, |chunk| after.client_to_backend(chunk))
                 }
                 Feed::Backend(data) => each_chunk(data, byte_by_byte, |chunk| {
-                    after.backend_to_client(chunk, &mut out)
+                    after.backend_to_client(chunk, &mut out);
+                    assert!(after.held_bytes() <= MAX_FILTER_HELD_BYTES);
                 }),
                 Feed::BackendEof => after.backend_finished(&mut out),
                 Feed::ClientEof => {}
             }
         }
         out
+    }
+
+    /// BeginTls, PlainRelay and Close are last: nothing is forwarded or said after the phase has ended.
+    fn assert_nothing_follows_the_end(steps: &[Step]) {
+        let end = steps.iter().position(|step| {
+            matches!(
+                step,
+                Step::BeginTls { .. } | Step::PlainRelay | Step::Close { .. }
+            )
+        });
+        if let Some(end) = end {
+            assert_eq!(end, steps.len() - 1, "steps after the end: {steps:?}");
+        }
     }
 
     fn each_chunk(data: &[u8], byte_by_byte: bool, mut handle: impl FnMut(&[u8])) {
@@ -795,8 +769,8 @@ mod tests {
     }
 
     #[test]
-    fn after_tls_for_smtp_and_imap_ignores_client_bytes() {
-        for proto in [Proto::Imap, Proto::Smtp] {
+    fn after_tls_output_without_a_capability_list_passes_whatever_the_client_sent() {
+        for proto in [Proto::Imap, Proto::Pop3, Proto::Smtp] {
             let out = filter_both(
                 proto,
                 &[
@@ -805,6 +779,160 @@ mod tests {
                 ],
             );
             assert_eq!(out, b"+OK fine\r\n");
+        }
+    }
+
+    /// The steps of `time_out(limit)` after `feeds` in `mode`.
+    fn timed_out_after(mode: &str, feeds: &[&[u8]], limit: TimeLimit) -> Vec<Step> {
+        let mut prelude = Prelude::new(mode.parse().unwrap());
+        for (index, feed) in feeds.iter().enumerate() {
+            // Backend and client take turns, the backend first.
+            if index % 2 == 0 {
+                prelude.backend_bytes(feed);
+            } else {
+                prelude.client_bytes(feed);
+            }
+        }
+        let steps = prelude.time_out(limit);
+        assert_eq!(prelude.time_out(limit), [], "nothing follows the end");
+        assert_eq!(prelude.held_bytes(), 0);
+        steps
+    }
+
+    const TEN: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn no_greeting_in_time_tells_the_client_the_server_is_unavailable() {
+        let reason = "backend sent no greeting within 10 s";
+        for (mode, farewell) in [
+            ("imap", &b"* BYE Server unavailable\r\n"[..]),
+            ("pop3-", b"-ERR Server unavailable\r\n"),
+            (
+                "smtp",
+                b"421 4.3.0 Service not available, closing connection\r\n",
+            ),
+        ] {
+            for limit in [TimeLimit::Total(TEN), TimeLimit::Idle(TEN)] {
+                assert_eq!(
+                    timed_out_after(mode, &[], limit),
+                    [to_client(farewell), close(reason, true)],
+                    "{mode}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_out_of_time_gets_the_protocols_timeout_reply_except_in_pop3() {
+        let idle = "idle for 10 s before TLS, closed";
+        let total = "TLS not established within 10 s, closed";
+        assert_eq!(
+            timed_out_after(
+                "imap",
+                &[b"* OK ready\r\n", b"a NOO"],
+                TimeLimit::Total(TEN)
+            ),
+            [
+                to_client(b"* BYE Timeout waiting for STARTTLS\r\n"),
+                close(total, true)
+            ]
+        );
+        assert_eq!(
+            timed_out_after("smtp-", &[b"220 mx\r\n"], TimeLimit::Idle(TEN)),
+            [
+                to_client(b"421 4.4.2 Timeout waiting for STARTTLS, closing connection\r\n"),
+                close(idle, true)
+            ]
+        );
+        // RFC 1939 §3: a POP3 server whose inactivity timer expires closes without a response.
+        assert_eq!(
+            timed_out_after("pop3", &[b"+OK ready\r\n"], TimeLimit::Idle(TEN)),
+            [close(idle, true)]
+        );
+    }
+
+    #[test]
+    fn a_backend_out_of_time_with_a_reply_is_the_backends_failure() {
+        assert_eq!(
+            timed_out_after(
+                "smtp",
+                &[b"220 mx\r\n", b"EHLO c\r\n"],
+                TimeLimit::Idle(TEN)
+            ),
+            [
+                to_client(b"421 4.3.0 Service not available, closing connection\r\n"),
+                close("idle for 10 s before TLS, closed", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn no_farewell_lands_in_the_middle_of_a_relayed_response() {
+        assert_eq!(
+            timed_out_after("smtp", &[b"220-mx.example\r\n"], TimeLimit::Total(TEN)),
+            [close("backend sent no greeting within 10 s", true)]
+        );
+        let steps = timed_out_after(
+            "imap",
+            &[
+                b"* OK ready\r\n",
+                b"a CAPABILITY\r\n",
+                b"* CAPABILITY IMAP4rev1\r\n",
+            ],
+            TimeLimit::Idle(TEN),
+        );
+        assert_eq!(steps, [close("idle for 10 s before TLS, closed", true)]);
+        let steps = timed_out_after(
+            "pop3",
+            &[b"+OK ready\r\n", b"CAPA\r\n", b"+OK\r\nTOP\r\n"],
+            TimeLimit::Idle(TEN),
+        );
+        assert_eq!(steps, [close("idle for 10 s before TLS, closed", true)]);
+    }
+
+    #[test]
+    fn a_complete_reply_makes_room_for_a_farewell_again() {
+        let steps = timed_out_after(
+            "imap",
+            &[
+                b"* OK ready\r\n",
+                b"a CAPABILITY\r\n",
+                b"* CAPABILITY IMAP4rev1\r\na OK done\r\n",
+            ],
+            TimeLimit::Total(TEN),
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* BYE Timeout waiting for STARTTLS\r\n"),
+                close("TLS not established within 10 s, closed", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_held_once_the_phase_has_ended() {
+        let mut prelude = Prelude::new("imap".parse().unwrap());
+        prelude.backend_bytes(b"* OK ready\r\n* 1 EXI");
+        let steps = prelude.client_bytes(b"a STARTTLS\r\nb LOGIN u p\r\nc NOOP");
+        assert_eq!(
+            steps.last(),
+            Some(&begin_tls(b"b LOGIN u p\r\nc NOOP".len(), b"* 1 EXI"))
+        );
+        assert_eq!(prelude.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_flood_is_never_held_beyond_the_limit_whatever_the_chunks() {
+        for chunk in [1, 1000, 16 * 1024, 200 * 1024] {
+            let mut prelude = Prelude::new("smtp".parse().unwrap());
+            prelude.backend_bytes(b"220 mx\r\n");
+            prelude.client_bytes(b"EHLO c\r\n");
+            let flood = vec![b'x'; chunk];
+            for _ in 0..(300 * 1024 / chunk) {
+                prelude.client_bytes(&flood);
+                assert!(prelude.held_bytes() <= MAX_HELD_BYTES, "chunks of {chunk}");
+            }
         }
     }
 }

@@ -1,18 +1,21 @@
 //! POP3 (RFC 1939, CAPA per RFC 2449, STLS per RFC 2595): the plaintext phase up to STLS, and the filter that strips
-//! STLS from CAPA replies after TLS.
+//! STLS from the first CAPA reply after TLS.
 //! It must never forward STLS, nor USER/PASS/APOP/AUTH while TLS is required, and after TLS it must never alter any
-//! reply but CAPA's — above all never a message body.
+//! reply but the first CAPA's — above all never a message body.
 
-use std::collections::VecDeque;
-
-use super::lines::{LineSplitter, Piece, is_word, printable, split_word, strip_eol, trim_spaces};
-use super::{AwaitedReply, Decision, Farewells, LineProtocol, Screening, Session};
+use super::lines::{
+    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
+    trim_spaces,
+};
+use super::{Dialect, Farewells, Session};
 
 pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"-ERR Command line too long\r\n",
     flooded: b"-ERR Too much pipelined input before STLS\r\n",
     too_many_commands: b"-ERR Too many commands without STLS\r\n",
     backend_lost: b"-ERR Server unavailable\r\n",
+    // RFC 1939 §3: when its inactivity timer expires a server closes the connection without sending any response.
+    timed_out: b"",
 };
 
 /// Sent for CAPA when the backend does not implement it: RFC 2595 requires CAPA from a server offering STLS.
@@ -21,13 +24,14 @@ const OWN_CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nSTLS\r\n.\r\n";
 /// The plaintext phase of a POP3 session. Only CAPA and QUIT reach the backend; everything else is answered here or,
 /// when TLS is optional, ends the phase.
 #[derive(Debug)]
-pub(super) struct Pop3Prelude {
+pub(super) struct Prelude {
     required: bool,
     waiting: Waiting,
+    lines: LineSplitter,
 }
 
 #[derive(Debug)]
-pub(super) enum Waiting {
+enum Waiting {
     Greeting,
     Nothing,
     CapaStatus,
@@ -35,18 +39,18 @@ pub(super) enum Waiting {
     QuitReply,
 }
 
-impl AwaitedReply for Waiting {
-    fn ends_session(&self) -> bool {
-        matches!(self, Waiting::QuitReply)
-    }
-}
-
-impl Pop3Prelude {
+impl Prelude {
     pub(super) fn new(required: bool) -> Self {
-        Pop3Prelude {
+        Prelude {
             required,
             waiting: Waiting::Greeting,
+            lines: LineSplitter::default(),
         }
+    }
+
+    fn forward(&mut self, line: &[u8], waiting: Waiting, session: &mut Session) {
+        session.send_to_backend(line);
+        self.waiting = waiting;
     }
 
     /// Whether a CAPA line is passed on before TLS: never the backend's own STLS (ours is added), and when TLS is
@@ -56,54 +60,6 @@ impl Pop3Prelude {
         let hidden = is_word(capability, "STLS")
             || (self.required && (is_word(capability, "USER") || is_word(capability, "SASL")));
         !hidden
-    }
-}
-
-impl LineProtocol for Pop3Prelude {
-    type Waiting = Waiting;
-
-    const SCREENING: Screening = Screening {
-        exempt: ["STLS", "QUIT"],
-        invalid_characters: b"-ERR Invalid characters in command\r\n",
-        empty: b"-ERR Empty command\r\n",
-    };
-
-    fn greeting_received(&self) -> bool {
-        !matches!(self.waiting, Waiting::Greeting)
-    }
-
-    fn awaiting_backend(&self) -> bool {
-        !matches!(self.waiting, Waiting::Nothing)
-    }
-
-    fn decide(&self, name: &[u8], args: &[u8]) -> Decision<Waiting> {
-        if is_word(name, "STLS") {
-            return if args.is_empty() {
-                Decision::StartTls(b"+OK Begin TLS negotiation\r\n")
-            } else {
-                Decision::Refuse(b"-ERR STLS takes no arguments\r\n")
-            };
-        }
-        if is_word(name, "CAPA") {
-            return Decision::Forward(Waiting::CapaStatus);
-        }
-        if is_word(name, "QUIT") {
-            return Decision::Forward(Waiting::QuitReply);
-        }
-        if !self.required {
-            Decision::Plain
-        } else if ["USER", "PASS", "APOP", "AUTH"]
-            .iter()
-            .any(|word| is_word(name, word))
-        {
-            Decision::Refuse(b"-ERR [AUTH] Authentication is not allowed before STLS\r\n")
-        } else {
-            Decision::Refuse(b"-ERR Command not available before STLS\r\n")
-        }
-    }
-
-    fn await_reply(&mut self, waiting: Waiting) {
-        self.waiting = waiting;
     }
 
     fn reply_line(&mut self, line: &[u8], session: &mut Session) {
@@ -147,97 +103,154 @@ impl LineProtocol for Pop3Prelude {
     }
 }
 
-/// Past this many commands awaiting replies the filter stops tracking (a client flooding without reading), and from
-/// then on passes everything through unfiltered rather than risk misreading a message body.
-const MAX_OUTSTANDING: usize = 1000;
+impl Dialect for Prelude {
+    fn greeting_received(&self) -> bool {
+        !matches!(self.waiting, Waiting::Greeting)
+    }
 
-/// How much of a command line is kept to classify it: the keyword and whether an argument follows.
+    fn awaiting_backend(&self) -> bool {
+        !matches!(self.waiting, Waiting::Nothing)
+    }
+
+    fn client_line(&mut self, line: &[u8], session: &mut Session) {
+        let text = strip_eol(line);
+        let (verb, args) = split_word(text);
+        // STLS and QUIT end the phase, so they never count against the limit.
+        let exempt = is_word(verb, "STLS") || is_word(verb, "QUIT");
+        if !exempt && !session.count_command() {
+            return;
+        }
+        if has_smuggling_bytes(text) {
+            session.send_to_client(b"-ERR Invalid characters in command\r\n");
+        } else if verb.is_empty() {
+            session.send_to_client(b"-ERR Empty command\r\n");
+        } else if is_word(verb, "STLS") && args.is_empty() {
+            session.send_to_client(b"+OK Begin TLS negotiation\r\n");
+            session.start_tls();
+        } else if is_word(verb, "STLS") {
+            session.send_to_client(b"-ERR STLS takes no arguments\r\n");
+        } else if is_word(verb, "CAPA") {
+            self.forward(line, Waiting::CapaStatus, session);
+        } else if is_word(verb, "QUIT") {
+            session.expect_backend_close();
+            self.forward(line, Waiting::QuitReply, session);
+        } else if !self.required {
+            session.send_to_backend(line);
+            session.go_plain();
+        } else if ["USER", "PASS", "APOP", "AUTH"]
+            .iter()
+            .any(|word| is_word(verb, word))
+        {
+            session.send_to_client(b"-ERR [AUTH] Authentication is not allowed before STLS\r\n");
+        } else {
+            session.send_to_client(b"-ERR Command not available before STLS\r\n");
+        }
+    }
+
+    fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize {
+        let (used, piece) = self.lines.next(input);
+        match piece {
+            None => {}
+            Some(Piece::Line(line)) => self.reply_line(&line, session),
+            // Before TLS every backend line is read, so one too long to hold ends the session.
+            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
+                session.backend_failed("backend sent an over-long line before TLS")
+            }
+        }
+        used
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.lines.held_len()
+    }
+
+    fn take_backend_held(&mut self) -> Vec<u8> {
+        self.lines.take_held()
+    }
+}
+
+/// How much of the client's first command is kept to recognise CAPA.
 const COMMAND_HEAD_LEN: usize = 16;
 
-/// What a client command's reply looks like.
+/// Where the filter is. RFC 2595 §4 only asks that the client, which re-issues CAPA after STLS, not be offered STLS
+/// again; so the filter reads the reply to the client's first command only when that command is CAPA, and relays
+/// everything else unread. POP3 replies carry no mark of what they answer, and pairing them with commands for the
+/// whole session would misread a message body after any multi-line command the pairing does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// One status line.
-    Single,
-    /// After `+OK`, lines up to a lone `.` that are passed through unread.
-    MultiLine,
-    /// After `+OK`, the capability lines to filter, up to a lone `.`.
-    Capabilities,
-}
-
-/// Where the filter is within the backend's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReplyPart {
-    Status,
-    /// The rest of a status line too long to hold; `then` is what follows it.
-    LongStatus {
-        then: Next,
-    },
-    Body(DotScan),
+enum Stage {
+    /// The client's first command is not complete yet; backend bytes meanwhile are not a reply to it.
+    FirstCommand,
+    /// The client began with CAPA: its status line is awaited.
+    CapaStatus,
+    /// The rest of a status line too long to hold; `list_follows` when it was `+OK`.
+    LongStatus { list_follows: bool },
+    /// The capability lines, up to a lone `.`.
     CapaList,
+    /// Everything passes untouched from now on.
+    Done,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    Status,
-    Body,
-    CapaList,
-}
-
-/// After TLS: pairs each reply with the client command it answers, and strips STLS from CAPA replies only.
+/// After TLS: takes STLS out of the reply to the client's first command when that is CAPA.
 #[derive(Debug)]
-pub(super) struct Pop3Filter {
-    expected: VecDeque<Expect>,
-    tracking: bool,
+pub(super) struct Filter {
+    stage: Stage,
     command_head: Vec<u8>,
     lines: LineSplitter,
-    part: ReplyPart,
+    /// Whether the backend bytes relayed before the client's first command ended with a complete line.
+    at_line_start: bool,
 }
 
-impl Default for Pop3Filter {
+impl Default for Filter {
     fn default() -> Self {
-        Pop3Filter {
-            expected: VecDeque::new(),
-            tracking: true,
+        Filter {
+            stage: Stage::FirstCommand,
             command_head: Vec::new(),
             lines: LineSplitter::default(),
-            part: ReplyPart::Status,
+            at_line_start: true,
         }
     }
 }
 
-impl Pop3Filter {
+impl Filter {
     pub(super) fn client_to_backend(&mut self, data: &[u8]) {
-        let mut rest = data;
-        while self.tracking && !rest.is_empty() {
-            let (chunk, ends_line) = match rest.iter().position(|&byte| byte == b'\n') {
-                Some(newline) => (&rest[..newline], true),
-                None => (rest, false),
+        if self.stage != Stage::FirstCommand {
+            return;
+        }
+        let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
+            Some(newline) => (&data[..newline], true),
+            None => (data, false),
+        };
+        let room = COMMAND_HEAD_LEN.saturating_sub(self.command_head.len());
+        self.command_head
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if ends_line {
+            let (name, _) = split_word(strip_eol(&self.command_head));
+            // A reply already begun mid-line cannot be read from its start, so it is not filtered.
+            self.stage = if is_word(name, "CAPA") && self.at_line_start {
+                Stage::CapaStatus
+            } else {
+                Stage::Done
             };
-            let room = COMMAND_HEAD_LEN.saturating_sub(self.command_head.len());
-            self.command_head
-                .extend_from_slice(&chunk[..chunk.len().min(room)]);
-            rest = &rest[(chunk.len() + usize::from(ends_line))..];
-            if ends_line {
-                let expect = reply_shape(&self.command_head);
-                self.command_head.clear();
-                self.expect(expect);
-            }
+            self.command_head = Vec::new();
         }
     }
 
     pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut rest = data;
-        while self.tracking && !rest.is_empty() {
-            let used = match self.part {
-                ReplyPart::Body(scan) => self.pass_body(scan, rest, out),
-                _ => self.take_line_piece(rest, out),
-            };
-            rest = &rest[used..];
-        }
-        if !self.tracking {
-            self.backend_finished(out);
-            out.extend_from_slice(rest);
+        while !rest.is_empty() {
+            match self.stage {
+                Stage::FirstCommand => {
+                    self.at_line_start = rest.ends_with(b"\n");
+                    out.extend_from_slice(rest);
+                    return;
+                }
+                Stage::Done => {
+                    self.backend_finished(out);
+                    out.extend_from_slice(rest);
+                    return;
+                }
+                _ => rest = &rest[self.take_reply_piece(rest, out)..],
+            }
         }
     }
 
@@ -246,124 +259,58 @@ impl Pop3Filter {
         out.extend_from_slice(&self.lines.take_held());
     }
 
-    fn expect(&mut self, expect: Expect) {
-        if self.expected.len() >= MAX_OUTSTANDING {
-            self.tracking = false;
-            self.expected.clear();
-        } else {
-            self.expected.push_back(expect);
-        }
+    pub(super) fn held_bytes(&self) -> usize {
+        self.lines.held_len() + self.command_head.len()
     }
 
-    fn pass_body(&mut self, scan: DotScan, input: &[u8], out: &mut Vec<u8>) -> usize {
-        let (used, after) = scan.scan(input);
-        out.extend_from_slice(&input[..used]);
-        self.part = after.map_or(ReplyPart::Status, ReplyPart::Body);
-        used
-    }
-
-    fn take_line_piece(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+    /// Relays one piece of the CAPA reply, without the STLS line; returns how many bytes of `input` it took.
+    fn take_reply_piece(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
         let (used, piece) = self.lines.next(input);
         let Some(piece) = piece else { return used };
-        match (self.part, piece) {
-            (ReplyPart::Status, Piece::Line(line)) => {
+        let ends_line = piece.ends_line();
+        match (self.stage, piece) {
+            (Stage::CapaStatus, Piece::Line(line)) => {
                 out.extend_from_slice(&line);
-                self.part = self.after_status(&line).into();
+                self.stage = after_status(is_positive(&line));
             }
-            (ReplyPart::Status, Piece::LongStart(head)) => {
+            (Stage::CapaStatus, Piece::LongStart(head)) => {
                 out.extend_from_slice(&head);
-                self.part = ReplyPart::LongStatus {
-                    then: self.after_status(&head),
+                self.stage = Stage::LongStatus {
+                    list_follows: is_positive(&head),
                 };
             }
-            (ReplyPart::LongStatus { then }, piece) => {
-                if piece.ends_line() {
-                    self.part = then.into();
-                }
+            (Stage::LongStatus { list_follows }, piece) => {
                 out.extend_from_slice(&piece_bytes(piece));
+                if ends_line {
+                    self.stage = after_status(list_follows);
+                }
             }
-            (ReplyPart::CapaList, Piece::Line(line)) => {
+            (Stage::CapaList, Piece::Line(line)) => {
                 if is_terminator(&line) {
-                    self.part = ReplyPart::Status;
+                    self.stage = Stage::Done;
                 }
                 if !is_stls_line(&line) {
                     out.extend_from_slice(&line);
                 }
             }
+            // A capability line too long to hold is no STLS line.
             (_, piece) => out.extend_from_slice(&piece_bytes(piece)),
         }
         used
     }
-
-    /// What follows a status line: the reply it starts is paired with the oldest command still waiting for one.
-    fn after_status(&mut self, status: &[u8]) -> Next {
-        let expect = self.expected.pop_front().unwrap_or(Expect::Single);
-        match expect {
-            Expect::MultiLine if is_positive(status) => Next::Body,
-            Expect::Capabilities if is_positive(status) => Next::CapaList,
-            _ => Next::Status,
-        }
-    }
 }
 
-impl From<Next> for ReplyPart {
-    fn from(next: Next) -> Self {
-        match next {
-            Next::Status => ReplyPart::Status,
-            Next::Body => ReplyPart::Body(DotScan::LineStart),
-            Next::CapaList => ReplyPart::CapaList,
-        }
-    }
-}
-
-/// Finds the lone `.` line that ends a multi-line reply without holding any bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DotScan {
-    LineStart,
-    Dot,
-    DotCr,
-    InLine,
-}
-
-impl DotScan {
-    /// Returns how many bytes of `input` belong to the reply and the state after them, `None` once it has ended.
-    fn scan(self, input: &[u8]) -> (usize, Option<DotScan>) {
-        let mut state = self;
-        for (index, &byte) in input.iter().enumerate() {
-            state = match (state, byte) {
-                (DotScan::Dot | DotScan::DotCr, b'\n') => return (index + 1, None),
-                (_, b'\n') => DotScan::LineStart,
-                (DotScan::LineStart, b'.') => DotScan::Dot,
-                (DotScan::Dot, b'\r') => DotScan::DotCr,
-                _ => DotScan::InLine,
-            };
-        }
-        (input.len(), Some(state))
+fn after_status(positive: bool) -> Stage {
+    if positive {
+        Stage::CapaList
+    } else {
+        Stage::Done
     }
 }
 
 fn piece_bytes(piece: Piece) -> Vec<u8> {
     match piece {
         Piece::Line(bytes) | Piece::LongStart(bytes) | Piece::LongMore { bytes, .. } => bytes,
-    }
-}
-
-/// The reply shape of a command, from the start of its line.
-fn reply_shape(command_head: &[u8]) -> Expect {
-    let (name, args) = split_word(strip_eol(command_head));
-    if is_word(name, "CAPA") {
-        Expect::Capabilities
-    } else if is_word(name, "RETR") || is_word(name, "TOP") {
-        Expect::MultiLine
-    } else if ["LIST", "UIDL", "AUTH"]
-        .iter()
-        .any(|word| is_word(name, word))
-        && args.is_empty()
-    {
-        // AUTH without a mechanism lists the mechanisms (the pre-RFC 5034 form many clients still send).
-        Expect::MultiLine
-    } else {
-        Expect::Single
     }
 }
 
@@ -589,101 +536,150 @@ mod tests {
     }
 
     #[test]
+    fn after_tls_only_the_first_capa_reply_is_filtered_and_an_unknown_multi_line_reply_is_untouched()
+     {
+        // XTND XLST (Qpopper) answers with several lines; a filter pairing replies with commands it does not know
+        // would take "+OK quoted" for the second CAPA's status and strip the STLS line after it.
+        let listing =
+            b"+OK list follows\r\n+OK quoted from a POP3 log\r\nSTLS\r\nSTARTTLS\r\n.\r\n";
+        let out = filter_both(
+            Proto::Pop3,
+            &[
+                Feed::Client(b"CAPA\r\nXTND XLST\r\nCAPA\r\n"),
+                Feed::Backend(b"+OK\r\nSTLS\r\nUSER\r\n.\r\n"),
+                Feed::Backend(listing),
+                Feed::Backend(b"+OK\r\nSTLS\r\nUSER\r\n.\r\n"),
+            ],
+        );
+        assert_eq!(
+            out,
+            [
+                &b"+OK\r\nUSER\r\n.\r\n"[..],
+                listing,
+                b"+OK\r\nSTLS\r\nUSER\r\n.\r\n"
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
     fn after_tls_message_bodies_are_never_altered_even_when_pipelined() {
         let message = b"+OK 120 octets\r\nSubject: hi\r\n\r\nSTLS\r\n+OK\r\n..\r\nSTLS\r\n.\r\n";
         let out = filter_both(
             Proto::Pop3,
             &[
-                Feed::Client(b"RETR 1\r\nCAPA\r\nTOP 1 0\r\n"),
-                Feed::Backend(message),
+                Feed::Client(b"CAPA\r\nRETR 1\r\nTOP 1 0\r\n"),
                 Feed::Backend(b"+OK\r\nSTLS\r\nUSER\r\n.\r\n"),
                 Feed::Backend(message),
+                Feed::Backend(message),
             ],
         );
         assert_eq!(
             out,
-            [&message[..], b"+OK\r\nUSER\r\n.\r\n", message].concat()
+            [&b"+OK\r\nUSER\r\n.\r\n"[..], message, message].concat()
         );
     }
 
     #[test]
-    fn after_tls_list_and_uidl_are_multi_line_only_without_an_argument() {
+    fn after_tls_a_first_command_other_than_capa_leaves_every_reply_alone() {
+        let replies = b"+OK\r\n1 120\r\n.\r\n+OK\r\nSTLS\r\n.\r\n";
+        for first in [&b"LIST\r\n"[..], b"CAPABILITY\r\n", b"CAPAX\r\n"] {
+            let out = filter_both(
+                Proto::Pop3,
+                &[
+                    Feed::Client(first),
+                    Feed::Client(b"CAPA\r\n"),
+                    Feed::Backend(replies),
+                ],
+            );
+            assert_eq!(out, replies);
+        }
+    }
+
+    #[test]
+    fn after_tls_a_failed_capa_ends_filtering() {
         let out = filter_both(
             Proto::Pop3,
             &[
-                Feed::Client(b"LIST 1\r\nLIST\r\nUIDL\r\nUIDL 2\r\nCAPA\r\n"),
-                Feed::Backend(b"+OK 1 120\r\n+OK\r\n1 120\r\n.\r\n+OK\r\n1 abc\r\n.\r\n+OK 2 def\r\n+OK\r\nSTLS\r\n.\r\n"),
+                Feed::Client(b"CAPA\r\nCAPA\r\n"),
+                Feed::Backend(b"-ERR not now\r\n+OK\r\nSTLS\r\n.\r\n"),
             ],
         );
-        assert_eq!(
-            out,
-            b"+OK 1 120\r\n+OK\r\n1 120\r\n.\r\n+OK\r\n1 abc\r\n.\r\n+OK 2 def\r\n+OK\r\n.\r\n"
-        );
+        assert_eq!(out, b"-ERR not now\r\n+OK\r\nSTLS\r\n.\r\n");
     }
 
     #[test]
-    fn after_tls_failed_and_sasl_replies_are_single_lines() {
+    fn after_tls_the_command_is_recognised_across_reads_and_in_any_case() {
         let out = filter_both(
             Proto::Pop3,
             &[
-                Feed::Client(b"RETR 9\r\nAUTH PLAIN\r\n"),
-                Feed::Backend(b"-ERR no such message\r\n+ \r\n"),
-                Feed::Client(b"AGpvZQBzZWNyZXQ=\r\nCAPA\r\n"),
-                Feed::Backend(b"+OK Logged in.\r\n+OK\r\nSTLS\r\n.\r\n"),
+                Feed::Client(b"ca"),
+                Feed::Client(b"pa\n"),
+                Feed::Backend(b"+OK\r\nstls\r\n.\r\n"),
             ],
         );
-        assert_eq!(
-            out,
-            b"-ERR no such message\r\n+ \r\n+OK Logged in.\r\n+OK\r\n.\r\n"
-        );
+        assert_eq!(out, b"+OK\r\n.\r\n");
     }
 
     #[test]
-    fn after_tls_body_bytes_pass_without_waiting_for_a_line_end() {
-        let mut filter = Pop3Filter::default();
-        filter.client_to_backend(b"RETR 1\r\n");
-        let mut out = Vec::new();
-        filter.backend_to_client(b"+OK\r\nbinary-ish data without newline", &mut out);
-        assert_eq!(out, b"+OK\r\nbinary-ish data without newline");
-    }
-
-    #[test]
-    fn after_tls_too_many_outstanding_commands_turn_filtering_off() {
-        let commands = b"CAPA\r\n".repeat(MAX_OUTSTANDING + 1);
-        let out = filter_both(
+    fn after_tls_backend_bytes_before_the_first_command_pass_and_a_split_line_stops_filtering() {
+        let whole = filter_both(
             Proto::Pop3,
             &[
-                Feed::Client(&commands),
+                Feed::Backend(b"+OK early\r\n"),
+                Feed::Client(b"CAPA\r\n"),
                 Feed::Backend(b"+OK\r\nSTLS\r\n.\r\n"),
             ],
         );
-        assert_eq!(out, b"+OK\r\nSTLS\r\n.\r\n");
+        assert_eq!(whole, b"+OK early\r\n+OK\r\n.\r\n");
+        let split = filter_both(
+            Proto::Pop3,
+            &[
+                Feed::Backend(b"+OK ear"),
+                Feed::Client(b"CAPA\r\n"),
+                Feed::Backend(b"ly\r\n+OK\r\nSTLS\r\n.\r\n"),
+            ],
+        );
+        assert_eq!(split, b"+OK early\r\n+OK\r\nSTLS\r\n.\r\n");
     }
 
     #[test]
-    fn after_tls_an_over_long_status_line_still_starts_its_body() {
+    fn after_tls_bytes_pass_without_waiting_for_a_line_end_once_filtering_is_over() {
+        let mut retr_first = Filter::default();
+        retr_first.client_to_backend(b"RETR 1\r\n");
+        let mut out = Vec::new();
+        retr_first.backend_to_client(b"+OK\r\nbinary-ish data without newline", &mut out);
+        assert_eq!(out, b"+OK\r\nbinary-ish data without newline");
+        assert_eq!(retr_first.held_bytes(), 0);
+
+        let mut capa_first = Filter::default();
+        capa_first.client_to_backend(b"CAPA\r\nRETR 1\r\n");
+        let mut out = Vec::new();
+        capa_first.backend_to_client(b"+OK\r\nSTLS\r\n.\r\n+OK\r\nno newline", &mut out);
+        assert_eq!(out, b"+OK\r\n.\r\n+OK\r\nno newline");
+        assert_eq!(capa_first.held_bytes(), 0);
+    }
+
+    #[test]
+    fn after_tls_an_over_long_status_line_still_starts_the_capability_list() {
         let mut status = b"+OK ".to_vec();
         status.resize(super::super::lines::MAX_LINE + 5, b'x');
         status.extend_from_slice(b"\r\n");
-        let reply = [&status[..], b"STLS\r\n.\r\n+OK\r\nSTLS\r\n.\r\n"].concat();
+        let reply = [&status[..], b"STLS\r\nTOP\r\n.\r\n+OK\r\nSTLS\r\n.\r\n"].concat();
         let out = filter_both(
             Proto::Pop3,
-            &[Feed::Client(b"TOP 1 0\r\nCAPA\r\n"), Feed::Backend(&reply)],
+            &[Feed::Client(b"CAPA\r\nCAPA\r\n"), Feed::Backend(&reply)],
         );
-        assert_eq!(out, [&status[..], b"STLS\r\n.\r\n+OK\r\n.\r\n"].concat());
+        assert_eq!(
+            out,
+            [&status[..], b"TOP\r\n.\r\n+OK\r\nSTLS\r\n.\r\n"].concat()
+        );
     }
 
     #[test]
-    fn after_tls_a_reply_without_a_final_crlf_is_delivered_when_the_backend_closes() {
-        let out = filter_both(
-            Proto::Pop3,
-            &[
-                Feed::Client(b"QUIT\r\n"),
-                Feed::Backend(b"+OK bye"),
-                Feed::BackendEof,
-            ],
-        );
-        assert_eq!(out, b"+OK bye");
+    fn after_tls_a_reply_without_a_final_crlf_is_delivered_at_once() {
+        let feeds = [Feed::Client(b"QUIT\r\n"), Feed::Backend(b"+OK bye")];
+        assert_eq!(filter_both(Proto::Pop3, &feeds), b"+OK bye");
     }
 
     #[test]
@@ -702,23 +698,5 @@ mod tests {
             ],
         );
         assert_eq!(closed, b"+OK\r\nUS");
-    }
-
-    #[test]
-    fn dot_scan_needs_a_lone_dot_line() {
-        assert_eq!(DotScan::LineStart.scan(b".\r\nrest"), (3, None));
-        assert_eq!(DotScan::LineStart.scan(b".\nrest"), (2, None));
-        assert_eq!(
-            DotScan::LineStart.scan(b"..\r\n"),
-            (4, Some(DotScan::LineStart))
-        );
-        assert_eq!(
-            DotScan::InLine.scan(b".\r\n"),
-            (3, Some(DotScan::LineStart))
-        );
-        assert_eq!(
-            DotScan::LineStart.scan(b".\rx\n"),
-            (4, Some(DotScan::LineStart))
-        );
     }
 }

@@ -4,28 +4,30 @@
 //! it must never change a reply line other than a STARTTLS keyword line and the continuation mark before it.
 
 use super::lines::{
-    LineSplitter, Piece, is_word, printable, split_word, strip_eol, strip_prefix_ignore_case,
-    trim_spaces,
+    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
+    strip_prefix_ignore_case, trim_spaces,
 };
-use super::{AwaitedReply, Decision, Farewells, LineProtocol, Screening, Session};
+use super::{Dialect, Farewells, Session};
 
 pub(super) static FAREWELLS: Farewells = Farewells {
     line_too_long: b"500 5.5.2 Line too long\r\n",
     flooded: b"421 4.7.0 Too much pipelined input before STARTTLS, closing connection\r\n",
     too_many_commands: b"421 4.7.0 Too many commands without STARTTLS, closing connection\r\n",
     backend_lost: b"421 4.3.0 Service not available, closing connection\r\n",
+    timed_out: b"421 4.4.2 Timeout waiting for STARTTLS, closing connection\r\n",
 };
 
 /// The plaintext phase of an SMTP session. EHLO, HELO, NOOP, RSET and QUIT go to the backend one at a time (EHLO may
 /// be repeated and resets state, so forwarding it is harmless); the EHLO reply is rewritten to offer STARTTLS.
 #[derive(Debug)]
-pub(super) struct SmtpPrelude {
+pub(super) struct Prelude {
     required: bool,
     waiting: Waiting,
+    lines: LineSplitter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Waiting {
+enum Waiting {
     Greeting,
     Nothing,
     /// A reply the backend is in the middle of, whether to a forwarded command or unasked.
@@ -37,12 +39,6 @@ pub(super) enum Waiting {
     QuitReply,
 }
 
-impl AwaitedReply for Waiting {
-    fn ends_session(&self) -> bool {
-        *self == Waiting::QuitReply
-    }
-}
-
 /// One line of a reply: the code, whether it is the reply's last line, and the text after the code.
 struct ReplyLine<'a> {
     code: &'a [u8],
@@ -50,85 +46,17 @@ struct ReplyLine<'a> {
     text: &'a [u8],
 }
 
-impl SmtpPrelude {
+impl Prelude {
     pub(super) fn new(required: bool) -> Self {
-        SmtpPrelude {
+        Prelude {
             required,
             waiting: Waiting::Greeting,
+            lines: LineSplitter::default(),
         }
     }
 
-    /// Relays one line of a positive EHLO reply, dropping keywords the plaintext phase must not offer and ending the
-    /// reply with our own STARTTLS line, so every line relayed before it carries the `250-` continuation mark.
-    fn ehlo_line(&mut self, line: &[u8], reply: &ReplyLine, named: bool, session: &mut Session) {
-        if !named {
-            if reply.last {
-                session.send_to_client(&continued_250(reply.text));
-            } else {
-                session.send_to_client(line);
-            }
-        } else if self.offered_before_tls(reply.text) {
-            session.send_to_client(&continued_250(reply.text));
-        }
-        if reply.last {
-            session.send_to_client(b"250 STARTTLS\r\n");
-            self.waiting = Waiting::Nothing;
-        } else {
-            self.waiting = Waiting::EhloReply { named: true };
-        }
-    }
-
-    /// The backend's own STARTTLS is replaced by ours; AUTH is only offered once TLS is up when TLS is required.
-    fn offered_before_tls(&self, keyword_line: &[u8]) -> bool {
-        let (keyword, _) = split_word(keyword_line);
-        let is_auth =
-            is_word(keyword, "AUTH") || strip_prefix_ignore_case(keyword, "AUTH=").is_some();
-        !(is_word(keyword, "STARTTLS") || (self.required && is_auth))
-    }
-}
-
-impl LineProtocol for SmtpPrelude {
-    type Waiting = Waiting;
-
-    const SCREENING: Screening = Screening {
-        exempt: ["STARTTLS", "QUIT"],
-        invalid_characters: b"500 5.5.2 Invalid characters in command\r\n",
-        empty: b"500 5.5.2 Syntax error, command unrecognized\r\n",
-    };
-
-    fn greeting_received(&self) -> bool {
-        self.waiting != Waiting::Greeting
-    }
-
-    fn awaiting_backend(&self) -> bool {
-        self.waiting != Waiting::Nothing
-    }
-
-    fn decide(&self, verb: &[u8], args: &[u8]) -> Decision<Waiting> {
-        if is_word(verb, "STARTTLS") {
-            return if args.is_empty() {
-                Decision::StartTls(b"220 2.0.0 Ready to start TLS\r\n")
-            } else {
-                Decision::Refuse(b"501 5.5.4 Syntax error (no parameters allowed)\r\n")
-            };
-        }
-        if is_word(verb, "EHLO") {
-            Decision::Forward(Waiting::EhloReply { named: false })
-        } else if ["HELO", "NOOP", "RSET"]
-            .iter()
-            .any(|known| is_word(verb, known))
-        {
-            Decision::Forward(Waiting::Reply)
-        } else if is_word(verb, "QUIT") {
-            Decision::Forward(Waiting::QuitReply)
-        } else if self.required {
-            Decision::Refuse(b"530 5.7.0 Must issue a STARTTLS command first\r\n")
-        } else {
-            Decision::Plain
-        }
-    }
-
-    fn await_reply(&mut self, waiting: Waiting) {
+    fn forward(&mut self, line: &[u8], waiting: Waiting, session: &mut Session) {
+        session.send_to_backend(line);
         self.waiting = waiting;
     }
 
@@ -169,19 +97,116 @@ impl LineProtocol for SmtpPrelude {
             }
         }
     }
+
+    /// Relays one line of a positive EHLO reply, dropping keywords the plaintext phase must not offer and ending the
+    /// reply with our own STARTTLS line, so every line relayed before it carries the `250-` continuation mark.
+    fn ehlo_line(&mut self, line: &[u8], reply: &ReplyLine, named: bool, session: &mut Session) {
+        if !named {
+            if reply.last {
+                session.send_to_client(&continued_250(reply.text));
+            } else {
+                session.send_to_client(line);
+            }
+        } else if self.offered_before_tls(reply.text) {
+            session.send_to_client(&continued_250(reply.text));
+        }
+        if reply.last {
+            session.send_to_client(b"250 STARTTLS\r\n");
+            self.waiting = Waiting::Nothing;
+        } else {
+            self.waiting = Waiting::EhloReply { named: true };
+        }
+    }
+
+    /// The backend's own STARTTLS is replaced by ours; AUTH is only offered once TLS is up when TLS is required.
+    fn offered_before_tls(&self, keyword_line: &[u8]) -> bool {
+        let (keyword, _) = split_word(keyword_line);
+        let is_auth =
+            is_word(keyword, "AUTH") || strip_prefix_ignore_case(keyword, "AUTH=").is_some();
+        !(is_word(keyword, "STARTTLS") || (self.required && is_auth))
+    }
 }
 
-/// After TLS: relays replies, taking STARTTLS keyword lines out of 250 replies. A `250-` line is held until the next
-/// line shows whether it must become the reply's last line.
+impl Dialect for Prelude {
+    fn greeting_received(&self) -> bool {
+        self.waiting != Waiting::Greeting
+    }
+
+    fn awaiting_backend(&self) -> bool {
+        self.waiting != Waiting::Nothing
+    }
+
+    fn client_line(&mut self, line: &[u8], session: &mut Session) {
+        let text = strip_eol(line);
+        let (verb, args) = split_word(text);
+        // STARTTLS and QUIT end the phase, so they never count against the limit.
+        let exempt = is_word(verb, "STARTTLS") || is_word(verb, "QUIT");
+        if !exempt && !session.count_command() {
+            return;
+        }
+        if has_smuggling_bytes(text) {
+            session.send_to_client(b"500 5.5.2 Invalid characters in command\r\n");
+        } else if verb.is_empty() {
+            session.send_to_client(b"500 5.5.2 Syntax error, command unrecognized\r\n");
+        } else if is_word(verb, "STARTTLS") && args.is_empty() {
+            session.send_to_client(b"220 2.0.0 Ready to start TLS\r\n");
+            session.start_tls();
+        } else if is_word(verb, "STARTTLS") {
+            session.send_to_client(b"501 5.5.4 Syntax error (no parameters allowed)\r\n");
+        } else if is_word(verb, "EHLO") {
+            self.forward(line, Waiting::EhloReply { named: false }, session);
+        } else if ["HELO", "NOOP", "RSET"]
+            .iter()
+            .any(|known| is_word(verb, known))
+        {
+            self.forward(line, Waiting::Reply, session);
+        } else if is_word(verb, "QUIT") {
+            session.expect_backend_close();
+            self.forward(line, Waiting::QuitReply, session);
+        } else if self.required {
+            session.send_to_client(b"530 5.7.0 Must issue a STARTTLS command first\r\n");
+        } else {
+            session.send_to_backend(line);
+            session.go_plain();
+        }
+    }
+
+    fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize {
+        let (used, piece) = self.lines.next(input);
+        match piece {
+            None => {}
+            Some(Piece::Line(line)) => self.reply_line(&line, session),
+            // Before TLS every backend line is read, so one too long to hold ends the session.
+            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
+                session.backend_failed("backend sent an over-long line before TLS")
+            }
+        }
+        used
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.lines.held_len()
+    }
+
+    fn take_backend_held(&mut self) -> Vec<u8> {
+        self.lines.take_held()
+    }
+}
+
+/// After TLS: relays replies, taking STARTTLS keyword lines out of 250 replies. RFC 3207 §4.2 forbids STARTTLS in the
+/// reply to every EHLO after TLS, not only the first, and this needs no pairing of replies with commands: an SMTP
+/// server never sends message content, and a STARTTLS keyword line in a multi-line 250 reply is only ever an EHLO
+/// offer, so the filter reads the server's output alone, for the whole session. A `250-` line is held until the
+/// next line shows whether it must become the reply's last line.
 #[derive(Debug, Default)]
-pub(super) struct SmtpFilter {
+pub(super) struct Filter {
     lines: LineSplitter,
     held: Option<Vec<u8>>,
     /// The next line continues a multi-line reply (so it is a keyword line if the reply is a 250).
     reply_continues: bool,
 }
 
-impl SmtpFilter {
+impl Filter {
     pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut rest = data;
         while !rest.is_empty() {
@@ -198,6 +223,16 @@ impl SmtpFilter {
                 Some(Piece::LongMore { bytes, .. }) => out.extend_from_slice(&bytes),
             }
         }
+    }
+
+    /// Appends what is held, unchanged: with no next line there is nothing to move a `250-` line's end mark for.
+    pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
+        self.release_held(out);
+        out.extend_from_slice(&self.lines.take_held());
+    }
+
+    pub(super) fn held_bytes(&self) -> usize {
+        self.lines.held_len() + self.held.as_ref().map_or(0, Vec::len)
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
@@ -219,12 +254,6 @@ impl SmtpFilter {
             }
         }
         self.reply_continues = !reply.last;
-    }
-
-    /// Appends what is held, unchanged: with no next line there is nothing to move a `250-` line's end mark for.
-    pub(super) fn backend_finished(&mut self, out: &mut Vec<u8>) {
-        self.release_held(out);
-        out.extend_from_slice(&self.lines.take_held());
     }
 
     fn release_held(&mut self, out: &mut Vec<u8>) {
@@ -580,7 +609,7 @@ mod tests {
 
     #[test]
     fn after_tls_at_most_one_line_waits() {
-        let mut filter = SmtpFilter::default();
+        let mut filter = Filter::default();
         let mut out = Vec::new();
         filter.backend_to_client(b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE", &mut out);
         assert_eq!(out, b"250-mx.example\r\n");
