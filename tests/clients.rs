@@ -3,13 +3,14 @@
 //! the `openssl` crate's client would not be a drop-in replacement.
 
 mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
+use support::converse;
 
 fn inetd_echo(name: &str) -> (TempDir, Syslog, Inetd) {
     let dir = TempDir::new(name);
@@ -23,40 +24,18 @@ fn inetd_echo(name: &str) -> (TempDir, Syslog, Inetd) {
     (dir, syslog, inetd)
 }
 
-/// Runs a client program with `input` on stdin and returns its stdout, bounded in time.
-fn run_client(program: &str, args: &[&str], input: &[u8]) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    // Closing stdin only after the echo had time to come back: s_client ends the session at stdin EOF.
-    std::thread::sleep(Duration::from_millis(700));
-    drop(stdin);
-    wait_with_timeout(&mut child, Duration::from_secs(20)).expect("client hung");
-    reader.join().unwrap()
-}
-
 #[test]
 fn openssl_s_client_round_trip() {
     let (_dir, _syslog, inetd) = inetd_echo("s_client");
     let address = format!("127.0.0.1:{}", inetd.port);
-    let output = run_client(
+    // s_client ends the session at stdin EOF: stdin stays open until the echo is back.
+    let ran = converse(
         "openssl",
         &["s_client", "-connect", &address, "-quiet", "-no_ign_eof"],
         b"through s_client\n",
+        "through s_client",
     );
-    assert!(output.contains("through s_client"), "{output:?}");
+    assert!(ran.stdout.contains("through s_client"), "{ran:?}");
 }
 
 #[test]
@@ -87,12 +66,16 @@ fn python_ssl_round_trip() {
 fn gnutls_cli_round_trip() {
     let (_dir, _syslog, inetd) = inetd_echo("gnutls");
     let port = inetd.port.to_string();
-    let output = run_client(
+    let ran = converse(
         "gnutls-cli",
         &["--insecure", "--port", &port, "127.0.0.1"],
         b"through gnutls\n",
+        "through gnutls",
     );
-    assert!(output.contains("through gnutls"), "{output:?}");
+    assert!(
+        ran.stdout.lines().any(|line| line == "through gnutls"),
+        "{ran:?}"
+    );
 }
 
 #[test]

@@ -113,10 +113,20 @@ impl Syslog {
         }
     }
 
-    /// Everything logged until now (after a short settle).
+    /// Everything logged until now. A marker datagram is sent to the socket and waited for: the socket keeps
+    /// datagrams in order, so every line sent before this call has then been received. (Lines of a process that is
+    /// still running may come later: wait for the event that ends its logging first.)
     pub fn settle(&mut self) -> &[String] {
-        std::thread::sleep(Duration::from_millis(200));
-        self.drain();
+        static MARKERS: AtomicUsize = AtomicUsize::new(0);
+        let marker = format!(
+            "settle marker {} {}",
+            std::process::id(),
+            MARKERS.fetch_add(1, Ordering::SeqCst)
+        );
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.send_to(marker.as_bytes(), &self.path).unwrap();
+        self.expect(&marker);
+        self.lines.retain(|line| *line != marker);
         &self.lines
     }
 }

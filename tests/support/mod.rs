@@ -633,23 +633,31 @@ impl Ran {
     }
 }
 
-fn collect(mut source: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    let target = sink.clone();
+/// What a reader thread collected from a pipe, and the signal that it reached EOF.
+struct Collected {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    at_end: std::sync::mpsc::Receiver<()>,
+}
+
+fn collect(mut source: impl Read + Send + 'static) -> Collected {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let target = buffer.clone();
+    let (reached_end, at_end) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut buffer = [0u8; 8192];
-        while let Ok(count) = source.read(&mut buffer) {
+        let mut chunk = [0u8; 8192];
+        while let Ok(count) = source.read(&mut chunk) {
             if count == 0 {
                 break;
             }
-            target.lock().unwrap().extend_from_slice(&buffer[..count]);
+            target.lock().unwrap().extend_from_slice(&chunk[..count]);
         }
+        let _ = reached_end.send(());
     });
-    sink
+    Collected { buffer, at_end }
 }
 
-fn text_of(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+fn text_of(collected: &Collected) -> String {
+    String::from_utf8_lossy(&collected.buffer.lock().unwrap()).into_owned()
 }
 
 /// Runs a client program, writes `input` to its stdin, and keeps stdin open until its stdout contains `done_when`
@@ -676,8 +684,6 @@ pub fn run(program: &str, args: &[&str]) -> Ran {
     finish(child, CLIENT_LIMIT, &stdout, &stderr)
 }
 
-type Collected = Arc<Mutex<Vec<u8>>>;
-
 /// Starts a client program with `stdin`, its stdout and stderr collected by reader threads.
 fn spawn_collecting(program: &str, args: &[&str], stdin: Stdio) -> (Child, Collected, Collected) {
     let mut child = Command::new(program)
@@ -695,8 +701,11 @@ fn spawn_collecting(program: &str, args: &[&str], stdin: Stdio) -> (Child, Colle
 /// Waits for the program up to `limit` (killing it after), then returns what it printed.
 fn finish(mut child: Child, limit: Duration, stdout: &Collected, stderr: &Collected) -> Ran {
     let status = wait_with_timeout(&mut child, limit);
-    // The readers finish at EOF, which follows the exit; give them a moment.
-    std::thread::sleep(Duration::from_millis(50));
+    // The readers reach EOF once the program (and anything it left running with its output) is gone; bounded, since
+    // such a leftover may hold the pipe.
+    for collected in [stdout, stderr] {
+        let _ = collected.at_end.recv_timeout(Duration::from_secs(5));
+    }
     Ran {
         status,
         stdout: text_of(stdout),
