@@ -125,7 +125,7 @@ impl Sessions {
         self.by_pid.len()
     }
 
-    fn from(&self, source: Source) -> usize {
+    fn count_from(&self, source: Source) -> usize {
         self.per_source.get(&source).copied().unwrap_or(0)
     }
 
@@ -217,7 +217,7 @@ pub fn run(
         shortage_log: RateLimit::new(),
         over_limit_log: RateLimit::new(),
     };
-    daemon.warm_up_context();
+    tls::warm_up();
     daemon.serve_forever()
 }
 
@@ -267,7 +267,7 @@ impl Daemon<'_> {
     }
 
     fn source_has_a_free_slot(&self, source: Option<Source>) -> bool {
-        source.is_none_or(|source| self.sessions.from(source) < self.config.maxconn_per_source)
+        source.is_none_or(|source| self.sessions.count_from(source) < self.config.maxconn_per_source)
     }
 
     /// Accepts every waiting connection (up to the session limit) and forks a child for each, until the backlog is
@@ -457,19 +457,10 @@ impl Daemon<'_> {
         }
     }
 
-    /// Not with -state: its callback would log the warm-up's own handshake as if a client had connected.
-    fn warm_up_context(&self) {
-        if !self.config.state {
-            tls::warm_up(&self.context);
-        }
-        sys::release_free_memory();
-    }
-
     fn reload(&mut self) {
         match tls::build_context(&self.config.tls, self.config.state) {
             Ok(context) => {
                 self.context = context;
-                self.warm_up_context();
                 log_notice!("SIGHUP: certificate, key and CA files reloaded");
             }
             Err(reason) => {
@@ -501,13 +492,13 @@ mod tests {
         sessions.started(10, Some(here));
         sessions.started(11, Some(here));
         sessions.started(12, None);
-        assert_eq!((sessions.count(), sessions.from(here)), (3, 2));
+        assert_eq!((sessions.count(), sessions.count_from(here)), (3, 2));
         sessions.ended(10);
         sessions.ended(12);
         sessions.ended(99);
-        assert_eq!((sessions.count(), sessions.from(here)), (1, 1));
+        assert_eq!((sessions.count(), sessions.count_from(here)), (1, 1));
         sessions.ended(11);
-        assert_eq!(sessions.from(here), 0);
+        assert_eq!(sessions.count_from(here), 0);
         assert!(sessions.per_source.is_empty());
     }
 

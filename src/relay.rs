@@ -19,8 +19,6 @@ use crate::sys;
 
 /// One TLS record of plaintext: the most a single SSL_read returns, and the most worth handing to SSL_write.
 pub const BUFFER_SIZE: usize = 16 * 1024;
-/// A session on which nothing moved for this long gives its buffers back until something moves again.
-const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(1);
 
 /// The plaintext end of a session: a TCP connection to the backend, or a socketpair end (-exec, -fd).
 pub trait Plaintext: Read + Write + AsRawFd {
@@ -53,6 +51,9 @@ pub struct Limits {
     pub idle: Option<Duration>,
     /// `-close_timeout`: once either direction has ended, end the session after this long without traffic.
     pub close: Duration,
+    /// A session on which nothing moved for this long gives its buffers (and the heap pages freed since) back until
+    /// something moves again.
+    pub release_buffers_after: Duration,
 }
 
 impl Plaintext for TcpStream {
@@ -614,7 +615,12 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             limits.idle
         };
         let started = Instant::now();
-        let ready = self.poll_releasing_memory_when_quiet(&mut entries, limit, started)?;
+        let ready = self.poll_releasing_memory_when_quiet(
+            &mut entries,
+            limit,
+            limits.release_buffers_after,
+            started,
+        )?;
         if let Some(limit) = limit.filter(|limit| ready == 0 && started.elapsed() >= *limit) {
             return Err(if closing {
                 RelayError::Closing {
@@ -631,19 +637,18 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         Ok(())
     }
 
-    /// Polls until `idle` after `started`; a session that stays quiet for RELEASE_MEMORY_AFTER first gives its empty
+    /// Polls until `idle` after `started`; a session that stays quiet for `release_after` first gives its empty
     /// buffers (and the heap pages freed since) back, then polls on: a long idle session, the common case for mail
     /// clients, keeps no buffers.
     fn poll_releasing_memory_when_quiet(
         &mut self,
         entries: &mut [sys::pollfd],
         idle: Option<Duration>,
+        release_after: Duration,
         started: Instant,
     ) -> Result<usize, RelayError> {
         if self.holds_empty_buffers() {
-            let quiet = idle.map_or(RELEASE_MEMORY_AFTER, |limit| {
-                limit.min(RELEASE_MEMORY_AFTER)
-            });
+            let quiet = idle.map_or(release_after, |limit| limit.min(release_after));
             let ready = poll_or_fail(entries, Some(quiet))?;
             if ready > 0 {
                 return Ok(ready);
@@ -777,6 +782,14 @@ mod tests {
     const NO_IDLE_LIMIT: Limits = Limits {
         idle: None,
         close: Duration::from_secs(30),
+        release_buffers_after: Duration::from_secs(1),
+    };
+
+    /// Gives the buffers back every time the pump waits, so every transfer also tests giving them back and taking
+    /// them again.
+    const RELEASE_AT_ONCE: Limits = Limits {
+        release_buffers_after: Duration::ZERO,
+        ..NO_IDLE_LIMIT
     };
 
     fn read_to_eof(stream: &mut UnixStream) -> Vec<u8> {
@@ -785,8 +798,12 @@ mod tests {
         all
     }
 
-    #[test]
-    fn the_client_half_closes_first_and_the_reply_still_arrives() {
+    /// Runs the pump with `limits` while `drive` plays the client and the backend (the far ends); returns how the
+    /// pump ended.
+    fn pump_while(
+        limits: Limits,
+        drive: impl FnOnce(&mut UnixStream, &mut UnixStream) + Send,
+    ) -> Result<Transfer, RelayError> {
         let Wiring {
             mut client,
             mut backend,
@@ -794,41 +811,61 @@ mod tests {
             mut near_backend,
         } = wiring();
         std::thread::scope(|scope| {
-            let pump = scope.spawn(|| {
-                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
-            });
+            let pump = scope
+                .spawn(|| relay_until_closed(&mut near_client, &mut near_backend, None, limits));
+            drive(&mut client, &mut backend);
+            pump.join().unwrap()
+        })
+    }
+
+    #[test]
+    fn the_client_half_closes_first_and_the_reply_still_arrives() {
+        let transfer = pump_while(NO_IDLE_LIMIT, |client, backend| {
             client.write_all(b"request").unwrap();
             client.shutdown(Shutdown::Write).unwrap();
-            assert_eq!(read_to_eof(&mut backend), b"request");
+            assert_eq!(read_to_eof(backend), b"request");
             backend.write_all(b"reply").unwrap();
             backend.shutdown(Shutdown::Write).unwrap();
-            assert_eq!(read_to_eof(&mut client), b"reply");
-            let transfer = pump.join().unwrap().unwrap();
-            assert_eq!((transfer.from_client, transfer.to_client), (7, 5));
-        });
+            assert_eq!(read_to_eof(client), b"reply");
+        })
+        .unwrap();
+        assert_eq!((transfer.from_client, transfer.to_client), (7, 5));
     }
 
     #[test]
     fn the_backend_half_closes_first_and_the_client_goes_on_sending() {
-        let Wiring {
-            mut client,
-            mut backend,
-            mut near_client,
-            mut near_backend,
-        } = wiring();
-        std::thread::scope(|scope| {
-            let pump = scope.spawn(|| {
-                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
-            });
+        let transfer = pump_while(NO_IDLE_LIMIT, |client, backend| {
             backend.write_all(b"greeting").unwrap();
             backend.shutdown(Shutdown::Write).unwrap();
-            assert_eq!(read_to_eof(&mut client), b"greeting");
+            assert_eq!(read_to_eof(client), b"greeting");
             client.write_all(b"late words").unwrap();
             client.shutdown(Shutdown::Write).unwrap();
-            assert_eq!(read_to_eof(&mut backend), b"late words");
-            let transfer = pump.join().unwrap().unwrap();
-            assert_eq!((transfer.from_client, transfer.to_client), (10, 8));
-        });
+            assert_eq!(read_to_eof(backend), b"late words");
+        })
+        .unwrap();
+        assert_eq!((transfer.from_client, transfer.to_client), (10, 8));
+    }
+
+    #[test]
+    fn data_keeps_arriving_intact_across_buffer_releases() {
+        let transfer = pump_while(RELEASE_AT_ONCE, |client, backend| {
+            for round in 0..3u8 {
+                let data: Vec<u8> = (0..48 * 1024)
+                    .map(|index: u32| (index as u8) ^ round)
+                    .collect();
+                client.write_all(&data).unwrap();
+                let mut arrived = vec![0u8; data.len()];
+                backend.read_exact(&mut arrived).unwrap();
+                assert!(arrived == data, "round {round}: the upload differs");
+                backend.write_all(&data).unwrap();
+                client.read_exact(&mut arrived).unwrap();
+                assert!(arrived == data, "round {round}: the download differs");
+            }
+            client.shutdown(Shutdown::Write).unwrap();
+            backend.shutdown(Shutdown::Write).unwrap();
+        })
+        .unwrap();
+        assert_eq!(transfer.from_client, 3 * 48 * 1024);
     }
 
     /// A client side whose first write cannot go on until the connection has something to read, as an SSL_write
@@ -911,100 +948,82 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_stalled_reader_slows_the_backend_down_and_loses_nothing() {
-        let Wiring {
-            mut client,
-            mut backend,
-            mut near_client,
-            mut near_backend,
-        } = wiring();
+    /// The backend sends 4 MiB without blocking and the client reads nothing until the pump has held the backend
+    /// back: nothing may be lost, also when the pump gives its buffers back while it waits.
+    fn stalled_reader_loses_nothing(limits: Limits) {
         let data: Vec<u8> = (0..4 << 20).map(|index: u32| (index % 251) as u8).collect();
-        std::thread::scope(|scope| {
-            let pump = scope.spawn(|| {
-                relay_until_closed(&mut near_client, &mut near_backend, None, NO_IDLE_LIMIT)
-            });
-            let (blocked, writer_blocked) = std::sync::mpsc::channel();
-            let data = &data;
-            let backend = &mut backend;
-            let writer = scope.spawn(move || {
-                // Non-blocking, so the moment the pump stops taking data is seen: it stops only while the client
-                // does not read.
-                backend.set_nonblocking(true).unwrap();
-                let mut rest = &data[..];
-                while !rest.is_empty() {
-                    match backend.write(rest) {
-                        Ok(count) => rest = &rest[count..],
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                            let _ = blocked.send(());
-                            let mut entry = [sys::poll_entry(backend.as_raw_fd(), sys::POLLOUT)];
-                            sys::poll(&mut entry, Some(Duration::from_secs(30))).unwrap();
+        pump_while(limits, |client, backend| {
+            std::thread::scope(|scope| {
+                let (blocked, writer_blocked) = std::sync::mpsc::channel();
+                let data = &data;
+                let writer = scope.spawn(move || {
+                    // Non-blocking, so the moment the pump stops taking data is seen: it stops only while the
+                    // client does not read.
+                    backend.set_nonblocking(true).unwrap();
+                    let mut rest = &data[..];
+                    while !rest.is_empty() {
+                        match backend.write(rest) {
+                            Ok(count) => rest = &rest[count..],
+                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                                let _ = blocked.send(());
+                                let mut entry =
+                                    [sys::poll_entry(backend.as_raw_fd(), sys::POLLOUT)];
+                                sys::poll(&mut entry, Some(Duration::from_secs(30))).unwrap();
+                            }
+                            Err(error) => panic!("{error}"),
                         }
-                        Err(error) => panic!("{error}"),
                     }
-                }
-                backend.shutdown(Shutdown::Write).unwrap();
+                    backend.shutdown(Shutdown::Write).unwrap();
+                });
+                writer_blocked
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("the pump never held the backend back");
+                assert_eq!(read_to_eof(client), *data);
+                writer.join().unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
             });
-            writer_blocked
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the pump never held the backend back");
-            assert_eq!(read_to_eof(&mut client), *data);
-            writer.join().unwrap();
-            client.shutdown(Shutdown::Write).unwrap();
-            pump.join().unwrap().unwrap();
-        });
+        })
+        .unwrap();
     }
 
     #[test]
+    fn a_stalled_reader_slows_the_backend_down_and_loses_nothing() {
+        stalled_reader_loses_nothing(NO_IDLE_LIMIT);
+    }
+
+    #[test]
+    fn a_stalled_reader_loses_nothing_when_buffers_are_given_back() {
+        stalled_reader_loses_nothing(RELEASE_AT_ONCE);
+    }
+
+    const SHORT_CLOSE_LIMIT: Limits = Limits {
+        close: Duration::from_millis(200),
+        ..NO_IDLE_LIMIT
+    };
+
+    #[test]
     fn a_client_that_never_closes_is_let_go_at_the_close_limit_with_everything_delivered() {
-        let Wiring {
-            mut client,
-            mut backend,
-            mut near_client,
-            mut near_backend,
-        } = wiring();
-        let limits = Limits {
-            idle: None,
-            close: Duration::from_millis(200),
-        };
-        std::thread::scope(|scope| {
-            let pump = scope
-                .spawn(|| relay_until_closed(&mut near_client, &mut near_backend, None, limits));
+        let outcome = pump_while(SHORT_CLOSE_LIMIT, |client, backend| {
             backend.write_all(b"bye").unwrap();
             backend.shutdown(Shutdown::Write).unwrap();
-            assert_eq!(read_to_eof(&mut client), b"bye");
-            match pump.join().unwrap() {
-                Err(RelayError::Closing { complete: true, .. }) => {}
-                other => panic!("expected the close limit with everything delivered: {other:?}"),
-            }
+            assert_eq!(read_to_eof(client), b"bye");
         });
+        match outcome {
+            Err(RelayError::Closing { complete: true, .. }) => {}
+            other => panic!("expected the close limit with everything delivered: {other:?}"),
+        }
     }
 
     #[test]
     fn a_backend_that_never_ends_after_the_client_did_is_let_go_as_incomplete() {
-        let Wiring {
-            client,
-            backend,
-            mut near_client,
-            mut near_backend,
-        } = wiring();
-        let limits = Limits {
-            idle: None,
-            close: Duration::from_millis(200),
-        };
-        std::thread::scope(|scope| {
-            let pump = scope
-                .spawn(|| relay_until_closed(&mut near_client, &mut near_backend, None, limits));
+        let outcome = pump_while(SHORT_CLOSE_LIMIT, |client, _backend| {
             client.shutdown(Shutdown::Write).unwrap();
-            match pump.join().unwrap() {
-                Err(RelayError::Closing {
-                    complete: false, ..
-                }) => {}
-                other => {
-                    panic!("expected the close limit with the backend's end missing: {other:?}")
-                }
-            }
         });
-        drop(backend);
+        match outcome {
+            Err(RelayError::Closing {
+                complete: false, ..
+            }) => {}
+            other => panic!("expected the close limit with the backend's end missing: {other:?}"),
+        }
     }
 }

@@ -156,11 +156,16 @@ fn upgrade(
     Ok((stream, filter))
 }
 
+/// A session on which nothing moved for this long gives its relay buffers back: an idle session (a mail client in
+/// IMAP IDLE, for hours) then holds no buffer memory, while one in flow never pays for taking them again.
+const RELEASE_BUFFERS_AFTER: Duration = Duration::from_secs(1);
+
 /// The relay's time limits from the command line.
 fn relay_limits(config: &Config) -> Limits {
     Limits {
         idle: config.idle_timeout,
         close: config.close_timeout,
+        release_buffers_after: RELEASE_BUFFERS_AFTER,
     }
 }
 

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::lines::{
-    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
+    FirstLine, LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
     strip_prefix_ignore_case,
 };
 use super::{Dialect, Farewells, Session};
@@ -291,7 +291,7 @@ enum Stage {
 pub(super) struct Filter {
     scanner: ResponseScanner,
     stage: Stage,
-    command_head: Vec<u8>,
+    first_command: FirstLine,
 }
 
 impl Default for Filter {
@@ -299,7 +299,7 @@ impl Default for Filter {
         Filter {
             scanner: ResponseScanner::default(),
             stage: Stage::FirstCommand,
-            command_head: Vec::new(),
+            first_command: FirstLine::default(),
         }
     }
 }
@@ -309,27 +309,17 @@ impl Filter {
         if self.stage != Stage::FirstCommand {
             return;
         }
-        let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
-            Some(newline) => (&data[..newline], true),
-            None => (data, false),
+        let Some(head) = self.first_command.take(data, COMMAND_HEAD_LEN) else {
+            return;
         };
-        // One byte beyond the limit is kept, to tell a line that fits from one that does not.
-        let room = (COMMAND_HEAD_LEN + 1).saturating_sub(self.command_head.len());
-        self.command_head
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if ends_line {
-            self.stage = match parse_command(strip_eol(&self.command_head)) {
-                Ok(Command { tag, name, args })
-                    if self.command_head.len() <= COMMAND_HEAD_LEN
-                        && is_word(name, "CAPABILITY")
-                        && args.is_empty() =>
-                {
-                    Stage::Capabilities { tag: tag.to_vec() }
-                }
-                _ => Stage::Done,
-            };
-            self.command_head = Vec::new();
-        }
+        self.stage = match parse_command(&head.text) {
+            Ok(Command { tag, name, args })
+                if head.whole && is_word(name, "CAPABILITY") && args.is_empty() =>
+            {
+                Stage::Capabilities { tag: tag.to_vec() }
+            }
+            _ => Stage::Done,
+        };
     }
 
     pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
@@ -358,7 +348,7 @@ impl Filter {
     }
 
     pub(super) fn held_bytes(&self) -> usize {
-        self.scanner.lines.held_len() + self.command_head.len()
+        self.scanner.lines.held_len() + self.first_command.held_len()
     }
 
     fn response(&mut self, line: &[u8], out: &mut Vec<u8>) {

@@ -235,6 +235,45 @@ impl LineSplitter {
     }
 }
 
+/// The start of the client's first command line after TLS, which tells an after-TLS filter whether to filter the
+/// reply: only a bounded head is kept, whatever the line's length.
+#[derive(Debug, Default)]
+pub(super) struct FirstLine {
+    head: Vec<u8>,
+}
+
+/// A finished first line: its first bytes without the terminator, and whether the whole line fitted in them.
+pub(super) struct FirstLineHead {
+    pub(super) text: Vec<u8>,
+    pub(super) whole: bool,
+}
+
+impl FirstLine {
+    /// Takes client bytes (a caller stops calling once a head came back); `Some` once the line has ended, with at
+    /// most `keep` bytes of it.
+    pub(super) fn take(&mut self, data: &[u8], keep: usize) -> Option<FirstLineHead> {
+        let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
+            Some(newline) => (&data[..newline], true),
+            None => (data, false),
+        };
+        // One byte beyond `keep` is held, to tell a line that fits from one that does not.
+        let room = (keep + 1).saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if !ends_line {
+            return None;
+        }
+        let mut text = std::mem::take(&mut self.head);
+        let whole = text.len() <= keep;
+        text.truncate(keep);
+        let text = strip_eol(&text).to_vec();
+        Some(FirstLineHead { text, whole })
+    }
+
+    pub(super) fn held_len(&self) -> usize {
+        self.head.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +375,23 @@ mod tests {
         assert_eq!(input.held_len(), 0);
         input.push(b"678x\r\n");
         assert_eq!(input.next_line(), Some(Ok(b"x\r\n".to_vec())));
+    }
+
+    #[test]
+    fn the_first_line_comes_back_once_ended_and_bounded() {
+        let mut first = FirstLine::default();
+        assert!(first.take(b"a CAPA", 16).is_none());
+        let head = first.take(b"BILITY\r\nb LOGIN", 16).unwrap();
+        assert_eq!(
+            (head.text.as_slice(), head.whole),
+            (&b"a CAPABILITY"[..], true)
+        );
+        let mut long = FirstLine::default();
+        let head = long
+            .take(&[b"x".repeat(40).as_slice(), b"\n"].concat(), 16)
+            .unwrap();
+        assert_eq!((head.text.len(), head.whole), (16, false));
+        assert!(long.held_len() == 0);
     }
 
     #[test]

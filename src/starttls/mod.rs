@@ -13,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use lines::{ClientInput, LineTooLong, MAX_LINE};
+use lines::{ClientInput, LineSplitter, LineTooLong, MAX_LINE, Piece};
 
 use crate::relay::SessionFilter;
 
@@ -224,6 +224,25 @@ impl Session {
     /// Ends the session as an error, telling the client the server is unavailable.
     fn backend_failed(&mut self, reason: impl Into<String>) {
         self.say_and_close(self.farewells.backend_lost, reason, true);
+    }
+
+    /// For the line-by-line protocols (POP3, SMTP): takes backend bytes from the front of `input` until one whole
+    /// line is complete; returns how many it took and the line. Before TLS every backend line is read, so one too
+    /// long to hold ends the session.
+    fn next_backend_line(
+        &mut self,
+        lines: &mut LineSplitter,
+        input: &[u8],
+    ) -> (usize, Option<Vec<u8>>) {
+        let (used, piece) = lines.next(input);
+        match piece {
+            Some(Piece::Line(line)) => (used, Some(line)),
+            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
+                self.backend_failed("backend sent an over-long line before TLS");
+                (used, None)
+            }
+            None => (used, None),
+        }
     }
 
     /// Counts one more plaintext command; past the limit the session is closed and the command must be ignored.

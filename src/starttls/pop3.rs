@@ -4,7 +4,7 @@
 //! reply but the first CAPA's — above all never a message body.
 
 use super::lines::{
-    LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
+    FirstLine, LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
     trim_spaces,
 };
 use super::{Dialect, Farewells, Session};
@@ -148,14 +148,9 @@ impl Dialect for Prelude {
     }
 
     fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize {
-        let (used, piece) = self.lines.next(input);
-        match piece {
-            None => {}
-            Some(Piece::Line(line)) => self.reply_line(&line, session),
-            // Before TLS every backend line is read, so one too long to hold ends the session.
-            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
-                session.backend_failed("backend sent an over-long line before TLS")
-            }
+        let (used, line) = session.next_backend_line(&mut self.lines, input);
+        if let Some(line) = line {
+            self.reply_line(&line, session);
         }
         used
     }
@@ -194,7 +189,7 @@ enum Stage {
 #[derive(Debug)]
 pub(super) struct Filter {
     stage: Stage,
-    command_head: Vec<u8>,
+    first_command: FirstLine,
     lines: LineSplitter,
     /// Whether the backend bytes relayed before the client's first command ended with a complete line.
     at_line_start: bool,
@@ -204,7 +199,7 @@ impl Default for Filter {
     fn default() -> Self {
         Filter {
             stage: Stage::FirstCommand,
-            command_head: Vec::new(),
+            first_command: FirstLine::default(),
             lines: LineSplitter::default(),
             at_line_start: true,
         }
@@ -216,23 +211,16 @@ impl Filter {
         if self.stage != Stage::FirstCommand {
             return;
         }
-        let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
-            Some(newline) => (&data[..newline], true),
-            None => (data, false),
+        let Some(head) = self.first_command.take(data, COMMAND_HEAD_LEN) else {
+            return;
         };
-        let room = COMMAND_HEAD_LEN.saturating_sub(self.command_head.len());
-        self.command_head
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if ends_line {
-            let (name, _) = split_word(strip_eol(&self.command_head));
-            // A reply already begun mid-line cannot be read from its start, so it is not filtered.
-            self.stage = if is_word(name, "CAPA") && self.at_line_start {
-                Stage::CapaStatus
-            } else {
-                Stage::Done
-            };
-            self.command_head = Vec::new();
-        }
+        let (name, _) = split_word(&head.text);
+        // A reply already begun mid-line cannot be read from its start, so it is not filtered.
+        self.stage = if is_word(name, "CAPA") && self.at_line_start {
+            Stage::CapaStatus
+        } else {
+            Stage::Done
+        };
     }
 
     pub(super) fn backend_to_client(&mut self, data: &[u8], out: &mut Vec<u8>) {
@@ -260,7 +248,7 @@ impl Filter {
     }
 
     pub(super) fn held_bytes(&self) -> usize {
-        self.lines.held_len() + self.command_head.len()
+        self.lines.held_len() + self.first_command.held_len()
     }
 
     /// Relays one piece of the CAPA reply, without the STLS line; returns how many bytes of `input` it took.

@@ -172,14 +172,9 @@ impl Dialect for Prelude {
     }
 
     fn backend_bytes(&mut self, input: &[u8], session: &mut Session) -> usize {
-        let (used, piece) = self.lines.next(input);
-        match piece {
-            None => {}
-            Some(Piece::Line(line)) => self.reply_line(&line, session),
-            // Before TLS every backend line is read, so one too long to hold ends the session.
-            Some(Piece::LongStart(_) | Piece::LongMore { .. }) => {
-                session.backend_failed("backend sent an over-long line before TLS")
-            }
+        let (used, line) = session.next_backend_line(&mut self.lines, input);
+        if let Some(line) = line {
+            self.reply_line(&line, session);
         }
         used
     }
