@@ -267,7 +267,8 @@ impl Daemon<'_> {
     }
 
     fn source_has_a_free_slot(&self, source: Option<Source>) -> bool {
-        source.is_none_or(|source| self.sessions.count_from(source) < self.config.maxconn_per_source)
+        source
+            .is_none_or(|source| self.sessions.count_from(source) < self.config.maxconn_per_source)
     }
 
     /// Accepts every waiting connection (up to the session limit) and forks a child for each, until the backlog is
