@@ -81,6 +81,8 @@ pub struct Program {
     status: Option<ExitStatus>,
     /// Its end was already reported as the session's failure.
     end_reported: bool,
+    /// When its output ended; it then has EXIT_GRACE to exit before it is asked to.
+    output_ended_at: Option<Instant>,
     stderr_logged: Option<Receiver<()>>,
 }
 
@@ -133,18 +135,26 @@ pub fn start_program(
         exit_watch,
         status: None,
         end_reported: false,
+        output_ended_at: None,
         stderr_logged,
     };
     Ok((program, ours))
 }
 
 impl Program {
-    /// Whether the program's output, which just reached its end, is complete: only once the program has exited,
-    /// and then only if it was not killed by a signal and did not fail (exit non-zero) while the client was still
-    /// sending. A cut-short output ends the session without close_notify, so the client cannot take it for whole.
+    /// Whether the program's output, which just reached its end, is complete. A program normally exits right after
+    /// closing its output: its end counts as complete unless it was killed by a signal or failed (exit non-zero)
+    /// while the client was still sending, and a cut-short output ends the session without close_notify, so the
+    /// client cannot take it for whole. One that closed its output and goes on running gets EXIT_GRACE; after that
+    /// its output counts as complete (it did close it) and finish() stops it.
     pub fn output_end(&mut self, client_finished: bool) -> OutputEnd {
+        let ended_at = *self.output_ended_at.get_or_insert_with(Instant::now);
         let Some(status) = self.exit_status() else {
-            return OutputEnd::WaitFor(self.exit_watch.as_raw_fd());
+            let until = ended_at + EXIT_GRACE;
+            if Instant::now() >= until {
+                return OutputEnd::Complete;
+            }
+            return OutputEnd::WaitFor(self.exit_watch.as_raw_fd(), until);
         };
         let failure = match (status.signal(), status.code()) {
             (Some(signal), _) => Some(format!(
@@ -191,19 +201,20 @@ impl Program {
         self.status
     }
 
-    /// The program's input is closed now: it gets EXIT_GRACE to end by itself, then SIGTERM and EXIT_GRACE more,
-    /// then SIGKILL.
+    /// The program's input is closed now: it gets EXIT_GRACE (counted from the end of its output, if it ended
+    /// earlier) to end by itself, then SIGTERM and EXIT_GRACE more, then SIGKILL.
     fn wait_or_stop(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.wait_for_exit() {
+        let grace_ends = self.output_ended_at.unwrap_or_else(Instant::now) + EXIT_GRACE;
+        if let Some(status) = self.wait_for_exit(grace_ends) {
             return Some(status);
         }
         log_error!(
-            "{} did not exit within {} s after the session ended; sending SIGTERM",
+            "{} still ran {} s after its output or its session ended; sending SIGTERM",
             self.name.display(),
             EXIT_GRACE.as_secs()
         );
         let _ = sys::terminate(self.child.id());
-        if let Some(status) = self.wait_for_exit() {
+        if let Some(status) = self.wait_for_exit(Instant::now() + EXIT_GRACE) {
             return Some(status);
         }
         log_error!(
@@ -215,8 +226,7 @@ impl Program {
         self.child.wait().ok()
     }
 
-    fn wait_for_exit(&mut self) -> Option<ExitStatus> {
-        let deadline = Instant::now() + EXIT_GRACE;
+    fn wait_for_exit(&mut self, deadline: Instant) -> Option<ExitStatus> {
         match wait_until(self.exit_watch.as_raw_fd(), sys::POLLIN, deadline) {
             Ok(true) => self.exit_status(),
             _ => None,

@@ -38,8 +38,8 @@ pub trait Plaintext: Read + Write + AsRawFd {
 pub enum OutputEnd {
     /// Complete: the client may be sent close_notify.
     Complete,
-    /// Not known yet: ask again once this descriptor is readable.
-    WaitFor(RawFd),
+    /// Not known yet: ask again once this descriptor is readable or this moment has come.
+    WaitFor(RawFd, Instant),
     /// Cut short (why): the session ends without close_notify.
     CutShort(String),
 }
@@ -320,7 +320,7 @@ struct Pump<'a, C: ClientSide, P: Plaintext> {
     /// The backend's end of output was found complete (see [`Plaintext::output_end`]).
     backend_end_confirmed: bool,
     /// A descriptor to poll before asking [`Plaintext::output_end`] again.
-    backend_end_watch: Option<RawFd>,
+    backend_end_watch: Option<(RawFd, Instant)>,
     close_notify_sent: bool,
     client_read_wait: Wait,
     client_write_wait: Wait,
@@ -535,7 +535,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                     self.backend_end_confirmed = true;
                     progress = true;
                 }
-                OutputEnd::WaitFor(fd) => self.backend_end_watch = Some(fd),
+                OutputEnd::WaitFor(fd, until) => self.backend_end_watch = Some((fd, until)),
                 OutputEnd::CutShort(reason) => return Err(RelayError::Backend(reason)),
             }
         }
@@ -593,7 +593,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
         push_entry(&mut entries, client_read, client_read_events);
         push_entry(&mut entries, client_write, client_write_events);
         push_entry(&mut entries, self.plain.as_raw_fd(), backend_events);
-        if let Some(watch) = self.backend_end_watch {
+        if let Some((watch, _)) = self.backend_end_watch {
             push_entry(&mut entries, watch, sys::POLLIN);
         }
         if entries.is_empty() {
@@ -615,12 +615,23 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             limits.idle
         };
         let started = Instant::now();
+        let watch_until = self.backend_end_watch.map(|(_, until)| until);
+        let poll_limit = match (limit, watch_until) {
+            (limit, None) => limit,
+            (None, Some(until)) => Some(until.saturating_duration_since(started)),
+            (Some(limit), Some(until)) => Some(limit.min(until.saturating_duration_since(started))),
+        };
         let ready = self.poll_releasing_memory_when_quiet(
             &mut entries,
-            limit,
+            poll_limit,
             limits.release_buffers_after,
             started,
         )?;
+        if ready == 0 && watch_until.is_some_and(|until| Instant::now() >= until) {
+            // The moment to ask the plaintext side again about its end has come.
+            self.backend_end_watch = None;
+            return Ok(());
+        }
         if let Some(limit) = limit.filter(|limit| ready == 0 && started.elapsed() >= *limit) {
             return Err(if closing {
                 RelayError::Closing {
@@ -687,7 +698,7 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             self.backend_read_blocked = false;
             self.backend_write_blocked = false;
         }
-        if self.backend_end_watch == Some(fd) {
+        if self.backend_end_watch.is_some_and(|(watch, _)| watch == fd) {
             self.backend_end_watch = None;
         }
     }

@@ -415,3 +415,36 @@ fn a_program_that_exits_non_zero_after_the_client_finished_still_ends_cleanly() 
     assert_eq!(read_to_close_notify(&mut client).unwrap(), b"all of it\n");
     syslog.expect("cat-then-3.sh ended with exit status: 3");
 }
+
+#[test]
+fn a_program_that_outlives_its_session_gets_sigterm() {
+    let (dir, mut syslog, pki) = setup("sigterm");
+    // Ignores the end of its input, but ends on SIGTERM.
+    let program = script(
+        &dir,
+        "lingers.sh",
+        "trap 'exit 0' TERM; echo hello; exec 0<&- 1>&-; while :; do sleep 0.1; done",
+    );
+    let inetd = Inetd::start(
+        &["-cert", pki.server_pem.to_str().unwrap(), "-exec", &program],
+        &syslog,
+    );
+    let mut client = tls(inetd.port);
+    assert_eq!(read_to_close_notify(&mut client).unwrap(), b"hello\n");
+    client.shutdown().unwrap();
+    let statuses = inetd.wait_children();
+    assert!(
+        statuses.iter().all(|status| status.success()),
+        "{statuses:?}"
+    );
+    syslog
+        .expect("lingers.sh still ran 5 s after its output or its session ended; sending SIGTERM");
+    assert!(
+        !syslog
+            .settle()
+            .iter()
+            .any(|line| line.contains("of SIGTERM; killed")),
+        "a program that ends on SIGTERM is not killed: {:#?}",
+        syslog.lines
+    );
+}
