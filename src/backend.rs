@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::ClientAddresses;
 use crate::exec;
@@ -18,7 +18,7 @@ use crate::relay::{OutputEnd, Plaintext};
 use crate::sys;
 use crate::tls_facts::TlsFacts;
 
-/// How long a backend may take to accept the TCP connection.
+/// How long a backend may take to accept the TCP connection (and the PROXY header), at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The plaintext side of a session, whichever kind the command line chose.
@@ -33,11 +33,13 @@ pub enum Backside {
 
 impl Backside {
     /// Opens the plaintext side: connects (sending the PROXY header first when asked), starts the program, or takes
-    /// the inherited descriptor.
+    /// the inherited descriptor. A connection and its header take at most CONNECT_TIMEOUT, and end by `deadline`
+    /// (the session's limit before TLS, with -starttls) when one is given.
     pub fn open(
         config: &Config,
         addresses: &ClientAddresses,
         tls: TlsState,
+        deadline: Option<Instant>,
     ) -> Result<Backside, String> {
         match &config.backend {
             Backend::Tcp { host, port } => {
@@ -45,7 +47,9 @@ impl Backside {
                     Some(version) => proxy_preamble(version, addresses, tls)?,
                     None => Vec::new(),
                 };
-                connect_backend(host, *port, &preamble)
+                let own_limit = Instant::now() + CONNECT_TIMEOUT;
+                let deadline = deadline.map_or(own_limit, |session| session.min(own_limit));
+                connect_backend(host, *port, &preamble, deadline)
                     .map(Backside::Tcp)
                     .map_err(|reason| {
                         format!("cannot connect to backend {host} port {port}: {reason}")
@@ -167,14 +171,25 @@ fn proxy_preamble(
 
 /// Connects to the backend (an IPv4 or IPv6 literal, or a host name tried address by address) and sends the
 /// preamble before any other byte.
-fn connect_backend(host: &str, port: u16, preamble: &[u8]) -> Result<TcpStream, String> {
-    let mut last_error = String::new();
+/// Everything, every address tried included, ends by `deadline`.
+fn connect_backend(
+    host: &str,
+    port: u16,
+    preamble: &[u8],
+    deadline: Instant,
+) -> Result<TcpStream, String> {
+    let mut last_error = String::from("no time left to connect");
     for address in resolve(host, port)? {
-        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&address, left) {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
+                let left = deadline.saturating_duration_since(Instant::now());
                 stream
-                    .set_write_timeout(Some(CONNECT_TIMEOUT))
+                    .set_write_timeout(Some(left.max(Duration::from_millis(1))))
                     .map_err(|e| e.to_string())?;
                 stream
                     .write_all(preamble)

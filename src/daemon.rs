@@ -73,8 +73,12 @@ struct Daemon<'a> {
     paused_until: Option<Instant>,
     /// The length of the next pause; reset once a client is served.
     next_pause: Duration,
-    shortage_log: RateLimit,
-    over_limit_log: RateLimit,
+    /// One rate limit per kind of line, so one kind never hides another.
+    accept_failure_log: RateLimit,
+    fork_failure_log: RateLimit,
+    waiting_log: RateLimit,
+    queue_full_log: RateLimit,
+    expired_log: RateLimit,
 }
 
 /// An accepted client waiting for its session process.
@@ -214,8 +218,11 @@ pub fn run(
         waiting: VecDeque::new(),
         paused_until: None,
         next_pause: FIRST_BACKOFF,
-        shortage_log: RateLimit::new(),
-        over_limit_log: RateLimit::new(),
+        accept_failure_log: RateLimit::new(),
+        fork_failure_log: RateLimit::new(),
+        waiting_log: RateLimit::new(),
+        queue_full_log: RateLimit::new(),
+        expired_log: RateLimit::new(),
     };
     tls::warm_up();
     daemon.serve_forever()
@@ -255,6 +262,8 @@ impl Daemon<'_> {
                 if let Some(status) = self.handle_signals() {
                     return status;
                 }
+                // Slots freed by reaped sessions go to the clients already waiting, before anyone new.
+                self.serve_waiting_clients();
             }
             if entries.get(1).is_some_and(|entry| entry.revents != 0) {
                 self.accept_waiting_clients();
@@ -281,11 +290,15 @@ impl Daemon<'_> {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let source = Some(Source::of(peer.ip()));
-                    if self.source_has_a_free_slot(source) {
-                        self.fork_session(OwnedFd::from(stream), source);
+                    let client = WaitingClient {
+                        connection: OwnedFd::from(stream),
+                        source: Some(Source::of(peer.ip())),
+                        deadline: Instant::now() + self.config.handshake_timeout,
+                    };
+                    if self.source_has_a_free_slot(client.source) {
+                        self.fork_session(client);
                     } else {
-                        self.wait_for_a_slot(OwnedFd::from(stream), source);
+                        self.wait_for_a_slot(client);
                     }
                 }
                 Err(error) => {
@@ -298,9 +311,9 @@ impl Daemon<'_> {
 
     /// Holds a client whose source has its whole share of sessions, up to -maxconn of them; beyond that the
     /// connection is closed.
-    fn wait_for_a_slot(&mut self, connection: OwnedFd, source: Option<Source>) {
+    fn wait_for_a_slot(&mut self, client: WaitingClient) {
         if self.waiting.len() >= self.config.maxconn {
-            if self.over_limit_log.due() {
+            if self.queue_full_log.due() {
                 log_warning!(
                     "{} clients already wait for a session slot; closing new connections from sources over \
                      -maxconn_per_source {}",
@@ -310,17 +323,13 @@ impl Daemon<'_> {
             }
             return;
         }
-        if let Some(source) = source.filter(|_| self.over_limit_log.due()) {
+        if let Some(source) = client.source.filter(|_| self.waiting_log.due()) {
             log_notice!(
                 "{source} has {} sessions (-maxconn_per_source); its new connections wait",
                 self.config.maxconn_per_source
             );
         }
-        self.waiting.push_back(WaitingClient {
-            connection,
-            source,
-            deadline: Instant::now() + self.config.handshake_timeout,
-        });
+        self.waiting.push_back(client);
     }
 
     /// Starts the session of every waiting client that may now have one, oldest first.
@@ -332,7 +341,7 @@ impl Daemon<'_> {
                 continue;
             }
             if let Some(client) = self.waiting.remove(index) {
-                self.fork_session(client.connection, client.source);
+                self.fork_session(client);
             }
         }
     }
@@ -344,7 +353,7 @@ impl Daemon<'_> {
         let before = self.waiting.len();
         self.waiting.retain(|client| client.deadline > now);
         let closed = before - self.waiting.len();
-        if closed > 0 && self.over_limit_log.due() {
+        if closed > 0 && self.expired_log.due() {
             log_warning!(
                 "{closed} waiting clients closed: no session slot for them within {} s",
                 self.config.handshake_timeout.as_secs()
@@ -362,7 +371,7 @@ impl Daemon<'_> {
             return;
         }
         self.pause_accepting();
-        if self.shortage_log.due() {
+        if self.accept_failure_log.due() {
             log_error!(
                 "accept failed: {}; pausing new connections",
                 io_reason(error)
@@ -377,22 +386,18 @@ impl Daemon<'_> {
 
     /// Starts the session process for one client. When fork fails (the process limit, memory), the client waits
     /// first in line and accepting pauses; the client is served once fork works again.
-    fn fork_session(&mut self, connection: OwnedFd, source: Option<Source>) {
+    fn fork_session(&mut self, client: WaitingClient) {
         match sys::fork() {
-            Ok(Forked::Child) => self.serve_in_child(connection),
+            Ok(Forked::Child) => self.serve_in_child(client.connection),
             Ok(Forked::Parent(pid)) => {
-                self.sessions.started(pid, source);
+                self.sessions.started(pid, client.source);
                 self.next_pause = FIRST_BACKOFF;
             }
             Err(error) => {
-                // First in line again: it was accepted before anyone still in the backlog.
-                self.waiting.push_front(WaitingClient {
-                    connection,
-                    source,
-                    deadline: Instant::now() + self.config.handshake_timeout,
-                });
+                // First in line again (it was accepted before anyone still in the backlog), with its deadline.
+                self.waiting.push_front(client);
                 self.pause_accepting();
-                if self.shortage_log.due() {
+                if self.fork_failure_log.due() {
                     log_error!(
                         "fork failed: {}; new connections wait until it works again",
                         io_reason(&error)

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use crate::client::ClientAddresses;
 use crate::reason::io_reason;
-use crate::relay::{OutputEnd, wait_until};
+use crate::relay::OutputEnd;
 use crate::tls_facts::TlsFacts;
 use crate::{log_error, log_notice, sys};
 
 /// How long the program may take to exit once the session is over before it is asked to (SIGTERM), and again
 /// before it is killed (SIGKILL).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How often a program's exit is looked for where the kernel offers no pidfd to wait on.
+const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long the last stderr lines of an ended program may take to reach syslog.
 const STDERR_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Longest stderr line passed to syslog.
@@ -72,13 +74,13 @@ pub fn environment(
     variables
 }
 
-/// A started program: the process, its name for log lines, a descriptor that becomes readable when it exits, its
-/// exit status once known, and the signal that its stderr was fully logged.
+/// A started program: the process, its name for log lines, a descriptor that becomes readable when it exits (its
+/// pidfd), how it ended once known, and the signal that its stderr was fully logged.
 pub struct Program {
     child: Child,
     name: PathBuf,
-    exit_watch: OwnedFd,
-    status: Option<ExitStatus>,
+    exit_watch: Option<OwnedFd>,
+    exit: Exit,
     /// Its end was already reported as the session's failure.
     end_reported: bool,
     /// When its output ended; it then has EXIT_GRACE to exit before it is asked to.
@@ -108,17 +110,9 @@ pub fn start_program(
     }
     sys::inherit_only_stdio(&mut command);
     let mut child = command.spawn().map_err(|e| io_reason(&e))?;
-    let exit_watch = match sys::process_exit_watch(child.id()) {
-        Ok(watch) => watch,
-        Err(error) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "cannot watch for its exit (pidfd_open: {}; Linux 5.3 or later is needed)",
-                io_reason(&error)
-            ));
-        }
-    };
+    // Without pidfd_open (Linux before 5.3, or a seccomp filter that predates it) the exit is looked for every
+    // EXIT_CHECK_INTERVAL instead.
+    let exit_watch = sys::process_exit_watch(child.id()).ok();
     let stderr_logged = child.stderr.take().map(|stderr| {
         let name = program.display().to_string();
         let (done, logged) = channel();
@@ -133,7 +127,7 @@ pub fn start_program(
         child,
         name: program.to_path_buf(),
         exit_watch,
-        status: None,
+        exit: Exit::Running,
         end_reported: false,
         output_ended_at: None,
         stderr_logged,
@@ -149,12 +143,27 @@ impl Program {
     /// its output counts as complete (it did close it) and finish() stops it.
     pub fn output_end(&mut self, client_finished: bool) -> OutputEnd {
         let ended_at = *self.output_ended_at.get_or_insert_with(Instant::now);
-        let Some(status) = self.exit_status() else {
-            let until = ended_at + EXIT_GRACE;
-            if Instant::now() >= until {
-                return OutputEnd::Complete;
+        let status = match self.check_exit() {
+            Exit::Running => {
+                let until = ended_at + EXIT_GRACE;
+                if Instant::now() >= until {
+                    return OutputEnd::Complete;
+                }
+                return match &self.exit_watch {
+                    Some(watch) => OutputEnd::WaitFor(Some(watch.as_raw_fd()), until),
+                    None => {
+                        OutputEnd::WaitFor(None, until.min(Instant::now() + EXIT_CHECK_INTERVAL))
+                    }
+                };
             }
-            return OutputEnd::WaitFor(self.exit_watch.as_raw_fd(), until);
+            Exit::Unknown => {
+                self.end_reported = true;
+                return OutputEnd::CutShort(format!(
+                    "{} ended, but its exit status is unknown (it was reaped elsewhere)",
+                    self.name.display()
+                ));
+            }
+            Exit::Ended(status) => status,
         };
         let failure = match (status.signal(), status.code()) {
             (Some(signal), _) => Some(format!(
@@ -180,58 +189,96 @@ impl Program {
     /// syslog before the session process exits; bounded, because a background child of the program may keep the
     /// stderr pipe open.
     pub fn finish(mut self) {
-        if self.status.is_none() {
-            self.status = self.wait_or_stop();
+        if self.check_exit() == Exit::Running {
+            self.wait_or_stop();
         }
-        if let Some(status) = self
-            .status
-            .filter(|status| !status.success() && !self.end_reported)
-        {
-            log_notice!("{} ended with {status}", self.name.display());
+        if let Exit::Ended(status) = self.exit {
+            if !status.success() && !self.end_reported {
+                log_notice!("{} ended with {status}", self.name.display());
+            }
         }
         if let Some(logged) = self.stderr_logged {
             let _ = logged.recv_timeout(STDERR_DRAIN_LIMIT);
         }
     }
 
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
+    /// Reaps the program if it has ended.
+    fn check_exit(&mut self) -> Exit {
+        if self.exit == Exit::Running {
+            self.exit = match self.child.try_wait() {
+                Ok(Some(status)) => Exit::Ended(status),
+                Ok(None) => Exit::Running,
+                // ECHILD: reaped by someone else, so its number may already be another process's.
+                Err(_) => Exit::Unknown,
+            };
         }
-        self.status
+        self.exit
     }
 
     /// The program's input is closed now: it gets EXIT_GRACE (counted from the end of its output, if it ended
     /// earlier) to end by itself, then SIGTERM and EXIT_GRACE more, then SIGKILL.
-    fn wait_or_stop(&mut self) -> Option<ExitStatus> {
+    fn wait_or_stop(&mut self) {
         let grace_ends = self.output_ended_at.unwrap_or_else(Instant::now) + EXIT_GRACE;
-        if let Some(status) = self.wait_for_exit(grace_ends) {
-            return Some(status);
+        if self.wait_for_exit(grace_ends) != Exit::Running {
+            return;
         }
         log_error!(
             "{} still ran {} s after its output or its session ended; sending SIGTERM",
             self.name.display(),
             EXIT_GRACE.as_secs()
         );
-        let _ = sys::terminate(self.child.id());
-        if let Some(status) = self.wait_for_exit(Instant::now() + EXIT_GRACE) {
-            return Some(status);
+        self.signal(libc::SIGTERM);
+        if self.wait_for_exit(Instant::now() + EXIT_GRACE) != Exit::Running {
+            return;
         }
         log_error!(
             "{} did not exit within {} s of SIGTERM; killed",
             self.name.display(),
             EXIT_GRACE.as_secs()
         );
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        self.signal(libc::SIGKILL);
+        self.exit = match self.child.wait() {
+            Ok(status) => Exit::Ended(status),
+            Err(_) => Exit::Unknown,
+        };
     }
 
-    fn wait_for_exit(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        match wait_until(self.exit_watch.as_raw_fd(), sys::POLLIN, deadline) {
-            Ok(true) => self.exit_status(),
-            _ => None,
+    /// Signals the program through its pidfd, which cannot name another process; without one, by its number, which
+    /// is still the program's: it is unreaped (check_exit says it runs) and SIGCHLD is not ignored (main).
+    fn signal(&self, signal: libc::c_int) {
+        let _ = match &self.exit_watch {
+            Some(watch) => sys::signal_process(watch.as_fd(), signal),
+            None => sys::signal_child(self.child.id(), signal),
+        };
+    }
+
+    /// Waits until the program has ended or the deadline has passed, on its pidfd (or checking every
+    /// EXIT_CHECK_INTERVAL without one).
+    fn wait_for_exit(&mut self, deadline: Instant) -> Exit {
+        loop {
+            let exit = self.check_exit();
+            if exit != Exit::Running || Instant::now() >= deadline {
+                return exit;
+            }
+            match &self.exit_watch {
+                Some(watch) => {
+                    let _ = sys::wait_until(watch.as_raw_fd(), sys::POLLIN, deadline);
+                }
+                None => std::thread::sleep(
+                    EXIT_CHECK_INTERVAL.min(deadline.saturating_duration_since(Instant::now())),
+                ),
+            }
         }
     }
+}
+
+/// How a program has ended, as far as this session knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Running,
+    Ended(ExitStatus),
+    /// It is gone but its status could not be read (reaped by someone else).
+    Unknown,
 }
 
 /// Passes what the program writes on stderr to syslog, a line at a time.

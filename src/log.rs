@@ -6,7 +6,8 @@
 //! The syslog socket is `/dev/log`, or the path in `SSLWRAP_SYSLOG_SOCKET` (the tests listen there). It is connected
 //! once at start-up, so logging keeps working after a chroot, and it is replaced only when its receiver is really
 //! gone: a full queue drops the one message, never the socket. Neither a stalled syslog daemon nor an unread stderr
-//! pipe may ever make a write wait: both are written without blocking.
+//! pipe may ever stall sslwrap: a message waits at most 20 ms for room in a full syslog queue, and stderr is written
+//! without blocking.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,24 +47,23 @@ struct Logger {
 /// How messages reach stderr. A pipe or terminal nobody reads must never stall the accept loop or a session, so a
 /// descriptor of its own is opened for it in non-blocking mode (opening /proc/self/fd/2 gives a new open file
 /// description: the O_NONBLOCK flag then does not reach the shell or supervisor that shares fd 2). A line that does
-/// not fit is dropped. A regular file is written through fd 2 itself, where writes never wait for a reader.
+/// not fit is dropped. Where that reopening is refused (a pipe that another user created, for one), fd 2 is written
+/// only when poll says it has room. A regular file is written through fd 2 itself, where writes never wait for a
+/// reader.
 enum StderrSink {
     /// stderr is a socket (the client, in inetd mode), or cannot be used.
     Nothing,
     Fd2,
+    Fd2WhenWritable,
     NonBlocking(std::fs::File),
 }
 
 impl StderrSink {
     fn open() -> StderrSink {
         use std::os::unix::fs::OpenOptionsExt;
-        let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        let Some(kind) = stderr_file_type() else {
             return StderrSink::Nothing;
         };
-        let Ok(meta) = std::fs::File::from(stderr).metadata() else {
-            return StderrSink::Nothing;
-        };
-        let kind = meta.file_type();
         if kind.is_socket() {
             return StderrSink::Nothing;
         }
@@ -76,8 +76,7 @@ impl StderrSink {
             .open("/proc/self/fd/2")
         {
             Ok(file) => StderrSink::NonBlocking(file),
-            // Without /proc (or for /dev/null and the like) fd 2 is used as it is.
-            Err(_) => StderrSink::Fd2,
+            Err(_) => StderrSink::Fd2WhenWritable,
         }
     }
 
@@ -85,6 +84,13 @@ impl StderrSink {
         let _ = match self {
             StderrSink::Nothing => Ok(()),
             StderrSink::Fd2 => std::io::stderr().write_all(line.as_bytes()),
+            StderrSink::Fd2WhenWritable => {
+                let mut entry = [crate::sys::poll_entry(2, crate::sys::POLLOUT)];
+                match crate::sys::poll(&mut entry, Some(std::time::Duration::ZERO)) {
+                    Ok(ready) if ready > 0 => std::io::stderr().write_all(line.as_bytes()),
+                    _ => Ok(()),
+                }
+            }
             // One write: a line shorter than PIPE_BUF goes into a pipe whole or not at all.
             StderrSink::NonBlocking(file) => (&*file).write_all(line.as_bytes()),
         };
@@ -128,12 +134,14 @@ pub fn enabled(severity: Severity) -> bool {
 
 /// Whether fd 2 may be written to: only when it is not a socket (in inetd mode a socket there is the client).
 pub fn stderr_is_safe_to_write() -> bool {
-    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
-        return false;
-    };
-    std::fs::File::from(stderr)
-        .metadata()
-        .is_ok_and(|meta| !meta.file_type().is_socket())
+    stderr_file_type().is_some_and(|kind| !kind.is_socket())
+}
+
+/// What fd 2 is open on, if it is open.
+fn stderr_file_type() -> Option<std::fs::FileType> {
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(stderr).metadata().ok()?;
+    Some(meta.file_type())
 }
 
 /// Writes one message at a severity, if the verbosity allows it.

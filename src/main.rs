@@ -23,10 +23,13 @@ mod tls_facts;
 use options::{Command, Config, UsageError};
 
 fn main() {
-    log::init();
+    sys::restore_default_child_signal();
     // Kept as the bytes given: file names and -exec arguments need not be UTF-8.
     let words: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let status = match options::parse(&words) {
+    let parsed = options::parse(&words);
+    sys::close_inherited_descriptors(&descriptors_to_keep(&parsed));
+    log::init();
+    let status = match parsed {
         Err(UsageError(messages)) => report_usage_error(&messages),
         Ok(Command::Help) => {
             print!("{}", options::usage());
@@ -43,6 +46,26 @@ fn main() {
         Ok(Command::Run(config)) => run(&config),
     };
     std::process::exit(status);
+}
+
+/// The inherited descriptors sslwrap uses: the `-fd` plaintext side, and the sockets a service manager passes
+/// (LISTEN_FDS, from fd 3 on, when LISTEN_PID is this process).
+fn descriptors_to_keep(parsed: &Result<Command, UsageError>) -> Vec<i32> {
+    let mut keep = Vec::new();
+    if let Ok(Command::Run(config)) = parsed {
+        if let options::Backend::Fd(fd) = config.backend {
+            keep.push(fd);
+        }
+    }
+    let for_us = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    let passed: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    if for_us {
+        keep.extend((0..passed.clamp(0, 1024)).map(|index| 3 + index));
+    }
+    keep
 }
 
 fn report_usage_error(messages: &[String]) -> i32 {

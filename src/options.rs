@@ -411,7 +411,7 @@ const OPTIONS: &[OptionSpec] = &[
     ),
     row(
         "maxconn_per_source",
-        "daemon mode: at most N sessions at once from one IPv4 address or IPv6 /64 (default: -maxconn/4)",
+        "daemon mode: at most N sessions at once from one IPv4 address or IPv6 /64 (default: -maxconn)",
         Text("N", |d, v| {
             let limit: u32 = parse_number("-maxconn_per_source", v, 1..=u32::MAX)?;
             d.maxconn_per_source = Some(limit as usize);
@@ -712,9 +712,9 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         verbosity: draft.verbosity,
         state: draft.state,
         maxconn,
-        // A quarter of all sessions: one busy source cannot take every slot, yet a few clients behind one NAT
-        // address still get many.
-        maxconn_per_source: draft.maxconn_per_source.unwrap_or((maxconn / 4).max(1)),
+        // No share of its own unless asked for, as s6-tcpserver's -C: a NAT gateway or a balancer in front is one
+        // source, and the legacy daemon line must go on serving as many of its clients as -maxconn allows.
+        maxconn_per_source: draft.maxconn_per_source.unwrap_or(maxconn),
         idle_timeout: draft.idle_timeout.unwrap_or(Some(DEFAULT_IDLE_TIMEOUT)),
         close_timeout: draft.close_timeout.unwrap_or(DEFAULT_CLOSE_TIMEOUT),
         handshake_timeout: draft.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
@@ -1310,11 +1310,10 @@ mod tests {
     }
 
     #[test]
-    fn maxconn_per_source_defaults_to_a_quarter_of_maxconn_and_at_least_one() {
-        assert_eq!(config("-port 1").maxconn_per_source, 64);
-        assert_eq!(config("-port 1 -maxconn 10").maxconn_per_source, 2);
-        assert_eq!(config("-port 1 -maxconn 3").maxconn_per_source, 1);
-        assert_eq!(config("-port 1 -maxconn 1").maxconn_per_source, 1);
+    fn maxconn_per_source_defaults_to_maxconn() {
+        assert_eq!(config("-port 1").maxconn_per_source, 256);
+        assert_eq!(config("-port 1 -maxconn 10").maxconn_per_source, 10);
+        assert_eq!(config("-maxconn 3 -port 1").maxconn_per_source, 3);
         assert_eq!(
             config("-port 1 -maxconn_per_source 7 -maxconn 100").maxconn_per_source,
             7

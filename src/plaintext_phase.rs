@@ -7,8 +7,9 @@
 use std::time::{Duration, Instant};
 
 use crate::client::ClientIo;
-use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait, push_entry};
+use crate::relay::{BUFFER_SIZE, ClientSide, Io, Plaintext, Wait};
 use crate::starttls::{Prelude, StartTlsMode, Step, TimeLimit};
+use crate::sys::push_entry;
 use crate::{log_debug, log_error, log_warning, sys};
 
 /// How long a client may stay silent before STARTTLS when no -timeout says otherwise.
@@ -319,7 +320,7 @@ pub fn write_all_within<C: ClientSide>(
                     Wait::Readable => (io.read_fd(), sys::POLLIN),
                     _ => (io.write_fd(), sys::POLLOUT),
                 };
-                if !crate::relay::wait_until(fd, events, deadline).map_err(|e| e.to_string())? {
+                if !crate::sys::wait_until(fd, events, deadline).map_err(|e| e.to_string())? {
                     return Err("client did not read in time".to_string());
                 }
             }

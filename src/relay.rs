@@ -38,8 +38,8 @@ pub trait Plaintext: Read + Write + AsRawFd {
 pub enum OutputEnd {
     /// Complete: the client may be sent close_notify.
     Complete,
-    /// Not known yet: ask again once this descriptor is readable or this moment has come.
-    WaitFor(RawFd, Instant),
+    /// Not known yet: ask again once this descriptor (if any) is readable or this moment has come.
+    WaitFor(Option<RawFd>, Instant),
     /// Cut short (why): the session ends without close_notify.
     CutShort(String),
 }
@@ -226,7 +226,7 @@ impl std::fmt::Display for RelayError {
                 complete: false,
             } => write!(
                 f,
-                "no traffic for {} s after one side had ended; closed with data undelivered",
+                "no traffic for {} s after one side had ended; closed with the other side unfinished",
                 limit.as_secs()
             ),
         }
@@ -320,7 +320,7 @@ struct Pump<'a, C: ClientSide, P: Plaintext> {
     /// The backend's end of output was found complete (see [`Plaintext::output_end`]).
     backend_end_confirmed: bool,
     /// A descriptor to poll before asking [`Plaintext::output_end`] again.
-    backend_end_watch: Option<(RawFd, Instant)>,
+    backend_end_watch: Option<(Option<RawFd>, Instant)>,
     close_notify_sent: bool,
     client_read_wait: Wait,
     client_write_wait: Wait,
@@ -590,13 +590,13 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             backend_events |= sys::POLLOUT;
         }
         let mut entries = Vec::with_capacity(3);
-        push_entry(&mut entries, client_read, client_read_events);
-        push_entry(&mut entries, client_write, client_write_events);
-        push_entry(&mut entries, self.plain.as_raw_fd(), backend_events);
-        if let Some((watch, _)) = self.backend_end_watch {
-            push_entry(&mut entries, watch, sys::POLLIN);
+        sys::push_entry(&mut entries, client_read, client_read_events);
+        sys::push_entry(&mut entries, client_write, client_write_events);
+        sys::push_entry(&mut entries, self.plain.as_raw_fd(), backend_events);
+        if let Some((Some(watch), _)) = self.backend_end_watch {
+            sys::push_entry(&mut entries, watch, sys::POLLIN);
         }
-        if entries.is_empty() {
+        if entries.is_empty() && self.backend_end_watch.is_none() {
             // Nothing can move any more: only a side that stopped without closing is left.
             return Err(RelayError::Client(
                 "stalled with nothing to wait for".to_string(),
@@ -698,7 +698,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             self.backend_read_blocked = false;
             self.backend_write_blocked = false;
         }
-        if self.backend_end_watch.is_some_and(|(watch, _)| watch == fd) {
+        if self
+            .backend_end_watch
+            .is_some_and(|(watch, _)| watch == Some(fd))
+        {
             self.backend_end_watch = None;
         }
     }
@@ -709,33 +712,6 @@ fn poll_or_fail(
     timeout: Option<Duration>,
 ) -> Result<usize, RelayError> {
     sys::poll(entries, timeout).map_err(|e| RelayError::Client(format!("poll failed: {e}")))
-}
-
-/// Adds interest in `events` on `fd` to a poll set, merging with an entry for the same descriptor (fds 0 and 1 of
-/// one socket, or one socket for both directions); no interest, no entry.
-pub fn push_entry(entries: &mut Vec<sys::pollfd>, fd: RawFd, events: libc::c_short) {
-    if events == 0 {
-        return;
-    }
-    if let Some(existing) = entries.iter_mut().find(|entry| entry.fd == fd) {
-        existing.events |= events;
-    } else {
-        entries.push(sys::poll_entry(fd, events));
-    }
-}
-
-/// Waits until `fd` is ready for `events` or the deadline passes; Ok(false) on timeout.
-pub fn wait_until(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(false);
-        }
-        let mut entry = [sys::poll_entry(fd, events)];
-        if sys::poll(&mut entry, Some(left))? > 0 {
-            return Ok(true);
-        }
-    }
 }
 
 #[cfg(test)]

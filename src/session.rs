@@ -48,7 +48,8 @@ fn serve_tls_from_the_start(
     };
     let facts = TlsFacts::of(stream.ssl());
     log_debug!("{peer}: {} {} established", facts.protocol, facts.cipher);
-    let mut backend = match Backside::open(config, addresses, TlsState::Established(&facts)) {
+    // Only the backend's own connect limit applies: the handshake is over.
+    let mut backend = match Backside::open(config, addresses, TlsState::Established(&facts), None) {
         Ok(backend) => backend,
         Err(reason) => {
             log_error!("{peer}: {reason}");
@@ -78,7 +79,7 @@ fn serve_with_starttls(
     } else {
         TlsState::NotYet
     };
-    let mut backend = match Backside::open(config, addresses, tls) {
+    let mut backend = match Backside::open(config, addresses, tls, Some(deadline)) {
         Ok(backend) => backend,
         Err(reason) => {
             log_error!("{peer}: {reason}");
@@ -202,7 +203,7 @@ pub fn close_cleanly(stream: &mut SslStream<ClientIo>) {
         match stream.shutdown() {
             Ok(_) => return,
             Err(error) if error.code() == ErrorCode::WANT_WRITE => {
-                if !relay::wait_until(stream.get_ref().write_fd(), sys::POLLOUT, deadline)
+                if !sys::wait_until(stream.get_ref().write_fd(), sys::POLLOUT, deadline)
                     .unwrap_or(false)
                 {
                     return;
@@ -232,7 +233,7 @@ pub fn accept_tls(
             ErrorCode::WANT_WRITE => (stream.get_ref().write_fd(), sys::POLLOUT),
             _ => return Err(handshake_failure_reason(&stream, &error)),
         };
-        match relay::wait_until(fd, events, deadline) {
+        match sys::wait_until(fd, events, deadline) {
             Ok(true) => {}
             Ok(false) => return Err(format!("not completed within {} s", limit.as_secs())),
             Err(e) => return Err(format!("poll failed: {e}")),

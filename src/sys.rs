@@ -1,13 +1,14 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
-//! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding). Each
-//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
-//! this file may use `unsafe`.
+//! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
+//! reading, PKCS#8 and preset-curve EC key decoding), and the two poll helpers built on them. Each wrapper is small,
+//! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
+//! `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use libc::{POLLIN, POLLOUT, pollfd};
 
@@ -42,6 +43,33 @@ pub fn poll_entry(fd: RawFd, events: libc::c_short) -> pollfd {
         fd,
         events,
         revents: 0,
+    }
+}
+
+/// Adds interest in `events` on `fd` to a poll set, merging with an entry for the same descriptor (fds 0 and 1 of
+/// one socket, or one socket for both directions); no interest, no entry.
+pub fn push_entry(entries: &mut Vec<pollfd>, fd: RawFd, events: libc::c_short) {
+    if events == 0 {
+        return;
+    }
+    if let Some(existing) = entries.iter_mut().find(|entry| entry.fd == fd) {
+        existing.events |= events;
+    } else {
+        entries.push(poll_entry(fd, events));
+    }
+}
+
+/// Waits until `fd` is ready for `events` or the deadline passes; Ok(false) on timeout.
+pub fn wait_until(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut entry = [poll_entry(fd, events)];
+        if poll(&mut entry, Some(left))? > 0 {
+            return Ok(true);
+        }
     }
 }
 
@@ -490,12 +518,33 @@ pub fn process_exit_watch(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Asks a child process to end (SIGTERM).
-pub fn terminate(pid: u32) -> io::Result<()> {
+/// Sends `signal` to the process a pidfd refers to (pidfd_send_signal): unlike a process number, a pidfd can never
+/// name another process once its own has been reaped.
+pub fn signal_process(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes the descriptor (kept open by the borrow), the signal number, a null siginfo
+    // (meaning "as kill(2) would") and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to a child process by number; the caller guarantees the child is not reaped yet, so the number is
+/// still its own.
+pub fn signal_child(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid =
         libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill takes plain integers; `pid` is our own unreaped child, so it names no other process.
-    check(unsafe { libc::kill(pid, libc::SIGTERM) })?;
+    // SAFETY: kill takes plain integers; the caller's guarantee means `pid` names our own child.
+    check(unsafe { libc::kill(pid, signal) })?;
     Ok(())
 }
 
@@ -531,6 +580,59 @@ pub fn inherit_only_stdio(command: &mut std::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// Gives SIGCHLD its default disposition. A process started with SIGCHLD ignored (an inetd or shell may leave it so)
+/// has its children reaped by the kernel itself, so no exit status of a session process or `-exec` program could be
+/// read, and a pidfd would report an exit whose status is lost.
+pub fn restore_default_child_signal() {
+    // SAFETY: setting the disposition of SIGCHLD to SIG_DFL installs no handler and touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}
+
+/// Closes every descriptor above 2 except those in `keep` (sorted or not): what the process that started sslwrap
+/// left open (a descriptor a shell holds on a secret file, say) must not stay open in a process that parses what
+/// clients send. Call before anything of sslwrap's own is opened.
+pub fn close_inherited_descriptors(keep: &[RawFd]) {
+    let mut kept: Vec<libc::c_uint> = keep
+        .iter()
+        .filter_map(|&fd| libc::c_uint::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first: libc::c_uint = 3;
+    for fd in kept.into_iter().chain([libc::c_uint::MAX]) {
+        if fd > first {
+            close_range(first, fd - 1);
+        }
+        first = fd.saturating_add(1);
+    }
+}
+
+/// Closes descriptors `first..=last`; where close_range(2) is missing (Linux before 5.9), one at a time up to the
+/// descriptor limit.
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: close_range takes plain integers; nothing of ours is open yet in the range (see the caller).
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if closed == 0 {
+        return;
+    }
+    // SAFETY: getrlimit writes the local only.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let highest = libc::c_uint::try_from(limit.rlim_cur.min(1 << 20)).unwrap_or(1 << 20);
+    for fd in first..=last.min(highest) {
+        // SAFETY: closing a descriptor number nothing of ours uses; EBADF for an unopened one is harmless.
+        unsafe {
+            libc::close(fd as RawFd);
+        }
     }
 }
 

@@ -447,7 +447,7 @@ const USUAL_CURVES: [Nid; 3] = [Nid::X9_62_PRIME256V1, Nid::SECP384R1, Nid::SECP
 fn load_private_key(option: &str, path: &Path, pem: &[u8]) -> Result<PKey<Private>, String> {
     if is_encrypted_pem(pem) {
         return Err(format!(
-            "the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
+            "{option}: the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
              (openssl pkey -in FILE -out NEWFILE)",
             path.display()
         ));

@@ -242,15 +242,49 @@ fn descendants_of(pid: u32) -> Vec<(u32, char)> {
     found
 }
 
+/// Runs the command under a subreaper (a Python process with PR_SET_CHILD_SUBREAPER): a process orphaned below it
+/// comes to it instead of to init, and as it never reaps such a process, it stays its child for the test to see.
+/// The daemon gets SIGKILL when the subreaper dies, so a failed test leaves no daemon behind.
+const SUBREAPER: &str = "import ctypes, subprocess, sys\n\
+libc = ctypes.CDLL(None)\n\
+libc.prctl(36, 1)\n\
+child = subprocess.Popen(sys.argv[1:], preexec_fn=lambda: libc.prctl(1, 9))\n\
+print(child.pid, flush=True)\n\
+sys.stdin.read()\n\
+child.kill(); child.wait()\n";
+
 #[test]
 fn exec_in_daemon_mode_reaps_every_program() {
     let (_dir, syslog, pki) = setup("daemon-exec");
-    let (mut daemon, port) = spawn_daemon(
-        "127.0.0.1",
-        &["-cert", pki.server_pem.to_str().unwrap()],
-        &["-exec", "/bin/cat"],
-        &syslog,
+    let port = free_port_on("127.0.0.1");
+    let accept = format!("127.0.0.1:{port}");
+    let cert = pki.server_pem.to_str().unwrap();
+    let mut reaper = KilledOnDrop(
+        std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c", SUBREAPER, BINARY, "-cert", cert, "-accept", &accept, "-exec", "/bin/cat",
+            ])
+            .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reaper.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let daemon: u32 = line.trim().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sslwrap is not listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for n in 0..20u8 {
         let mut client = tls(port);
         client.write_all(&[n; 10]).unwrap();
@@ -260,17 +294,17 @@ fn exec_in_daemon_mode_reaps_every_program() {
         client.shutdown().unwrap();
         read_to_close_notify(&mut client).unwrap();
     }
-    // Each session process reaps its program before it exits, and the daemon reaps the session process: once the
-    // tree is empty nothing was left behind; a zombie at any level would stay in it.
+    // Once every session has ended, the subreaper's only descendant is the daemon: a program left unreaped by its
+    // session, or a session left unreaped by the daemon, would still be there (a zombie at any level stays).
+    let reaper_pid = reaper.0.id();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut left = descendants_of(daemon.id());
-    while !left.is_empty() && std::time::Instant::now() < deadline {
+    let mut left = descendants_of(reaper_pid);
+    while left != [(daemon, 'S')] && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        left = descendants_of(daemon.id());
+        left = descendants_of(reaper_pid);
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(left, [(daemon, 'S')], "left behind besides the daemon");
+    drop(reaper.0.stdin.take());
 }
 
 #[test]
@@ -446,5 +480,41 @@ fn a_program_that_outlives_its_session_gets_sigterm() {
             .any(|line| line.contains("of SIGTERM; killed")),
         "a program that ends on SIGTERM is not killed: {:#?}",
         syslog.lines
+    );
+}
+
+#[test]
+fn an_inherited_ignored_sigchld_hides_no_program_failure() {
+    let (dir, mut syslog, pki) = setup("sigchld-ignored");
+    let program = script(&dir, "dies.sh", "echo hello; kill -9 $$");
+    // An inetd or shell that leaves SIGCHLD ignored makes the kernel reap children by itself.
+    // (bash passes an ignored SIGCHLD on to what it execs; dash does not.)
+    let launcher = dir.path("launch.sh");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/bash\ntrap '' CHLD\nexec '{BINARY}' -cert '{}' -exec '{program}'\n",
+            pki.server_pem.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let launcher = launcher.to_str().unwrap().to_string();
+    let inetd = Inetd::start_command("127.0.0.1:0", &launcher, &[], &syslog);
+    let mut client = tls(inetd.port);
+    let (received, close_notify) = read_to_the_end(&mut client);
+    assert_eq!(received, b"hello\n".len());
+    assert!(
+        !close_notify,
+        "a killed program's output must not end with close_notify"
+    );
+    syslog.expect("dies.sh was killed by signal 9");
+    let statuses = inetd.wait_children();
+    assert!(
+        statuses.iter().all(|status| !status.success()),
+        "{statuses:?}"
     );
 }

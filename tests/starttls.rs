@@ -870,7 +870,7 @@ fn imap_commands_with_literals_too_large_never_reach_the_backend() {
 fn a_client_trickling_bytes_is_cut_off_by_the_time_limit_before_tls() {
     let mut s = setup("trickle");
     let backend = ScriptedBackend::start(Some(b"* OK fake IMAP\r\n"), imap_answer);
-    // No -timeout: the idle limit is then 300 s, so only the total limit can end this session within the loop.
+    // No -timeout: the idle limit is then the default 12 hours, so only the total limit can end this session in the loop.
     let front = scripted_front(&s, &backend, "imap", &["-handshake_timeout", "3"]);
     let mut stream = tcp(front.port());
     assert_eq!(read_line(&mut stream).unwrap(), "* OK fake IMAP\r\n");

@@ -101,7 +101,7 @@ fn encrypted_key_is_a_clear_error() {
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.contains(&format!(
-            "the private key in {} is encrypted",
+            "-cert: the private key in {} is encrypted",
             path.display()
         )),
         "{stderr}"

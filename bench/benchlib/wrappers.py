@@ -82,10 +82,7 @@ class Launcher:
         return Endpoint(kind, process, port, log_path)
 
     def _sslwrap_daemon(self, cert, backend_port, port):
-        # Every client of the benchmark comes from one address (the load client on loopback): the per-source limit
-        # (a quarter of -maxconn by default) is set to -maxconn's default, so it measures the daemon, not that limit.
-        return [self.sslwrap_bin, "-cert", cert.pem, "-port", str(backend_port), "-accept", f"127.0.0.1:{port}",
-                "-maxconn_per_source", "256"]
+        return [self.sslwrap_bin, "-cert", cert.pem, "-port", str(backend_port), "-accept", f"127.0.0.1:{port}"]
 
     @staticmethod
     def _write(path, lines):
