@@ -20,7 +20,7 @@ class Settings:
     """Sizes and repetitions of one kind of run (full, quick or smoke)."""
 
     def __init__(self, mode, runs, handshake_seconds, clients, bulk_mib, rtt_count, idle_connections,
-                 memory_runs, inetd_connections):
+                 memory_runs, inetd_connections, many_idle_connections, many_idle_seconds):
         self.mode = mode
         self.runs = runs
         self.handshake_seconds = handshake_seconds
@@ -30,6 +30,8 @@ class Settings:
         self.idle_connections = idle_connections
         self.memory_runs = memory_runs
         self.inetd_connections = inetd_connections
+        self.many_idle_connections = many_idle_connections
+        self.many_idle_seconds = many_idle_seconds
 
     def as_dict(self):
         return dict(vars(self))
@@ -37,11 +39,14 @@ class Settings:
 
 SETTINGS = {
     "full": Settings("full", runs=5, handshake_seconds=4.0, clients=8, bulk_mib=512, rtt_count=20000,
-                     idle_connections=200, memory_runs=3, inetd_connections=200),
+                     idle_connections=200, memory_runs=3, inetd_connections=200, many_idle_connections=2000,
+                     many_idle_seconds=60),
     "quick": Settings("quick", runs=3, handshake_seconds=1.5, clients=8, bulk_mib=64, rtt_count=3000,
-                      idle_connections=200, memory_runs=1, inetd_connections=30),
+                      idle_connections=200, memory_runs=1, inetd_connections=30, many_idle_connections=500,
+                      many_idle_seconds=5),
     "smoke": Settings("smoke", runs=1, handshake_seconds=0.5, clients=4, bulk_mib=32, rtt_count=300,
-                      idle_connections=20, memory_runs=1, inetd_connections=4),
+                      idle_connections=20, memory_runs=1, inetd_connections=4, many_idle_connections=40,
+                      many_idle_seconds=0),
 }
 
 
@@ -200,6 +205,31 @@ def _read_line(pipe, limit):
     return line.decode()
 
 
+def _hold_idle(bench, endpoint, count, hold_seconds):
+    """Starts `count` idle connections to endpoint (plain TCP for socat) and returns the load client holding them."""
+    argv = [bench.loadgen_bin, "idle", "--connect", endpoint.address, "--count", str(count),
+            "--hold-seconds", str(hold_seconds)]
+    if endpoint.kind == "socat":
+        argv.append("--plain")
+    idle = procs.start(argv, os.path.join(bench.workdir, "idle.log"), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    ready = json.loads(_read_line(idle.stdout, 60 + count / 20))
+    if ready.get("ready") != count:
+        procs.stop(idle, grace=10)
+        raise BenchError(f"only {ready.get('ready')} of {count} idle connections opened")
+    return idle
+
+
+def _release_idle(idle):
+    idle.stdin.close()
+    procs.stop(idle, grace=30)
+
+
+def _a_session_child(pid):
+    """The session process in the middle of the list (the first and last ones can differ in what they share)."""
+    children = procs.descendants(pid)
+    return children[len(children) // 2] if children else None
+
+
 def memory_run(bench, kind):
     count = bench.settings.idle_connections
     endpoint = bench.launcher.daemon(kind, bench.backends["echo"])
@@ -208,29 +238,67 @@ def memory_run(bench, kind):
         endpoint.settle()
         time.sleep(0.2)
         baseline = procs.tree_memory_kib(endpoint.process.pid)
-        idle = procs.start([bench.loadgen_bin, "idle", "--connect", endpoint.address, "--count", str(count),
-                            "--hold-seconds", "120"], os.path.join(bench.workdir, "idle.log"),
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        ready = json.loads(_read_line(idle.stdout, 120))
-        if ready.get("ready") != count:
-            raise BenchError(f"only {ready.get('ready')} of {count} idle connections opened")
+        idle = _hold_idle(bench, endpoint, count, 120)
         time.sleep(2.0)  # let every session reach its steady idle state (sslwrap gives buffers back after 1 s)
         loaded = procs.tree_memory_kib(endpoint.process.pid)
+        child = _a_session_child(endpoint.process.pid) if kind in FORKING else None
+        by_mapping = procs.private_dirty_by_mapping_kib(child) if child else None
     finally:
         if idle is not None:
-            idle.stdin.close()
-            procs.stop(idle, grace=10)
+            _release_idle(idle)
         endpoint.stop()
     bench.store.add("pss_per_connection_kib", kind, loaded["Pss"] / count)
     bench.store.add("pss_marginal_kib", kind, (loaded["Pss"] - baseline["Pss"]) / count)
     bench.store.add("private_dirty_marginal_kib", kind, (loaded["Private_Dirty"] - baseline["Private_Dirty"]) / count)
-    bench.store.note(f"memory_{kind}", {"idle": baseline, "loaded": loaded, "connections": count})
+    if by_mapping:
+        for mapping, kib in by_mapping.items():
+            bench.store.add(f"child_private_dirty_{mapping}_kib", kind, kib)
+    bench.store.note(f"memory_{kind}", {"idle": baseline, "loaded": loaded, "connections": count,
+                                        "session_child_private_dirty_kib": by_mapping})
+
+
+# The programs that fork one process per connection; socat is the floor of what that costs.
+FORKING = ("sslwrap", "socat")
 
 
 def memory_phase(bench):
-    """One program at a time, started fresh, so no other instance shares (and so discounts) its pages."""
-    for run, kind in alternating(bench.kinds, bench.settings.memory_runs):
+    """One program at a time, started fresh, so no other instance shares (and so discounts) its pages; socat (a
+    plain relay forking per connection, no TLS) beside them as the floor of a process per connection."""
+    for run, kind in alternating(bench.kinds + ["socat"], bench.settings.memory_runs):
         bench.attempt(f"memory {kind} run {run + 1}", lambda: memory_run(bench, kind))
+
+
+def many_idle_run(bench):
+    """One sslwrap daemon (-maxconn N) holding N idle TLS connections: the total memory, and after the idle time
+    every session must still echo a byte."""
+    count, seconds = bench.settings.many_idle_connections, bench.settings.many_idle_seconds
+    endpoint = bench.launcher.daemon("sslwrap", bench.backends["echo"], extra=["-maxconn", str(count)])
+    idle = None
+    try:
+        idle = _hold_idle(bench, endpoint, count, seconds + 600)
+        time.sleep(max(seconds, 2.0))
+        loaded = procs.tree_memory_kib(endpoint.process.pid)
+        idle.stdin.write(b"probe\n")
+        idle.stdin.flush()
+        probe = json.loads(_read_line(idle.stdout, 60 + count / 20))
+    finally:
+        if idle is not None:
+            _release_idle(idle)
+        endpoint.stop()
+    if probe.get("answered") != count:
+        raise BenchError(f"{probe.get('answered')} of {count} idle sessions answered after {seconds} s: "
+                         f"{probe.get('first_error')}")
+    if loaded["processes"] < count + 1:
+        raise BenchError(f"{loaded['processes']} processes for {count} sessions")
+    bench.store.add("many_idle_total_pss_mib", "sslwrap", loaded["Pss"] / 1024)
+    bench.store.add("many_idle_pss_per_connection_kib", "sslwrap", loaded["Pss"] / count)
+    bench.store.note("many_idle", {"connections": count, "idle_seconds": seconds, "loaded": loaded,
+                                   "answered": probe.get("answered")})
+
+
+def many_idle_phase(bench):
+    if "sslwrap" in bench.kinds:
+        bench.attempt("many idle sslwrap", lambda: many_idle_run(bench))
 
 
 # --- 5: inetd mode under tcpserver ---------------------------------------------------------------------------------
@@ -259,6 +327,7 @@ def inetd_phase(bench):
 
 
 PHASE_NAMES = {"handshakes": handshake_and_latency_phase, "throughput": throughput_phase, "memory": memory_phase,
+               "many_idle": many_idle_phase,
                "inetd": inetd_phase}
 PHASES = tuple(PHASE_NAMES.values())
 

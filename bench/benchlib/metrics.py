@@ -4,6 +4,8 @@ into. Measuring (measure.py) and reporting (report.py) share it, so a metric is 
 import statistics
 
 CELLS = [("1.3", "ECDSA"), ("1.2", "ECDSA"), ("1.3", "RSA"), ("1.2", "RSA")]
+# How a session process's private memory splits (procs.private_dirty_by_mapping_kib).
+CHILD_MAPPINGS = ("heap", "stack", "anon", "libraries")
 
 
 class Metric:
@@ -36,6 +38,12 @@ def catalogue():
         Metric("pss_per_connection_kib", "PSS per idle connection (total/N)", "KiB", False),
         Metric("pss_marginal_kib", "PSS per extra idle connection", "KiB", False),
         Metric("private_dirty_marginal_kib", "private dirty per extra idle connection", "KiB", False),
+    ]
+    metrics += [Metric(f"child_private_dirty_{mapping}_kib", f"one session process: private dirty, {mapping}", "KiB",
+                       False) for mapping in CHILD_MAPPINGS]
+    metrics += [
+        Metric("many_idle_total_pss_mib", "many idle connections: total PSS", "MiB", False),
+        Metric("many_idle_pss_per_connection_kib", "many idle connections: PSS per connection", "KiB", False),
         Metric("inetd_wall_ms", "inetd mode: wall per connection", "ms", False),
         Metric("inetd_cpu_ms", "inetd mode: CPU per connection", "ms", False),
     ]

@@ -9,6 +9,7 @@ import atexit
 import ctypes
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -192,6 +193,31 @@ def tree_memory_kib(pid):
             continue
     totals["processes"] = len(members)
     return totals
+
+
+def private_dirty_by_mapping_kib(pid):
+    """One process's Private_Dirty (kB) by kind of mapping: heap, stack, anon (other anonymous memory, such as
+    allocator arenas and thread stacks) and libraries (every file-backed mapping, the program's own included)."""
+    totals = {"heap": 0, "stack": 0, "anon": 0, "libraries": 0}
+    kind = "anon"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                name = fields[5] if len(fields) > 5 else ""
+                kind = ("heap" if name == "[heap]" else "stack" if name == "[stack]"
+                        else "libraries" if name.startswith("/") else "anon")
+            elif fields and fields[0] == "Private_Dirty:":
+                totals[kind] += int(fields[1])
+    return totals
+
+
+def raise_descriptor_limit(wanted):
+    """Raises this process's soft RLIMIT_NOFILE (inherited by everything it starts) to `wanted`, or the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def machine_cpu_times():

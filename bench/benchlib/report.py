@@ -117,6 +117,10 @@ def evaluate_targets(summary):
         _target("round trip median <= 1.0x stunnel", _ratio(summary, "rtt_median_us"), 1.0, False),
         _target("round trip p99 <= 1.0x stunnel", _ratio(summary, "rtt_p99_us"), 1.0, False),
         _target("PSS per idle connection <= 1.0x stunnel", _ratio(summary, "pss_per_connection_kib"), 1.0, False),
+        _target("PSS per idle connection <= 160 KiB (KiB)", _median(summary, "pss_per_connection_kib", "sslwrap"),
+                160, False),
+        _target("PSS per idle connection <= 130 KiB, stretch (KiB)",
+                _median(summary, "pss_per_connection_kib", "sslwrap"), 130, False),
         _target("inetd wall time per connection <= 0.5x stunnel", _ratio(summary, "inetd_wall_ms"), 0.5, False),
         _target("inetd CPU time per connection <= 0.5x stunnel", _ratio(summary, "inetd_cpu_ms"), 0.5, False),
     ]
@@ -133,7 +137,9 @@ def sanity_problems(summary, kinds):
             if kind == "hitch" and metric.key.startswith("inetd"):
                 continue
             value = _median(summary, metric.key, kind)
-            marginal = metric.key in ("pss_marginal_kib", "private_dirty_marginal_kib")
+            # Differences and parts of a whole may be zero (or, for differences, negative within noise).
+            marginal = (metric.key in ("pss_marginal_kib", "private_dirty_marginal_kib")
+                        or metric.key.startswith("child_private_dirty_"))
             if not (sane(value) or (marginal and value is not None and math.isfinite(value))):
                 problems.append(f"{metric.label} ({kind}): {value}")
     for direction in ("upload", "download"):
@@ -250,7 +256,7 @@ A shared machine: the load client, the backends and the program measured all run
 median of {settings['runs']} runs ({settings['memory_runs']} for memory) taken in alternation (A B C, C B A, ...).
 The 1-minute load average was {machine.get('load_average_before', 0):.1f} before the benchmark started, and
 {", ".join(f"{value:.1f}" for value in summary["load_average_at_phase_start"])} at the start of its phases
-(handshakes and latency, throughput, memory, inetd; these include the benchmark's own processes).
+(handshakes and latency, throughput, memory, many idle, inetd; these include the benchmark's own processes).
 
 ## Results
 
@@ -264,7 +270,12 @@ time, memory): lower is better. socat is a plain TCP relay (no TLS): the through
 Settings: {settings['clients']} concurrent clients for {settings['handshake_seconds']} s per handshake run (full
 handshake, no resumption, 1 byte echoed, X25519, AES-128-GCM); {settings['bulk_mib']} MiB per bulk transfer on one
 connection, every byte compared with what was sent; {settings['rtt_count']} round trips of 64 bytes; {settings['idle_connections']} idle
-connections for memory (summed PSS of the program and all its children); {settings['inetd_connections']}
+connections for memory (summed PSS of the program and all its children, measured after 2 s idle; socat, which also
+forks a process per connection, is the floor of what a process per connection costs; the "one session process" rows
+split one sslwrap (or socat) child's private dirty memory by mapping: heap, stack, other anonymous memory, and every
+file-backed mapping); {settings['many_idle_connections']} idle connections held by one sslwrap daemon (`-maxconn
+{settings['many_idle_connections']}`) for {settings['many_idle_seconds']} s, after which every one of them must echo a
+byte; {settings['inetd_connections']}
 sequential connections per inetd run under tcpserver. Throughput, latency, memory and inetd runs use the ECDSA
 certificate and TLS 1.3. CPU figures are /proc deltas of the program's whole process tree.
 

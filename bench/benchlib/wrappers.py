@@ -51,13 +51,14 @@ class Launcher:
         stem = os.path.join(self.workdir, f"{kind}-{self.counter}")
         return stem + ".log", stem + suffix
 
-    def daemon(self, kind, backend_port, cert_name="ECDSA"):
-        """Starts one daemon of `kind` relaying to backend_port and waits until it listens."""
+    def daemon(self, kind, backend_port, cert_name="ECDSA", extra=()):
+        """Starts one daemon of `kind` relaying to backend_port and waits until it listens; `extra` are more sslwrap
+        options."""
         port = procs.free_port()
         log_path, config_path = self._paths(kind, ".conf")
         cert = self.certificates[cert_name]
         argv = {
-            "sslwrap": lambda: self._sslwrap_daemon(cert, backend_port, port),
+            "sslwrap": lambda: self._sslwrap_daemon(cert, backend_port, port) + list(extra),
             "stunnel": lambda: self._stunnel_daemon(config_path, cert, backend_port, port),
             "hitch": lambda: self._hitch_daemon(config_path, cert, backend_port, port),
             "socat": lambda: self._socat_relay(backend_port, port),

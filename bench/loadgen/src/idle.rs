@@ -1,8 +1,9 @@
 //! Idle connections for the memory metric: opens `--count` connections, each with a completed handshake and one
 //! byte echoed (so the wrapper's backend connection exists too), reports them on stdout, and holds them open until
-//! the driver closes stdin (it measures memory meanwhile) or `--hold-seconds` pass.
+//! the driver closes stdin (it measures memory meanwhile) or `--hold-seconds` pass. A `probe` line on stdin makes
+//! every connection echo one more byte and reports how many answered: idle sessions must still work.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::args::Args;
 use crate::client::{self, Client};
@@ -23,9 +24,33 @@ pub fn run(args: &Args) -> Result<(), String> {
         open.push(connection);
     }
     report::print(&[("ready", Value::Count(open.len() as u64))]);
-    lifetime::wait_for_stdin_close(hold);
+    let deadline = Instant::now() + hold;
+    while let Some(request) = lifetime::next_request(deadline) {
+        if request == "probe" {
+            probe(&mut open);
+        }
+    }
     for connection in open {
         connection.close();
     }
     Ok(())
+}
+
+/// Echoes one byte on every connection and reports how many answered, and the first failure.
+fn probe(open: &mut [client::Connection]) {
+    let mut answered = 0;
+    let mut first_error = String::new();
+    for (index, connection) in open.iter_mut().enumerate() {
+        match client::echo_one_byte(connection) {
+            Ok(()) => answered += 1,
+            Err(error) if first_error.is_empty() => {
+                first_error = format!("idle connection {index}: {error}")
+            }
+            Err(_) => {}
+        }
+    }
+    report::print(&[
+        ("answered", Value::Count(answered)),
+        ("first_error", Value::Text(first_error)),
+    ]);
 }

@@ -1,6 +1,8 @@
 //! How long the long-running subcommands (serve, idle) live: until the driver closes their stdin, or dies (which
-//! closes it too), and never longer than a limit, so nothing the benchmark starts can outlive it for long.
+//! closes it too), and never longer than a limit, so nothing the benchmark starts can outlive it for long. The idle
+//! subcommand also takes requests, one line each, on the same stdin.
 
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 /// Blocks until stdin reaches end of file or `limit` has passed.
@@ -28,5 +30,26 @@ pub fn wait_for_stdin_close(limit: Duration) {
         if count <= 0 {
             return;
         }
+    }
+}
+
+/// The driver's next request line, or None once stdin is closed or `deadline` has passed.
+pub fn next_request(deadline: Instant) -> Option<String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut entry = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let wait_ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one pollfd we own, for the duration of the call.
+    if wait_ms == 0 || unsafe { libc::poll(&mut entry, 1, wait_ms) } <= 0 {
+        return None;
+    }
+    // The driver writes whole lines, so once stdin is readable the rest of the line follows at once.
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim().to_string()),
     }
 }
