@@ -1,11 +1,12 @@
-//! Daemon mode (`-accept [ADDR:]PORT`): classic fork per connection. The parent binds, loads the TLS context once,
-//! and then only accepts, forks, reaps and handles signals, all from one poll loop (signals arrive on a signalfd).
+//! Daemon mode (`-accept [ADDR:]PORT`, or the listening sockets of systemd's socket activation): classic fork per
+//! connection. The parent binds, loads the TLS context once, and then only accepts, forks, reaps, handles signals and
+//! tells a service manager how it is doing, all from one poll loop (signals arrive on a signalfd).
 //! It stays in the foreground as 2.0.6 did. It never serves a client itself, never leaves a zombie, never spins or
 //! drains the backlog when accept or fork fails for lack of resources (it pauses, and the waiting clients are served
 //! once it works again), never runs more than -maxconn sessions at once (more clients wait in the listen backlog)
 //! nor more than -maxconn_per_source from one source (its further clients wait, accepted but without a process, for
 //! at most the handshake time limit, so one source cannot starve the others), and never lets a session process keep
-//! the listener or the signalfd. SIGTERM/SIGINT: stop listening and exit 0, sessions in progress
+//! a listener, the signalfd or the notification socket. SIGTERM/SIGINT: stop listening and exit 0, sessions in progress
 //! finish. SIGHUP: reload the certificate, key and CA files for new connections, keeping the old ones if the new
 //! ones are broken.
 
@@ -20,6 +21,7 @@ use crate::client::ClientIo;
 use crate::options::{Config, parse_port};
 use crate::privs::Identity;
 use crate::reason::io_reason;
+use crate::service_manager::Notifier;
 use crate::sys::{self, ChildEnd, Forked};
 use crate::{backend, log_debug, log_error, log_notice, log_warning, session, tls};
 
@@ -31,17 +33,39 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const FLOOD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Turns the `-accept` value into addresses: `PORT` (all IPv4 addresses, as 2.0.6), `ADDR:PORT` or `[IPV6]:PORT`;
-/// PORT may be a service name.
+/// PORT may be a service name. Each malformed form gets a message saying how to write it.
 pub fn listen_addresses(value: &str) -> Result<Vec<SocketAddr>, String> {
-    let (host, port) = match value.rsplit_once(':') {
-        None => ("0.0.0.0", value),
-        Some((host, port)) => (host.trim_start_matches('[').trim_end_matches(']'), port),
-    };
-    if host.is_empty() {
-        return Err(format!("-accept: no address before the port in '{value}'"));
-    }
+    let (host, port) = split_listen_address(value)?;
     let port = parse_port("-accept", port)?;
     backend::resolve(host, port).map_err(|reason| format!("-accept: {reason}"))
+}
+
+fn split_listen_address(value: &str) -> Result<(&str, &str), String> {
+    if let Some(bracketed) = value.strip_prefix('[') {
+        let Some((host, rest)) = bracketed.split_once(']') else {
+            return Err(format!(
+                "-accept: '[' without ']' in '{value}'; write [IPV6]:PORT"
+            ));
+        };
+        return match rest.strip_prefix(':') {
+            Some(port) if !port.is_empty() => Ok((host, port)),
+            _ => Err(format!(
+                "-accept: no port after [{host}] in '{value}'; write [{host}]:PORT"
+            )),
+        };
+    }
+    match value.split(':').count() {
+        1 => Ok(("0.0.0.0", value)),
+        2 => match value.split_once(':') {
+            Some(("", _)) => Err(format!("-accept: no address before the port in '{value}'")),
+            Some((_, "")) => Err(format!("-accept: no port after the address in '{value}'")),
+            Some((host, port)) => Ok((host, port)),
+            None => unreachable!("two fields have a colon between them"),
+        },
+        _ => Err(format!(
+            "-accept: '{value}' looks like an IPv6 address; write it in brackets with a port: [{value}]:PORT"
+        )),
+    }
 }
 
 /// Binds the listening socket (before privileges are dropped: ports below 1024 need root).
@@ -62,9 +86,14 @@ pub fn bind(value: &str) -> Result<TcpListener, String> {
 struct Daemon<'a> {
     config: &'a Config,
     context: SslContext,
-    /// Both are Some in the parent; a forked child drops them first thing, so no session process holds them.
-    listener: Option<TcpListener>,
+    /// The parent's; a forked child drops them first thing, so no session process holds them. No listeners: stop.
+    listeners: Vec<TcpListener>,
     signals: Option<OwnedFd>,
+    notifier: Notifier,
+    /// The session count last told to the service manager.
+    told_sessions: Option<usize>,
+    /// Why the last reload failed, told with every status until a reload succeeds.
+    reload_failure: Option<String>,
     sessions: Sessions,
     /// Clients accepted but not yet served, oldest first: those whose source holds its whole share of sessions, and
     /// one whose fork failed. Each is served once its source (or fork) allows, or closed at its deadline.
@@ -178,8 +207,9 @@ impl RateLimit {
 pub fn run(
     config: &Config,
     context: SslContext,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     identity: Option<Identity>,
+    notifier: Notifier,
 ) -> i32 {
     let signals =
         match sys::signals_to_fd(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
@@ -189,9 +219,11 @@ pub fn run(
                 return 1;
             }
         };
-    if let Err(error) = listener.set_nonblocking(true) {
-        log_error!("cannot make the listening socket non-blocking: {error}");
-        return 1;
+    for listener in &listeners {
+        if let Err(error) = listener.set_nonblocking(true) {
+            log_error!("cannot make the listening socket non-blocking: {error}");
+            return 1;
+        }
     }
     if let Some(identity) = identity {
         if let Err(reason) = identity.apply() {
@@ -200,10 +232,16 @@ pub fn run(
         }
         log_debug!("running as {}", identity.description());
     }
-    let address = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let address = listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     log_debug!(
         "listening on {address}, at most {} sessions at once, {} from one source",
         config.maxconn,
@@ -212,8 +250,11 @@ pub fn run(
     let mut daemon = Daemon {
         config,
         context,
-        listener: Some(listener),
+        listeners,
         signals: Some(signals),
+        notifier,
+        told_sessions: None,
+        reload_failure: None,
         sessions: Sessions::default(),
         waiting: VecDeque::new(),
         paused_until: None,
@@ -225,6 +266,8 @@ pub fn run(
         expired_log: RateLimit::new(),
     };
     tls::warm_up();
+    daemon.notifier.ready(&daemon.sessions_text());
+    daemon.told_sessions = Some(daemon.sessions.count());
     daemon.serve_forever()
 }
 
@@ -240,13 +283,17 @@ impl Daemon<'_> {
             self.close_expired_waiting_clients();
             self.serve_waiting_clients();
             let accepting = self.paused_until.is_none() && self.has_a_free_slot();
-            let (Some(signals), Some(listener)) = (self.signals.as_ref(), self.listener.as_ref())
-            else {
+            self.tell_session_count();
+            let Some(signals) = self.signals.as_ref().filter(|_| !self.listeners.is_empty()) else {
                 return 0;
             };
             let mut entries = vec![sys::poll_entry(signals.as_raw_fd(), sys::POLLIN)];
             if accepting {
-                entries.push(sys::poll_entry(listener.as_raw_fd(), sys::POLLIN));
+                entries.extend(
+                    self.listeners
+                        .iter()
+                        .map(|listener| sys::poll_entry(listener.as_raw_fd(), sys::POLLIN)),
+                );
             }
             let wake_up = self
                 .paused_until
@@ -265,8 +312,10 @@ impl Daemon<'_> {
                 // Slots freed by reaped sessions go to the clients already waiting, before anyone new.
                 self.serve_waiting_clients();
             }
-            if entries.get(1).is_some_and(|entry| entry.revents != 0) {
-                self.accept_waiting_clients();
+            for (index, entry) in entries.iter().skip(1).enumerate() {
+                if entry.revents != 0 {
+                    self.accept_waiting_clients(index);
+                }
             }
         }
     }
@@ -282,9 +331,9 @@ impl Daemon<'_> {
 
     /// Accepts every waiting connection (up to the session limit) and forks a child for each, until the backlog is
     /// empty or accepting must pause. A client whose source already holds its share waits in `waiting` instead.
-    fn accept_waiting_clients(&mut self) {
+    fn accept_waiting_clients(&mut self, listener: usize) {
         while self.has_a_free_slot() && self.paused_until.is_none() {
-            let Some(listener) = self.listener.as_ref() else {
+            let Some(listener) = self.listeners.get(listener) else {
                 return;
             };
             match listener.accept() {
@@ -410,8 +459,9 @@ impl Daemon<'_> {
     /// The child's side of the fork: it keeps only its client connection (and the syslog socket), serves the
     /// session and exits.
     fn serve_in_child(&mut self, connection: OwnedFd) -> ! {
-        self.listener = None;
+        self.listeners.clear();
         self.signals = None;
+        self.notifier = Notifier::none();
         self.waiting.clear();
         sys::unblock_all_signals();
         let status = match ClientIo::from_socket(connection) {
@@ -435,7 +485,8 @@ impl Daemon<'_> {
                 libc::SIGCHLD => self.reap_children(),
                 libc::SIGHUP => self.reload(),
                 libc::SIGTERM | libc::SIGINT => {
-                    self.listener = None;
+                    self.listeners.clear();
+                    self.notifier.stopping();
                     log_notice!(
                         "signal {signal}: no longer accepting; {} sessions finish on their own",
                         self.sessions.count()
@@ -464,14 +515,42 @@ impl Daemon<'_> {
     }
 
     fn reload(&mut self) {
+        self.notifier.reloading();
         match tls::build_context(&self.config.tls, self.config.state) {
             Ok(context) => {
                 self.context = context;
+                self.reload_failure = None;
                 log_notice!("SIGHUP: certificate, key and CA files reloaded");
             }
             Err(reason) => {
-                log_error!("SIGHUP: reload failed, keeping the previous certificate: {reason}")
+                log_error!("SIGHUP: reload failed, keeping the previous certificate: {reason}");
+                self.reload_failure = Some(reason);
             }
+        }
+        self.notifier.ready(&self.sessions_text());
+        self.told_sessions = Some(self.sessions.count());
+    }
+
+    /// Tells the service manager the number of sessions when it has changed.
+    fn tell_session_count(&mut self) {
+        let count = self.sessions.count();
+        if self.told_sessions != Some(count) {
+            self.told_sessions = Some(count);
+            self.notifier.status(&self.sessions_text());
+        }
+    }
+
+    /// The STATUS line: the sessions running, and a failed reload until one succeeds.
+    fn sessions_text(&self) -> String {
+        let sessions = match self.sessions.count() {
+            1 => "1 session".to_string(),
+            count => format!("{count} sessions"),
+        };
+        match &self.reload_failure {
+            None => sessions,
+            Some(reason) => format!(
+                "{sessions}; reload failed, serving with the previous certificate: {reason}"
+            ),
         }
     }
 }
@@ -479,6 +558,56 @@ impl Daemon<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_malformed_accept_value_says_how_to_write_it() {
+        let error = |value: &str| listen_addresses(value).unwrap_err();
+        assert_eq!(
+            error("[::1]"),
+            "-accept: no port after [::1] in '[::1]'; write [::1]:PORT"
+        );
+        assert_eq!(
+            error("[::1]:"),
+            "-accept: no port after [::1] in '[::1]:'; write [::1]:PORT"
+        );
+        assert_eq!(
+            error("[::1:443"),
+            "-accept: '[' without ']' in '[::1:443'; write [IPV6]:PORT"
+        );
+        assert_eq!(
+            error("::1"),
+            "-accept: '::1' looks like an IPv6 address; write it in brackets with a port: [::1]:PORT"
+        );
+        assert_eq!(
+            error(":443"),
+            "-accept: no address before the port in ':443'"
+        );
+        assert_eq!(
+            error("127.0.0.1:"),
+            "-accept: no port after the address in '127.0.0.1:'"
+        );
+        assert_eq!(
+            error("70000"),
+            "-accept: port 70000 is out of range (1-65535)"
+        );
+        assert_eq!(error("0"), "-accept: port 0 is out of range (1-65535)");
+        assert_eq!(
+            error("127.0.0.1:nosuchservice"),
+            "-accept: unknown service 'nosuchservice' (not a number, not a tcp service in /etc/services)"
+        );
+        assert_eq!(
+            listen_addresses("[::1]:8443").unwrap(),
+            vec!["[::1]:8443".parse().unwrap()]
+        );
+        assert_eq!(
+            listen_addresses("8443").unwrap(),
+            vec!["0.0.0.0:8443".parse().unwrap()]
+        );
+        assert_eq!(
+            listen_addresses("127.0.0.2:8443").unwrap(),
+            vec!["127.0.0.2:8443".parse().unwrap()]
+        );
+    }
 
     #[test]
     fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {

@@ -1,7 +1,8 @@
 //! Logging: every message goes to syslog with ident `sslwrap` (facility user), and also to stderr when stderr is
 //! not a socket. In inetd mode fd 2 is usually the client's own connection, and a byte written there would land inside
-//! its TLS stream, so this module must never write to a socket on fd 2. Messages never carry secrets (no key material,
-//! no session data), only names, addresses and reasons.
+//! its TLS stream, so this module must never write to a socket on fd 2, unless it is the journal's: under systemd,
+//! when JOURNAL_STREAM names fd 2, messages go there only, each with its `<N>` priority (sd-daemon(3)), so the journal
+//! gets each once. Messages never carry secrets (no key material, no session data), only names, addresses and reasons.
 //!
 //! The syslog socket is `/dev/log`, or the path in `SSLWRAP_SYSLOG_SOCKET` (the tests listen there). It is connected
 //! once at start-up, so logging keeps working after a chroot, and it is replaced only when its receiver is really
@@ -35,8 +36,11 @@ const SYSLOG_ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 const SYSLOG_STUCK_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Logger {
+    /// None when fd 2 is the journal's stream, or while no syslog socket could be connected.
     syslog: Option<UnixDatagram>,
     syslog_path: String,
+    /// fd 2 is the journal's stream (JOURNAL_STREAM): every message goes there alone, with its priority prefix.
+    journal: bool,
     /// Since when the syslog daemon took nothing within [`SYSLOG_ROOM_WAIT`]: messages are then dropped at once for
     /// a while, so a stuck daemon costs the wait only once.
     syslog_stuck_since: Option<std::time::Instant>,
@@ -59,12 +63,12 @@ enum StderrSink {
 }
 
 impl StderrSink {
-    fn open() -> StderrSink {
+    fn open(journal: bool) -> StderrSink {
         use std::os::unix::fs::OpenOptionsExt;
         let Some(kind) = stderr_file_type() else {
             return StderrSink::Nothing;
         };
-        if kind.is_socket() {
+        if kind.is_socket() && !journal {
             return StderrSink::Nothing;
         }
         if kind.is_file() {
@@ -103,11 +107,17 @@ static LOGGER: Mutex<Option<Logger>> = Mutex::new(None);
 pub fn init() {
     let syslog_path =
         std::env::var("SSLWRAP_SYSLOG_SOCKET").unwrap_or_else(|_| "/dev/log".to_string());
+    let journal = stderr_is_the_journal();
     let logger = Logger {
-        syslog: connect_syslog(&syslog_path),
+        syslog: if journal {
+            None
+        } else {
+            connect_syslog(&syslog_path)
+        },
         syslog_path,
+        journal,
         syslog_stuck_since: None,
-        stderr: StderrSink::open(),
+        stderr: StderrSink::open(journal),
         verbosity: Verbosity::Normal,
     };
     *lock() = Some(logger);
@@ -132,9 +142,25 @@ pub fn enabled(severity: Severity) -> bool {
     }
 }
 
-/// Whether fd 2 may be written to: only when it is not a socket (in inetd mode a socket there is the client).
+/// Whether fd 2 may be written to: only when it is not a socket (in inetd mode a socket there is the client), or is
+/// the journal's stream.
 pub fn stderr_is_safe_to_write() -> bool {
-    stderr_file_type().is_some_and(|kind| !kind.is_socket())
+    stderr_is_the_journal() || stderr_file_type().is_some_and(|kind| !kind.is_socket())
+}
+
+/// Whether JOURNAL_STREAM (`DEVICE:INODE`, set by systemd for StandardError=journal) names what fd 2 is open on; a
+/// variable inherited from elsewhere names some other file and so does not count.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(named) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some(stderr) = std::io::stderr().as_fd().try_clone_to_owned().ok() else {
+        return false;
+    };
+    std::fs::File::from(stderr)
+        .metadata()
+        .is_ok_and(|meta| named == format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 /// What fd 2 is open on, if it is open.
@@ -154,6 +180,13 @@ pub fn write(severity: Severity, message: &str) {
     let Some(logger) = guard.as_mut() else {
         return;
     };
+    if logger.journal {
+        // The journal takes the priority from the prefix and the identifier from the process name.
+        logger
+            .stderr
+            .write_line(&format!("<{}>{message}\n", severity as u8));
+        return;
+    }
     send_to_syslog(logger, severity, &message);
     logger.stderr.write_line(&format!("sslwrap: {message}\n"));
 }

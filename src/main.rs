@@ -14,6 +14,7 @@ mod privs;
 mod proxy_header;
 mod reason;
 mod relay;
+mod service_manager;
 mod session;
 mod starttls;
 mod sys;
@@ -21,16 +22,18 @@ mod tls;
 mod tls_facts;
 
 use options::{Command, Config, UsageError};
+use service_manager::Handover;
 
 fn main() {
     sys::restore_default_child_signal();
+    let handover = Handover::take_from_environment();
     // Kept as the bytes given: file names and -exec arguments need not be UTF-8.
     let words: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let parsed = options::parse(&words);
-    sys::close_inherited_descriptors(&descriptors_to_keep(&parsed));
+    sys::close_inherited_descriptors(&descriptors_to_keep(&parsed, &handover));
     log::init();
     let status = match parsed {
-        Err(UsageError(messages)) => report_usage_error(&messages),
+        Err(error) => report_usage_error(&error),
         Ok(Command::Help) => {
             print!("{}", options::usage());
             0
@@ -43,41 +46,43 @@ fn main() {
             );
             0
         }
-        Ok(Command::Run(config)) => run(&config),
+        Ok(Command::Run(config)) => run(&config, &handover),
     };
     std::process::exit(status);
 }
 
-/// The inherited descriptors sslwrap uses: the `-fd` plaintext side, and the sockets a service manager passes
-/// (LISTEN_FDS, from fd 3 on, when LISTEN_PID is this process).
-fn descriptors_to_keep(parsed: &Result<Command, UsageError>) -> Vec<i32> {
-    let mut keep = Vec::new();
+/// The inherited descriptors sslwrap uses: the `-fd` plaintext side, and the sockets a service manager passed.
+fn descriptors_to_keep(parsed: &Result<Command, UsageError>, handover: &Handover) -> Vec<i32> {
+    let mut keep = handover.passed_fds.clone();
     if let Ok(Command::Run(config)) = parsed {
         if let options::Backend::Fd(fd) = config.backend {
             keep.push(fd);
         }
     }
-    let for_us = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
-    let passed: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
-    if for_us {
-        keep.extend((0..passed.clamp(0, 1024)).map(|index| 3 + index));
-    }
     keep
 }
 
-fn report_usage_error(messages: &[String]) -> i32 {
-    for message in messages {
+/// The errors (logged, as 2.0.6 did), then on stderr the synopsis and where the rest is: a 50-line usage text would
+/// scroll the error off the screen.
+fn report_usage_error(error: &UsageError) -> i32 {
+    for message in &error.messages {
         log_error!("{message}");
     }
-    log::to_stderr(&options::usage());
+    let mut text = String::new();
+    if let Some(option) = error.suggestion {
+        text.push_str(&format!("did you mean -{option}?\n"));
+    }
+    text.push_str(&format!(
+        "{}\nsslwrap -help lists every option\n",
+        options::SYNOPSIS
+    ));
+    log::to_stderr(&text);
     1
 }
 
-/// Loads everything that needs the original privileges, then serves.
-fn run(config: &Config) -> i32 {
+/// Loads everything that needs the original privileges, then serves: in daemon mode on `-accept` or on the
+/// listening sockets a service manager passed (socket activation), otherwise in inetd mode on fds 0 and 1.
+fn run(config: &Config, handover: &Handover) -> i32 {
     log::set_verbosity(config.verbosity);
     let context = match tls::build_context(&config.tls, config.state) {
         Ok(context) => context,
@@ -97,14 +102,34 @@ fn run(config: &Config) -> i32 {
             return 1;
         }
     };
-    match &config.accept {
-        Some(value) => match daemon::bind(value) {
-            Ok(listener) => daemon::run(config, context, listener, identity),
-            Err(reason) => {
-                log_error!("{reason}");
-                1
+    let passed = match handover.listeners() {
+        Ok(passed) => passed,
+        Err(reason) => {
+            log_error!("{reason}");
+            return 1;
+        }
+    };
+    let listeners = match &config.accept {
+        Some(value) => {
+            if !passed.is_empty() {
+                log_warning!(
+                    "-accept is given, so the {} listening sockets the service manager passed are closed; leave \
+                     -accept out to serve on them",
+                    passed.len()
+                );
             }
-        },
-        None => inetd::run(config, &context, identity),
-    }
+            match daemon::bind(value) {
+                Ok(listener) => vec![listener],
+                Err(reason) => {
+                    log_error!("{reason}");
+                    return 1;
+                }
+            }
+        }
+        None if !passed.is_empty() => passed,
+        None => return inetd::run(config, &context, identity),
+    };
+    // Connected now, while its path is still reachable: the parent may chroot.
+    let notifier = handover.notifier();
+    daemon::run(config, context, listeners, identity, notifier)
 }

@@ -142,9 +142,22 @@ pub enum Command {
     Version,
 }
 
-/// A command-line error: the messages to log (one per line), after which usage is printed and the exit status is 1.
+/// A command-line error: the messages to log (one per line), after which the synopsis is printed and the exit status
+/// is 1; for an unknown word, the option it is a small edit away from, if one is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub Vec<String>);
+pub struct UsageError {
+    pub messages: Vec<String>,
+    pub suggestion: Option<&'static str>,
+}
+
+impl From<String> for UsageError {
+    fn from(message: String) -> UsageError {
+        UsageError {
+            messages: vec![message],
+            suggestion: None,
+        }
+    }
+}
 
 /// The settings being collected while words are applied, before validation. `None` means "not given": the default is
 /// filled in by [`validate`], where it may depend on other options.
@@ -552,9 +565,7 @@ pub fn parse_port(option: &str, value: &str) -> Result<u16, String> {
     if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
         return match value.parse::<u16>() {
             Ok(port) if port > 0 => Ok(port),
-            _ => Err(format!(
-                "{option}: '{value}' is not a port number (1-65535)"
-            )),
+            _ => Err(format!("{option}: port {value} is out of range (1-65535)")),
         };
     }
     let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
@@ -586,6 +597,52 @@ fn find_option(word: &OsStr) -> Option<&'static OptionSpec> {
     OPTIONS.iter().find(|spec| spec.name == name)
 }
 
+/// The option an unknown word most likely meant: the one at the fewest edits (letters added, removed, changed or
+/// swapped; case counts), if that is at most two and no other option is as close. `-prot` → `-port`.
+pub fn closest_option(word: &str) -> Option<&'static str> {
+    let typed = word.trim_start_matches('-');
+    let mut best: Option<(usize, &'static str)> = None;
+    let mut tied = false;
+    for spec in OPTIONS {
+        let distance = edit_distance(typed, spec.name);
+        match best {
+            Some((closest, _)) if distance > closest => {}
+            Some((closest, _)) if distance == closest => tied = true,
+            _ => {
+                best = Some((distance, spec.name));
+                tied = false;
+            }
+        }
+    }
+    best.filter(|&(distance, _)| distance <= 2 && !tied && !typed.is_empty())
+        .map(|(_, name)| name)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
 // Why the table walks the words itself, and getopts (the design card's intended tool) plays no part in the pass:
 // getopts 0.2 cannot keep the legacy command line exact. It refuses the whole command line when any word is not
 // UTF-8 (so an -exec argument or a file name in another encoding could never pass); it takes `-cert=x` and `--cert x`
@@ -600,13 +657,13 @@ fn find_option(word: &OsStr) -> Option<&'static OptionSpec> {
 /// takes the next word whatever it looks like (`-cert -nocert`). Once `-exec PROG` is read, a word that is no option
 /// is an argument of PROG, and `--` hands every later word to PROG. The first bad word ends the walk: after it, which
 /// word is a value is no longer known.
-fn read_words(words: &[OsString]) -> Result<Draft, String> {
+fn read_words(words: &[OsString]) -> Result<Draft, UsageError> {
     let mut draft = Draft::default();
     let mut words = words.iter().peekable();
     while let Some(word) = words.next() {
         if word == "--" {
             if draft.exec.is_none() {
-                return Err("-- is only allowed after -exec PROG".to_string());
+                return Err("-- is only allowed after -exec PROG".to_string().into());
             }
             draft.exec_args.extend(words.cloned());
             break;
@@ -616,7 +673,16 @@ fn read_words(words: &[OsString]) -> Result<Draft, String> {
                 draft.exec_args.push(word.clone());
                 continue;
             }
-            return Err(format!("unknown option {}", word.to_string_lossy()));
+            // The GNU spellings, which no 2.0.6 line can contain (it refused them).
+            if word == "--help" || word == "--version" {
+                draft.help |= word == "--help";
+                draft.version |= word == "--version";
+                continue;
+            }
+            return Err(UsageError {
+                messages: vec![format!("unknown option {}", word.to_string_lossy())],
+                suggestion: word.to_str().and_then(closest_option),
+            });
         };
         match spec.action {
             Flag(set) => set(&mut draft),
@@ -653,7 +719,7 @@ fn next_value<'a>(
 
 /// Parses the words after the program name.
 pub fn parse(words: &[OsString]) -> Result<Command, UsageError> {
-    let draft = read_words(words).map_err(|message| UsageError(vec![message]))?;
+    let draft = read_words(words)?;
     if draft.help {
         return Ok(Command::Help);
     }
@@ -688,7 +754,10 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
     }
     if !errors.is_empty() {
-        return Err(UsageError(errors));
+        return Err(UsageError {
+            messages: errors,
+            suggestion: None,
+        });
     }
     let backend = if let Some(program) = draft.exec {
         Backend::Exec {
@@ -726,6 +795,10 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
     })
 }
 
+/// The one-line synopsis, printed after a command-line error (the whole usage text is `-help`'s).
+pub const SYNOPSIS: &str = "usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) \
+                            [-accept [ADDR:]PORT] [options]";
+
 /// The usage text: getopts, in long-only mode, formats one row per option of the table (name, value hint, help
 /// wrapped under it), so the help can never disagree with the parser.
 pub fn usage() -> String {
@@ -739,9 +812,7 @@ pub fn usage() -> String {
         };
     }
     formatter.usage_with_format(|rows| {
-        let mut text = String::from(
-            "usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) [-accept [ADDR:]PORT] [options]\n",
-        );
+        let mut text = format!("{SYNOPSIS}\n");
         for row in rows {
             text.push_str(&row);
             text.push('\n');
@@ -773,7 +844,7 @@ mod tests {
 
     fn error_of(words: &[OsString]) -> Vec<String> {
         match parse(words) {
-            Err(UsageError(messages)) => messages,
+            Err(UsageError { messages, .. }) => messages,
             other => panic!("{words:?}: expected an error, got {other:?}"),
         }
     }
@@ -999,8 +1070,14 @@ mod tests {
             );
         }
         assert!(error("-port no-such-service")[0].contains("unknown service 'no-such-service'"));
-        assert!(error("-port 70000")[0].contains("not a port number"));
-        assert!(error("-port 0")[0].contains("not a port number"));
+        assert_eq!(
+            error("-port 70000"),
+            vec!["-port: port 70000 is out of range (1-65535)"]
+        );
+        assert_eq!(
+            error("-port 0"),
+            vec!["-port: port 0 is out of range (1-65535)"]
+        );
     }
 
     #[test]
@@ -1125,6 +1202,35 @@ mod tests {
         assert_eq!(
             error("-cert c stray -exec /bin/echo"),
             vec!["unknown option stray"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_word_a_small_edit_from_an_option_names_it() {
+        let suggestion = |line: &str| match parse(&words(line)) {
+            Err(UsageError { suggestion, .. }) => suggestion,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(suggestion("-prot 143"), Some("port"));
+        assert_eq!(suggestion("-port 1 -Port 2"), Some("port"));
+        assert_eq!(suggestion("-port 1 -acept 443"), Some("accept"));
+        assert_eq!(suggestion("-port 1 -dbug"), Some("debug"));
+        assert_eq!(suggestion("-port 1 -bogus"), Some("bugs"));
+        assert_eq!(suggestion("-port 1 -frobnicate"), None);
+        assert_eq!(suggestion("-port 1 stray"), None);
+    }
+
+    #[test]
+    fn gnu_help_and_version_are_understood_but_not_after_exec() {
+        assert_eq!(parse(&words("--help")), Ok(Command::Help));
+        assert_eq!(parse(&words("--version")), Ok(Command::Version));
+        assert_eq!(parse(&words("-port 1 --version")), Ok(Command::Version));
+        assert_eq!(
+            config("-exec /bin/prog --help").backend,
+            Backend::Exec {
+                program: PathBuf::from("/bin/prog"),
+                args: vec![OsString::from("--help")],
+            }
         );
     }
 

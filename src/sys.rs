@@ -1,7 +1,8 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
-//! reading, PKCS#8 and preset-curve EC key decoding), and the two poll helpers built on them. Each wrapper is small,
+//! reading, PKCS#8 and preset-curve EC key decoding, socket options, the environment, the monotonic clock), and the
+//! two poll helpers built on them. Each wrapper is small,
 //! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
 //! `unsafe`.
 
@@ -85,6 +86,52 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// An integer socket option (SOL_SOCKET level) of a descriptor.
+fn socket_option(fd: BorrowedFd<'_>, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into our local integer and updates `length`.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut length,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Whether a descriptor is a stream socket in the listening state (what a service manager passes with Accept=no).
+pub fn is_listening_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    socket_option(fd, libc::SO_TYPE).is_ok_and(|kind| kind == libc::SOCK_STREAM)
+        && socket_option(fd, libc::SO_ACCEPTCONN).is_ok_and(|listening| listening != 0)
+}
+
+/// Whether a descriptor is a socket at all (inetd passes a connected one on fds 0 and 1).
+pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    socket_option(fd, libc::SO_TYPE).is_ok()
+}
+
+/// Removes a variable from the environment, so that no program started later inherits it.
+pub fn forget_environment_variable(name: &str) {
+    // SAFETY: called only at start-up, from main before any thread exists, so nothing reads the environment at the
+    // same time.
+    unsafe { std::env::remove_var(name) };
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock a service manager compares reload times against.
+pub fn monotonic_microseconds() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into our local variable; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 /// Takes ownership of a descriptor inherited from the parent process (inetd's fds 0/1, `-fd N`): a new descriptor

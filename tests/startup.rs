@@ -16,15 +16,69 @@ fn setup(name: &str) -> (TempDir, Syslog) {
 #[test]
 fn unknown_option_logs_prints_usage_and_exits_1() {
     let (_dir, mut syslog) = setup("unknown");
-    let (status, stderr) = run_to_end(&["-port", "143", "-bogus"], &syslog);
+    let (status, stderr) = run_to_end(&["-port", "143", "-frobnicate"], &syslog);
+    assert_eq!(status.code(), Some(1));
+    // The error, the one-line synopsis and where the rest is: nothing that scrolls the error off the screen.
+    assert_eq!(
+        stderr,
+        "sslwrap: unknown option -frobnicate\n\
+         usage: sslwrap [-cert FILE | -nocert] (-port PORT [-addr ADDR] | -exec PROG [ARGS] | -fd N) [-accept \
+         [ADDR:]PORT] [options]\n\
+         sslwrap -help lists every option\n"
+    );
+    let line = syslog.expect("unknown option -frobnicate");
+    assert!(line.starts_with("<11>sslwrap["), "{line}");
+}
+
+#[test]
+fn a_typo_gets_the_option_it_was_meant_to_be() {
+    let (_dir, syslog) = setup("typo");
+    let (status, stderr) = run_to_end(&["-prot", "143"], &syslog);
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains("sslwrap: unknown option -bogus"),
+        stderr.starts_with("sslwrap: unknown option -prot\ndid you mean -port?\nusage: sslwrap "),
         "{stderr}"
     );
-    assert!(stderr.contains("usage: sslwrap"), "{stderr}");
-    let line = syslog.expect("unknown option -bogus");
-    assert!(line.starts_with("<11>sslwrap["), "{line}");
+}
+
+#[test]
+fn double_dash_help_and_version_work() {
+    let (_dir, syslog) = setup("gnu-style");
+    let help = sslwrap(&["--help"], &syslog).output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(text.starts_with("usage: sslwrap "), "{text}");
+    assert!(text.contains("-accept"), "{text}");
+    let version = sslwrap(&["--version"], &syslog).output().unwrap();
+    assert!(version.status.success());
+    let text = String::from_utf8(version.stdout).unwrap();
+    assert!(text.starts_with("sslwrap 3."), "{text}");
+}
+
+#[test]
+fn every_malformed_accept_value_is_named_at_start_up() {
+    let s = common::setup("accept-forms");
+    let cert = s.pki.server_pem.to_str().unwrap();
+    for (value, message) in [
+        (
+            "[::1]",
+            "-accept: no port after [::1] in '[::1]'; write [::1]:PORT",
+        ),
+        (
+            "::1",
+            "-accept: '::1' looks like an IPv6 address; write it in brackets with a port: [::1]:PORT",
+        ),
+        ("70000", "-accept: port 70000 is out of range (1-65535)"),
+        (
+            "127.0.0.1:no-such-service",
+            "-accept: unknown service 'no-such-service' (not a number, not a tcp service in /etc/services)",
+        ),
+    ] {
+        let (status, stderr) =
+            run_to_end(&["-cert", cert, "-port", "1", "-accept", value], &s.syslog);
+        assert_eq!(status.code(), Some(1), "{value}");
+        assert!(stderr.contains(message), "{value}: {stderr}");
+    }
 }
 
 #[test]

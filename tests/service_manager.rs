@@ -1,0 +1,316 @@
+//! sslwrap under a service manager: socket activation with the real `systemd-socket-activate` (Accept=no: the daemon
+//! serves on the passed listening socket; Accept=yes: one inetd-mode process per connection), the variables never
+//! reaching `-exec` programs, `Type=notify` readiness messages to a real datagram listener (path and abstract
+//! names), and the start-up message when standard input is not a connection at all.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+
+/// `systemd-socket-activate ARGS... sslwrap LINE...` on a free port, its output discarded, once the port listens.
+fn socket_activate(s: &Setup, activate_args: &[&str], line: &[String]) -> (KilledOnDrop, u16) {
+    let port = free_port_on("127.0.0.1");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args: Vec<&str> = activate_args.to_vec();
+    args.extend(["-l", &listen, "-E", "SSLWRAP_SYSLOG_SOCKET", BINARY]);
+    args.extend(line.iter().map(String::as_str));
+    let child = KilledOnDrop(
+        Command::new(SOCKET_ACTIVATE)
+            .args(&args)
+            .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate is not listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, port)
+}
+
+fn echo_round_trip(port: u16, payload: &[u8]) -> Result<(), String> {
+    let mut client = try_tls(port, |_| {})?;
+    client.write_all(payload).map_err(|e| e.to_string())?;
+    let mut echoed = vec![0u8; payload.len()];
+    client.read_exact(&mut echoed).map_err(|e| e.to_string())?;
+    if echoed != payload {
+        return Err("the echo differs".to_string());
+    }
+    client.shutdown().map_err(|e| e.to_string())?;
+    read_to_close_notify(&mut client).map(|_| ())
+}
+
+#[test]
+fn accept_no_socket_activation_serves_on_the_passed_socket_without_accept() {
+    let s = setup("activate-no");
+    let line = s.legacy_line(backend(echo), &[]);
+    let (_activator, port) = socket_activate(&s, &[], &line);
+    for n in 0..5u8 {
+        echo_round_trip(port, &[n; 100]).unwrap_or_else(|e| panic!("sequential client {n}: {e}"));
+    }
+    let concurrent: Vec<_> = (0..10u8)
+        .map(|n| std::thread::spawn(move || echo_round_trip(port, &[n; 1000])))
+        .collect();
+    for (n, client) in concurrent.into_iter().enumerate() {
+        client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("concurrent client {n}: {e}"));
+    }
+}
+
+#[test]
+fn accept_yes_socket_activation_runs_one_inetd_session_per_connection() {
+    let s = setup("activate-yes");
+    let line = s.legacy_line(backend(echo), &[]);
+    let (_activator, port) = socket_activate(&s, &["--inetd", "-a"], &line);
+    for n in 0..3u8 {
+        echo_round_trip(port, &[n; 100]).unwrap_or_else(|e| panic!("client {n}: {e}"));
+    }
+}
+
+#[test]
+fn exec_programs_never_see_the_service_manager_s_variables() {
+    let s = setup("activate-env");
+    let program = s.dir.path("env.sh");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\nenv | grep -E '^(LISTEN_|NOTIFY_SOCKET)' ; echo end\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let line: Vec<String> = [
+        "-cert",
+        s.pki.server_pem.to_str().unwrap(),
+        "-exec",
+        program.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|word| word.to_string())
+    .collect();
+    let notify = s.dir.path("notify");
+    let _listener = UnixDatagram::bind(&notify).unwrap();
+    let port = free_port_on("127.0.0.1");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "-l",
+        &listen,
+        "-E",
+        "SSLWRAP_SYSLOG_SOCKET",
+        "-E",
+        "NOTIFY_SOCKET",
+        BINARY,
+    ];
+    args.extend(line.iter().map(String::as_str));
+    let _activator = KilledOnDrop(
+        Command::new(SOCKET_ACTIVATE)
+            .args(&args)
+            .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
+            .env("NOTIFY_SOCKET", &notify)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_listening(port) {
+        assert!(Instant::now() < deadline, "not listening");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8(read_to_close_notify(&mut tls(port)).unwrap()).unwrap();
+    assert_eq!(text, "end\n", "variables reached the program");
+}
+
+/// A NOTIFY_SOCKET listener: the messages sslwrap sends, one datagram each.
+struct NotifyListener {
+    socket: UnixDatagram,
+}
+
+impl NotifyListener {
+    /// The next message, within a bound.
+    fn next(&self) -> String {
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buffer = [0u8; 4096];
+        let count = self
+            .socket
+            .recv(&mut buffer)
+            .expect("no notification within 30 s");
+        String::from_utf8_lossy(&buffer[..count]).into_owned()
+    }
+
+    /// Messages until one contains `needle` (STATUS lines come whenever the session count changes).
+    fn until(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let message = self.next();
+            if message.contains(needle) {
+                return message;
+            }
+        }
+        panic!("no notification with {needle:?}");
+    }
+}
+
+fn daemon_with_notify_socket(s: &Setup, notify_socket: &std::ffi::OsStr) -> (Child, u16) {
+    let port = free_port_on("127.0.0.1");
+    let accept = format!("127.0.0.1:{port}");
+    let mut args = s.legacy_line(backend(echo), &[]);
+    args.extend(["-accept".to_string(), accept]);
+    let child = sslwrap(&as_strs(&args), &s.syslog)
+        .env("NOTIFY_SOCKET", notify_socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+fn readiness_reload_and_stop_are_told(notify: NotifyListener, s: &Setup, name: &std::ffi::OsStr) {
+    let (child, port) = daemon_with_notify_socket(s, name);
+    let mut daemon = KilledOnDrop(child);
+    let ready = notify.next();
+    assert_eq!(ready, "READY=1\nSTATUS=0 sessions");
+    // Ready means accepting: a client is served at once.
+    let mut client = tls(port);
+    client.write_all(b"hello").unwrap();
+    let mut echoed = [0u8; 5];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(notify.until("STATUS=1 session"), "STATUS=1 session");
+    let pid = daemon.0.id().to_string();
+    let signal = |name: &str| {
+        assert!(
+            Command::new("kill")
+                .args(["-s", name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("HUP");
+    let reloading = notify.until("RELOADING=1");
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|rest| rest.parse().ok())
+        .unwrap_or_else(|| panic!("not a reload message: {reloading:?}"));
+    assert!(usec > 0);
+    assert_eq!(notify.until("READY=1"), "READY=1\nSTATUS=1 session");
+    // A reload that fails says so until one succeeds.
+    std::fs::write(&s.pki.server_pem, "broken").unwrap();
+    signal("HUP");
+    let failed = notify.until("READY=1");
+    assert!(
+        failed.starts_with(
+            "READY=1\nSTATUS=1 session; reload failed, serving with the previous certificate: "
+        ) && failed.contains("-cert"),
+        "{failed:?}"
+    );
+    drop(client);
+    signal("TERM");
+    assert_eq!(notify.until("STOPPING=1"), "STOPPING=1");
+    let status = wait_with_timeout(&mut daemon.0, Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn notify_socket_at_a_path_hears_ready_status_reloading_and_stopping() {
+    let s = setup("notify-path");
+    let path = s.dir.path("notify");
+    let notify = NotifyListener {
+        socket: UnixDatagram::bind(&path).unwrap(),
+    };
+    readiness_reload_and_stop_are_told(notify, &s, path.as_os_str());
+}
+
+#[test]
+fn notify_socket_in_the_abstract_namespace_hears_the_same() {
+    use std::os::linux::net::SocketAddrExt;
+    let s = setup("notify-abstract");
+    let name = format!("sslwrap-test-notify-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let notify = NotifyListener {
+        socket: UnixDatagram::bind_addr(&address).unwrap(),
+    };
+    readiness_reload_and_stop_are_told(notify, &s, std::ffi::OsStr::new(&format!("@{name}")));
+}
+
+#[test]
+fn standard_input_that_is_no_connection_is_a_start_up_error() {
+    let s = setup("stdin-null");
+    let line = s.legacy_line(backend(echo), &[]);
+    let (status, stderr) = run_to_end(&as_strs(&line), &s.syslog);
+    assert_eq!(status.code(), Some(1));
+    let expected = "standard input is not a network connection: run sslwrap from inetd (or xinetd, tcpserver, a \
+                    systemd socket unit with Accept=yes), or give -accept [ADDR:]PORT to run it as a daemon";
+    assert!(stderr.contains(expected), "{stderr}");
+}
+
+/// Runs sslwrap with a missing certificate, stderr a stream socket (as systemd's journal gives), JOURNAL_STREAM set
+/// to `stream(socket's dev:ino)`; returns what reached stderr.
+fn failing_start_with_journal_stream(s: &mut Setup, stream: impl Fn(&str) -> String) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let meta = std::fs::File::from(std::os::fd::OwnedFd::from(writer.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let writer = std::os::fd::OwnedFd::from(writer);
+    let named = stream(&format!("{}:{}", meta.dev(), meta.ino()));
+    let missing = s.dir.path("missing.pem");
+    let mut child = sslwrap(
+        &["-cert", missing.to_str().unwrap(), "-port", "1"],
+        &s.syslog,
+    )
+    .env("JOURNAL_STREAM", named)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(writer)
+    .spawn()
+    .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    drop(child);
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_journal_stream_on_stderr_gets_each_message_once_with_its_priority() {
+    let mut s = setup("journal");
+    let missing = s.dir.path("missing.pem");
+    let message = format!(
+        "-cert: cannot read {}: No such file or directory",
+        missing.display()
+    );
+    let text = failing_start_with_journal_stream(&mut s, |stream| stream.to_string());
+    assert_eq!(text, format!("<3>{message}\n"));
+    assert!(
+        !s.syslog.settle().iter().any(|line| line.contains(&message)),
+        "the message went to syslog too"
+    );
+    // A JOURNAL_STREAM that names another file (inherited from elsewhere) changes nothing: a socket on fd 2 may be
+    // the client's connection, so nothing is written there, and the message goes to syslog.
+    let text = failing_start_with_journal_stream(&mut s, |stream| format!("{stream}1"));
+    assert_eq!(text, "");
+    s.syslog.expect(&message);
+}
