@@ -5,6 +5,9 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 SBINDIR  = $(DESTDIR)$(PREFIX)/sbin
 MAN8DIR  = $(DESTDIR)$(PREFIX)/share/man/man8
+# Where systemd looks for locally installed units.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS    = $(wildcard systemd/*.socket systemd/*.service)
 CARGO   ?= cargo
 BIN      = target/release/sslwrap
 
@@ -14,7 +17,7 @@ TEST_PACKAGES  = python3 procps util-linux mandoc groff-base ucspi-tcp socat cur
 PACKAGE_LISTS  = $(wildcard compat-tests/packages tests/packages)
 SOURCES        = Cargo.toml Cargo.lock build.rs $(shell find src -name '*.rs' 2>/dev/null)
 
-.PHONY: all build install uninstall check test lint compat demo bench bench-smoke deps clean
+.PHONY: all build install install-systemd uninstall check test lint compat demo bench bench-smoke deps clean
 
 all: $(BIN)
 
@@ -30,8 +33,17 @@ install: $(BIN)
 	install -m 755 $(BIN) $(SBINDIR)/sslwrap
 	install -m 644 man/sslwrap.8 $(MAN8DIR)/sslwrap.8
 
+# The units in systemd/, naming the binary where `make install` puts it.
+install-systemd:
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	for unit in $(UNITS); do \
+	  sed 's|/usr/local/sbin/sslwrap|$(PREFIX)/sbin/sslwrap|' $$unit > $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$unit); \
+	  chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$unit); \
+	done
+
 uninstall:
 	rm -f $(SBINDIR)/sslwrap $(MAN8DIR)/sslwrap.8
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$unit); done
 
 # Every test: unit and integration tests (real OpenSSL clients against the real binary), lint, and the
 # compatibility suite under real superservers and mail servers.

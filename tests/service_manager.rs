@@ -14,17 +14,28 @@ use common::*;
 
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
-/// `systemd-socket-activate ARGS... sslwrap LINE...` on a free port, its output discarded, once the port listens.
-fn socket_activate(s: &Setup, activate_args: &[&str], line: &[String]) -> (KilledOnDrop, u16) {
+/// `systemd-socket-activate ARGS... sslwrap LINE...` on a free port, its output discarded, once the port listens;
+/// `env` are more variables passed through to sslwrap.
+fn socket_activate(
+    s: &Setup,
+    activate_args: &[&str],
+    line: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (KilledOnDrop, u16) {
     let port = free_port_on("127.0.0.1");
     let listen = format!("127.0.0.1:{port}");
     let mut args: Vec<&str> = activate_args.to_vec();
-    args.extend(["-l", &listen, "-E", "SSLWRAP_SYSLOG_SOCKET", BINARY]);
+    args.extend(["-l", &listen, "-E", "SSLWRAP_SYSLOG_SOCKET"]);
+    for (name, _) in env {
+        args.extend(["-E", name]);
+    }
+    args.push(BINARY);
     args.extend(line.iter().map(String::as_str));
     let child = KilledOnDrop(
         Command::new(SOCKET_ACTIVATE)
             .args(&args)
             .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,7 +69,7 @@ fn echo_round_trip(port: u16, payload: &[u8]) -> Result<(), String> {
 fn accept_no_socket_activation_serves_on_the_passed_socket_without_accept() {
     let s = setup("activate-no");
     let line = s.legacy_line(backend(echo), &[]);
-    let (_activator, port) = socket_activate(&s, &[], &line);
+    let (_activator, port) = socket_activate(&s, &[], &line, &[]);
     for n in 0..5u8 {
         echo_round_trip(port, &[n; 100]).unwrap_or_else(|e| panic!("sequential client {n}: {e}"));
     }
@@ -77,7 +88,7 @@ fn accept_no_socket_activation_serves_on_the_passed_socket_without_accept() {
 fn accept_yes_socket_activation_runs_one_inetd_session_per_connection() {
     let s = setup("activate-yes");
     let line = s.legacy_line(backend(echo), &[]);
-    let (_activator, port) = socket_activate(&s, &["--inetd", "-a"], &line);
+    let (_activator, port) = socket_activate(&s, &["--inetd", "-a"], &line, &[]);
     for n in 0..3u8 {
         echo_round_trip(port, &[n; 100]).unwrap_or_else(|e| panic!("client {n}: {e}"));
     }
@@ -108,34 +119,8 @@ fn exec_programs_never_see_the_service_manager_s_variables() {
     .collect();
     let notify = s.dir.path("notify");
     let _listener = UnixDatagram::bind(&notify).unwrap();
-    let port = free_port_on("127.0.0.1");
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "-l",
-        &listen,
-        "-E",
-        "SSLWRAP_SYSLOG_SOCKET",
-        "-E",
-        "NOTIFY_SOCKET",
-        BINARY,
-    ];
-    args.extend(line.iter().map(String::as_str));
-    let _activator = KilledOnDrop(
-        Command::new(SOCKET_ACTIVATE)
-            .args(&args)
-            .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
-            .env("NOTIFY_SOCKET", &notify)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(Instant::now() < deadline, "not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_activator, port) =
+        socket_activate(&s, &[], &line, &[("NOTIFY_SOCKET", notify.as_os_str())]);
     let text = String::from_utf8(read_to_close_notify(&mut tls(port)).unwrap()).unwrap();
     assert_eq!(text, "end\n", "variables reached the program");
 }
@@ -313,4 +298,60 @@ fn a_journal_stream_on_stderr_gets_each_message_once_with_its_priority() {
     let text = failing_start_with_journal_stream(&mut s, |stream| format!("{stream}1"));
     assert_eq!(text, "");
     s.syslog.expect(&message);
+}
+
+#[test]
+fn the_shipped_units_install_and_pass_systemd_analyze_verify() {
+    let s = setup("units");
+    let root = s.dir.path("root");
+    let status = Command::new("make")
+        .args([
+            "-s",
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "install-systemd",
+            "PREFIX=/usr/local",
+        ])
+        .arg(format!("DESTDIR={}", root.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let installed = root.join("usr/local/lib/systemd/system");
+    let mut names: Vec<String> = std::fs::read_dir(&installed)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "sslwrap-imaps.socket",
+            "sslwrap-imaps@.service",
+            "sslwrap-imapsd.service",
+            "sslwrap-imapsd.socket"
+        ]
+    );
+    // Verified as installed, with the binary they name pointed at the one built here (verify checks it exists).
+    let checked = s.dir.path("checked");
+    std::fs::create_dir(&checked).unwrap();
+    for name in &names {
+        let text = std::fs::read_to_string(installed.join(name)).unwrap();
+        assert!(text.contains("ExecStart=/usr/local/sbin/sslwrap ") || name.ends_with(".socket"));
+        std::fs::write(
+            checked.join(name),
+            text.replace("/usr/local/sbin/sslwrap", BINARY),
+        )
+        .unwrap();
+    }
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(names.iter().map(|name| checked.join(name)))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success() && said.trim().is_empty(), "{said}");
 }
