@@ -79,14 +79,11 @@ deps:
 
 # Runs sslwrap in daemon mode on 127.0.0.1:8443 in front of a built-in echo backend (-exec /bin/cat), with a
 # throw-away self-signed certificate. Ctrl-C stops it.
-demo: build
-	@dir=$$(mktemp -d /tmp/sslwrap-demo.XXXXXX); \
-	openssl req -new -x509 -nodes -out $$dir/server.pem -keyout $$dir/server.pem -days 1 \
-	  -subj /CN=localhost -newkey ec -pkeyopt ec_paramgen_curve:P-256 2>/dev/null; chmod 600 $$dir/server.pem; \
-	echo "sslwrap demo: TLS echo service on 127.0.0.1:8443 (certificate in $$dir)"; \
-	echo "try:  openssl s_client -connect 127.0.0.1:8443 -quiet    (type a line, it comes back)"; \
-	trap 'rm -rf $$dir' EXIT INT TERM; \
-	$(BIN) -cert $$dir/server.pem -accept 127.0.0.1:8443 -debug -exec /bin/cat
+# A TLS echo service for trying sslwrap by hand; PORT=N picks the port. Stopping make (or Ctrl-C) stops it and
+# removes its files.
+PORT ?= 8443
+demo: $(BIN)
+	@exec setpriv --pdeathsig TERM demo/run $(PORT) $(BIN)
 
 bench: build
 	@if [ -x bench/run ]; then bench/run; else echo "bench/run missing"; exit 1; fi
