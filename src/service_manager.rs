@@ -107,6 +107,11 @@ fn connect_notify_socket(path: &std::ffi::OsStr) -> Result<UnixDatagram, String>
     socket
         .connect_addr(&address)
         .map_err(|error| error.to_string())?;
+    // A manager that stops reading must never stall the accept loop: a message that finds its queue full is dropped
+    // (each STATUS carries the whole state, so the next one makes up for it).
+    socket
+        .set_nonblocking(true)
+        .map_err(|error| error.to_string())?;
     Ok(socket)
 }
 

@@ -15,25 +15,21 @@ use openssl::rsa::Rsa;
 
 const MIB: usize = 1024 * 1024;
 
-/// A running `sslwrap ... -accept 127.0.0.1:PORT`.
+/// A running `sslwrap ... -accept 127.0.0.1:PORT`, past its warm-up.
 struct Daemon {
     child: Child,
     port: u16,
+    _notifications: Notifications,
 }
 
 impl Daemon {
     fn start(args: &[&str], syslog: &Syslog) -> Daemon {
-        let (child, port) = spawn_daemon("127.0.0.1", args, &[], syslog);
-        // The port listens before the parent's warm-up is over. A handshake attempt (whatever its outcome) waits until
-        // a child has answered, so the parent is then accepting; that probe session must have ended before anything
-        // is counted.
-        let probe = tcp(port);
-        let mut probe_config = connector(|_| {}).configure().unwrap();
-        probe_config.set_verify_hostname(false);
-        let _ = probe_config.connect("localhost", probe);
-        let left = wait_for_no_children(child.id());
-        assert!(left.is_empty(), "the probe session did not end: {left:?}");
-        Daemon { child, port }
+        let spawned = spawn_daemon("127.0.0.1", args, &[], syslog);
+        Daemon {
+            child: spawned.child,
+            port: spawned.port,
+            _notifications: spawned.notifications,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -550,7 +546,11 @@ fn ipv6_listen_address() {
     }
     let s = setup("listen6");
     let backend_port = backend(echo).to_string();
-    let (mut child, port) = spawn_daemon(
+    let SpawnedDaemon {
+        mut child,
+        port,
+        notifications: _notifications,
+    } = spawn_daemon(
         "::1",
         &[
             "-cert",
@@ -836,24 +836,22 @@ fn a_session_process_holds_only_its_own_descriptors() {
     let mut line = s.legacy_line(backend(echo), &[]);
     line.extend(["-accept".to_string(), accept]);
     // The launching shell leaves fd 7 open on a secret file.
-    let daemon = KilledOnDrop(
+    let notifications = Notifications::new();
+    let mut daemon = KilledOnDrop(
         std::process::Command::new("/bin/sh")
             .args(["-c", "exec 7<\"$0\"; exec \"$@\""])
             .arg(&secret)
             .arg(BINARY)
             .args(&line)
             .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
+            .env("NOTIFY_SOCKET", &notifications.path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(Instant::now() < deadline, "sslwrap is not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    notifications.wait_ready(&mut daemon.0, "sslwrap");
     let mut client = tls(port);
     client.write_all(b"ping").unwrap();
     let mut echoed = [0u8; 4];
@@ -968,19 +966,19 @@ fn unread_stderr_never_stalls(name: &str, as_nobody: bool) {
     } else {
         sslwrap(&as_strs(&line), &s.syslog)
     };
+    // An abstract name: a daemon running as nobody could not connect to a socket file in a root-only directory.
+    let notifications =
+        Notifications::abstract_named(&format!("sslwrap-test-{}-{name}", std::process::id()));
     let mut daemon = KilledOnDrop(
         command
+            .env("NOTIFY_SOCKET", &notifications.path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(Instant::now() < deadline, "sslwrap is not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    notifications.wait_ready(&mut daemon.0, "sslwrap");
     for n in 0..120 {
         if let Err(reason) = echo_round_trip(port, format!("session {n}").as_bytes()) {
             panic!("session {n} failed with stderr unread: {reason}");

@@ -259,12 +259,14 @@ fn exec_in_daemon_mode_reaps_every_program() {
     let port = free_port_on("127.0.0.1");
     let accept = format!("127.0.0.1:{port}");
     let cert = pki.server_pem.to_str().unwrap();
+    let notifications = Notifications::new();
     let mut reaper = KilledOnDrop(
         std::process::Command::new("/usr/bin/python3")
             .args([
                 "-c", SUBREAPER, BINARY, "-cert", cert, "-accept", &accept, "-exec", "/bin/cat",
             ])
             .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
+            .env("NOTIFY_SOCKET", &notifications.path)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -277,14 +279,7 @@ fn exec_in_daemon_mode_reaps_every_program() {
     )
     .unwrap();
     let daemon: u32 = line.trim().parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sslwrap is not listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    notifications.wait_ready(&mut reaper.0, "sslwrap under the subreaper");
     for n in 0..20u8 {
         let mut client = tls(port);
         client.write_all(&[n; 10]).unwrap();

@@ -335,25 +335,20 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
     let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
     let port = free_port("127.0.0.1");
     let accept = format!("127.0.0.1:{port}");
-    let daemon = KilledOnDrop(
+    let notifications = Notifications::new();
+    let mut daemon = KilledOnDrop(
         std::process::Command::new(BINARY)
             .args(&line)
             .args(["-accept", &accept])
             .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
+            .env("NOTIFY_SOCKET", &notifications.path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sslwrap is not listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    notifications.wait_ready(&mut daemon.0, "sslwrap");
     // Fill the queue to the brim (max_dgram_qlen, 10 by default), as a syslog daemon that stopped reading would.
     let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
     filler.connect(&syslog.path).unwrap();

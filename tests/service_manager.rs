@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,8 @@ use common::*;
 
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
-/// `systemd-socket-activate ARGS... sslwrap LINE...` on a free port, its output discarded, once the port listens;
+/// `systemd-socket-activate ARGS... sslwrap LINE...` on a free port, once it says it listens (the rest of its output
+/// is read and dropped);
 /// `env` are more variables passed through to sslwrap.
 fn socket_activate(
     s: &Setup,
@@ -31,24 +31,33 @@ fn socket_activate(
     }
     args.push(BINARY);
     args.extend(line.iter().map(String::as_str));
-    let child = KilledOnDrop(
+    let mut child = KilledOnDrop(
         Command::new(SOCKET_ACTIVATE)
             .args(&args)
             .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    // It says so on stderr once it has bound: "Listening on ADDR as 3."
+    let stderr = child.0.stderr.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate is not listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match heard.recv_timeout(left) {
+            Ok(line) if line.starts_with(&format!("Listening on {listen}")) => break,
+            Ok(_) => {}
+            Err(error) => panic!("systemd-socket-activate did not say it listens: {error}"),
+        }
     }
     (child, port)
 }
@@ -117,43 +126,15 @@ fn exec_programs_never_see_the_service_manager_s_variables() {
     .iter()
     .map(|word| word.to_string())
     .collect();
-    let notify = s.dir.path("notify");
-    let _listener = UnixDatagram::bind(&notify).unwrap();
-    let (_activator, port) =
-        socket_activate(&s, &[], &line, &[("NOTIFY_SOCKET", notify.as_os_str())]);
+    let notify = Notifications::new();
+    let (_activator, port) = socket_activate(
+        &s,
+        &[],
+        &line,
+        &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+    );
     let text = String::from_utf8(read_to_close_notify(&mut tls(port)).unwrap()).unwrap();
     assert_eq!(text, "end\n", "variables reached the program");
-}
-
-/// A NOTIFY_SOCKET listener: the messages sslwrap sends, one datagram each.
-struct NotifyListener {
-    socket: UnixDatagram,
-}
-
-impl NotifyListener {
-    /// The next message, within a bound.
-    fn next(&self) -> String {
-        self.socket
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut buffer = [0u8; 4096];
-        let count = self
-            .socket
-            .recv(&mut buffer)
-            .expect("no notification within 30 s");
-        String::from_utf8_lossy(&buffer[..count]).into_owned()
-    }
-
-    /// Messages until one contains `needle` (STATUS lines come whenever the session count changes).
-    fn until(&self, needle: &str) -> String {
-        for _ in 0..50 {
-            let message = self.next();
-            if message.contains(needle) {
-                return message;
-            }
-        }
-        panic!("no notification with {needle:?}");
-    }
 }
 
 fn daemon_with_notify_socket(s: &Setup, notify_socket: &std::ffi::OsStr) -> (Child, u16) {
@@ -171,8 +152,8 @@ fn daemon_with_notify_socket(s: &Setup, notify_socket: &std::ffi::OsStr) -> (Chi
     (child, port)
 }
 
-fn readiness_reload_and_stop_are_told(notify: NotifyListener, s: &Setup, name: &std::ffi::OsStr) {
-    let (child, port) = daemon_with_notify_socket(s, name);
+fn readiness_reload_and_stop_are_told(notify: Notifications, s: &Setup) {
+    let (child, port) = daemon_with_notify_socket(s, notify.path.as_os_str());
     let mut daemon = KilledOnDrop(child);
     let ready = notify.next();
     assert_eq!(ready, "READY=1\nSTATUS=0 sessions");
@@ -220,23 +201,14 @@ fn readiness_reload_and_stop_are_told(notify: NotifyListener, s: &Setup, name: &
 #[test]
 fn notify_socket_at_a_path_hears_ready_status_reloading_and_stopping() {
     let s = setup("notify-path");
-    let path = s.dir.path("notify");
-    let notify = NotifyListener {
-        socket: UnixDatagram::bind(&path).unwrap(),
-    };
-    readiness_reload_and_stop_are_told(notify, &s, path.as_os_str());
+    readiness_reload_and_stop_are_told(Notifications::new(), &s);
 }
 
 #[test]
 fn notify_socket_in_the_abstract_namespace_hears_the_same() {
-    use std::os::linux::net::SocketAddrExt;
     let s = setup("notify-abstract");
     let name = format!("sslwrap-test-notify-{}", std::process::id());
-    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-    let notify = NotifyListener {
-        socket: UnixDatagram::bind_addr(&address).unwrap(),
-    };
-    readiness_reload_and_stop_are_told(notify, &s, std::ffi::OsStr::new(&format!("@{name}")));
+    readiness_reload_and_stop_are_told(Notifications::abstract_named(&name), &s);
 }
 
 #[test]

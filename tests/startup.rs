@@ -774,13 +774,15 @@ fn a_reload_refuses_a_device_and_keeps_serving() {
     let cert = s.dir.path("reloaded.pem");
     std::fs::copy(&s.pki.server_pem, &cert).unwrap();
     let backend_port = backend(echo).to_string();
-    let (daemon, port) = spawn_daemon(
+    let spawned = spawn_daemon(
         "127.0.0.1",
         &["-cert", cert.to_str().unwrap(), "-port", &backend_port],
         &[],
         &s.syslog,
     );
-    let daemon = KilledOnDrop(daemon);
+    let port = spawned.port;
+    let daemon = KilledOnDrop(spawned.child);
+    let _notifications = spawned.notifications;
     std::fs::remove_file(&cert).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &cert).unwrap();
     let signalled = std::process::Command::new("kill")

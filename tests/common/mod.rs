@@ -279,9 +279,9 @@ pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
 }
 
 /// Starts sslwrap in daemon mode on a free port of `host` ("127.0.0.1" or "::1") with `before`, `-accept ADDRESS`,
-/// then `after` (where `-exec PROG ARGS` must stay last), its stdio closed; returns the child and the port once the
-/// port is in LISTEN state (no probe connection, which would be a session of its own).
-pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog) -> (Child, u16) {
+/// then `after` (where `-exec PROG ARGS` must stay last), its stdio closed, once it has told READY=1 (listening,
+/// warmed up, accepting).
+pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog) -> SpawnedDaemon {
     let port = free_port_on(host);
     let accept = if host.contains(':') {
         format!("[{host}]:{port}")
@@ -291,24 +291,126 @@ pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog
     let mut all: Vec<&str> = before.to_vec();
     all.extend(["-accept", &accept]);
     all.extend(after);
+    let notifications = Notifications::new();
     let mut child = sslwrap(&all, syslog)
+        .env("NOTIFY_SOCKET", &notifications.path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_listening(port) {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("sslwrap {all:?} exited ({status}) instead of listening");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sslwrap {all:?} is not listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    notifications.wait_ready(&mut child, &format!("sslwrap {all:?}"));
+    SpawnedDaemon {
+        child,
+        port,
+        notifications,
     }
-    (child, port)
+}
+
+/// A service manager's notification socket (NOTIFY_SOCKET): a thread receives every datagram at once, as systemd
+/// does, so the sender never finds the queue full. A test that starts a daemon with it waits for READY=1, sent once
+/// the listeners are open, instead of polling for the port.
+pub struct Notifications {
+    pub path: PathBuf,
+    socket: Arc<UnixDatagram>,
+    messages: std::sync::mpsc::Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Notifications {
+    pub fn new() -> Notifications {
+        let dir = TempDir::new("notify");
+        let path = dir.path("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Notifications::receiving(socket, path, dir)
+    }
+
+    /// Listens on an abstract name instead (`@name` in NOTIFY_SOCKET).
+    pub fn abstract_named(name: &str) -> Notifications {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let socket = UnixDatagram::bind_addr(&address).unwrap();
+        Notifications::receiving(
+            socket,
+            PathBuf::from(format!("@{name}")),
+            TempDir::new("notify"),
+        )
+    }
+
+    fn receiving(socket: UnixDatagram, path: PathBuf, dir: TempDir) -> Notifications {
+        let socket = Arc::new(socket);
+        let (sender, messages) = std::sync::mpsc::channel();
+        let reading = Arc::clone(&socket);
+        // Ends when the socket is shut down (drop), which makes recv return 0.
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(count @ 1..) = reading.recv(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..count]).into_owned();
+                if sender.send(message).is_err() {
+                    return;
+                }
+            }
+        });
+        Notifications {
+            path,
+            socket,
+            messages,
+            reader: Some(reader),
+            _dir: dir,
+        }
+    }
+
+    /// The next message, within a bound.
+    pub fn next(&self) -> String {
+        self.messages
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no notification within 30 s")
+    }
+
+    /// Messages until one contains `needle` (STATUS lines come whenever the session count changes).
+    pub fn until(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let message = self.next();
+            if message.contains(needle) {
+                return message;
+            }
+        }
+        panic!("no notification with {needle:?}");
+    }
+
+    /// Waits for READY=1 from `child` (named `what` in the failure); a child that exits first fails at once.
+    pub fn wait_ready(&self, child: &mut Child, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            // A short bound on each wait only so that an exited child is noticed: each is a wait for the message.
+            match self.messages.recv_timeout(Duration::from_millis(200)) {
+                Ok(message) if message.lines().any(|line| line == "READY=1") => return,
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(error) => panic!("{what}: notification reader: {error}"),
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{what} exited ({status}) instead of listening");
+            }
+        }
+        panic!("{what} did not tell READY=1 within 30 s");
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// A daemon started by `spawn_daemon`, with the notification socket it tells its state to.
+pub struct SpawnedDaemon {
+    pub child: Child,
+    pub port: u16,
+    pub notifications: Notifications,
 }
 
 /// True once some socket is in LISTEN state on `port` (read from /proc, so no probe connection becomes a session

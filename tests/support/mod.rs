@@ -545,25 +545,26 @@ http {{
 
 /// sslwrap in daemon mode (`-accept HOST:PORT`), stopped by PID when dropped.
 pub struct SslwrapDaemon {
-    child: Child,
+    spawned: SpawnedDaemon,
     pub port: u16,
 }
 
 impl SslwrapDaemon {
     /// `host` is "127.0.0.1" or "::1".
     pub fn start(host: &str, args: &[&str], syslog: &Syslog) -> SslwrapDaemon {
-        let (child, port) = spawn_daemon(host, args, &[], syslog);
-        SslwrapDaemon { child, port }
+        let spawned = spawn_daemon(host, args, &[], syslog);
+        let port = spawned.port;
+        SslwrapDaemon { spawned, port }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.spawned.child.id()
     }
 }
 
 impl Drop for SslwrapDaemon {
     fn drop(&mut self) {
-        terminate(&mut self.child);
+        terminate(&mut self.spawned.child);
     }
 }
 
