@@ -1,6 +1,8 @@
 //! Daemon mode (`-accept [ADDR:]PORT`, or the listening sockets of systemd's socket activation): classic fork per
 //! connection. The parent binds, loads the TLS context once, and then only accepts, forks, reaps, handles signals and
-//! tells a service manager how it is doing, all from one poll loop (signals arrive on a signalfd).
+//! tells a service manager how it is doing, all from one poll loop (signals arrive on a signalfd). It keeps its
+//! start-up privileges (so that SIGHUP can read a root-only key again) and never reads a byte from a client: each
+//! session process drops to -user/-group/-chroot right after fork, before it touches the connection.
 //! It stays in the foreground as 2.0.6 did. It never serves a client itself, never leaves a zombie, never spins or
 //! drains the backlog when accept or fork fails for lack of resources (it pauses, and the waiting clients are served
 //! once it works again), never runs more than -maxconn sessions at once (more clients wait in the listen backlog)
@@ -19,6 +21,7 @@ use openssl::ssl::SslContext;
 
 use crate::client::ClientIo;
 use crate::options::{Config, parse_port};
+use crate::pidfile::PidFile;
 use crate::privs::Identity;
 use crate::reason::io_reason;
 use crate::service_manager::Notifier;
@@ -94,6 +97,10 @@ struct Daemon<'a> {
     told_sessions: Option<usize>,
     /// Why the last reload failed, told with every status until a reload succeeds.
     reload_failure: Option<String>,
+    /// What each session process drops to right after fork; the parent itself keeps its start-up privileges.
+    identity: Option<Identity>,
+    /// Removed when the parent returns from its loop (session processes end with _exit, which drops nothing).
+    pidfile: Option<PidFile>,
     sessions: Sessions,
     /// Clients accepted but not yet served, oldest first: those whose source holds its whole share of sessions, and
     /// one whose fork failed. Each is served once its source (or fork) allows, or closed at its deadline.
@@ -225,12 +232,15 @@ pub fn run(
             return 1;
         }
     }
-    if let Some(identity) = identity {
-        if let Err(reason) = identity.apply() {
+    if let Some(identity) = &identity {
+        if let Err(reason) = identity.check_by_trial() {
             log_error!("{reason}");
             return 1;
         }
-        log_debug!("running as {}", identity.description());
+        log_debug!(
+            "sessions run as {}; this process keeps its privileges to reload the files on SIGHUP",
+            identity.description()
+        );
     }
     let address = listeners
         .iter()
@@ -255,6 +265,8 @@ pub fn run(
         notifier,
         told_sessions: None,
         reload_failure: None,
+        identity,
+        pidfile: None,
         sessions: Sessions::default(),
         waiting: VecDeque::new(),
         paused_until: None,
@@ -265,6 +277,15 @@ pub fn run(
         queue_full_log: RateLimit::new(),
         expired_log: RateLimit::new(),
     };
+    if let Some(path) = &config.pidfile {
+        match PidFile::write(path) {
+            Ok(written) => daemon.pidfile = Some(written),
+            Err(reason) => {
+                log_error!("{reason}");
+                return 1;
+            }
+        }
+    }
     tls::warm_up();
     daemon.notifier.ready(&daemon.sessions_text());
     daemon.told_sessions = Some(daemon.sessions.count());
@@ -464,6 +485,13 @@ impl Daemon<'_> {
         self.notifier = Notifier::none();
         self.waiting.clear();
         sys::unblock_all_signals();
+        // Before the first byte from the client is read: no client input ever meets the start-up privileges.
+        if let Some(identity) = &self.identity {
+            if let Err(reason) = identity.apply() {
+                log_error!("{reason}; closing the connection");
+                sys::exit_now(1);
+            }
+        }
         let status = match ClientIo::from_socket(connection) {
             Ok(client) => session::serve(self.config, &self.context, client),
             Err(error) => {

@@ -9,6 +9,7 @@ mod exec;
 mod inetd;
 mod log;
 mod options;
+mod pidfile;
 mod plaintext_phase;
 mod privs;
 mod proxy_header;
@@ -127,9 +128,15 @@ fn run(config: &Config, handover: &Handover) -> i32 {
             }
         }
         None if !passed.is_empty() => passed,
+        None if config.pidfile.is_some() => {
+            log_error!(
+                "-pidfile is for daemon mode (-accept, or the listening sockets of socket activation); in inetd \
+                 mode each connection is a process of its own, which inetd tracks"
+            );
+            return 1;
+        }
         None => return inetd::run(config, &context, identity),
     };
-    // Connected now, while its path is still reachable: the parent may chroot.
     let notifier = handover.notifier();
     daemon::run(config, context, listeners, identity, notifier)
 }

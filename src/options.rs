@@ -132,6 +132,8 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub chroot: Option<PathBuf>,
+    /// `-pidfile`: where the daemon parent writes its process ID (daemon mode).
+    pub pidfile: Option<PathBuf>,
 }
 
 /// What the command line asks the program to do.
@@ -183,6 +185,7 @@ struct Draft {
     user: Option<String>,
     group: Option<String>,
     chroot: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
     help: bool,
     version: bool,
 }
@@ -430,6 +433,11 @@ const OPTIONS: &[OptionSpec] = &[
             d.maxconn_per_source = Some(limit as usize);
             Ok(())
         }),
+    ),
+    row(
+        "pidfile",
+        "daemon mode: write the daemon's process ID to FILE once it listens (removed when it exits)",
+        Path("FILE", |d, file| d.pidfile = Some(file)),
     ),
     row(
         "timeout",
@@ -792,6 +800,7 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         user: draft.user,
         group: draft.group,
         chroot: draft.chroot,
+        pidfile: draft.pidfile,
     })
 }
 
@@ -911,7 +920,8 @@ mod tests {
     fn every_extension_is_accepted() {
         let line = "-port 1 -tls1 -tls1_1 -tls1_2 -tls1_3 -no_tls1 -no_tls1_1 -no_tls1_2 -no_tls1_3 \
                     -ciphersuites TLS_AES_128_GCM_SHA256 -dhparam dh.pem -maxconn 5 -timeout 30 \
-                    -handshake_timeout 9 -starttls imap- -proxy v1 -user nobody -group nogroup -chroot /var/empty";
+                    -handshake_timeout 9 -starttls imap- -proxy v1 -user nobody -group nogroup -chroot /var/empty \
+                    -pidfile /run/sslwrap.pid";
         let config = config(line);
         assert_eq!(config.tls.protocols.only, Some(Protocol::Tls1_3));
         assert_eq!(config.tls.protocols.disabled.len(), 4);
@@ -925,6 +935,7 @@ mod tests {
         assert_eq!(config.proxy, Some(ProxyVersion::V1));
         assert_eq!(config.user.as_deref(), Some("nobody"));
         assert_eq!(config.chroot, Some(PathBuf::from("/var/empty")));
+        assert_eq!(config.pidfile, Some(PathBuf::from("/run/sslwrap.pid")));
     }
 
     #[test]
@@ -1297,6 +1308,7 @@ mod tests {
             ("-CApath", b"d"),
             ("-dhparam", b"h"),
             ("-chroot", b"r"),
+            ("-pidfile", b"p"),
         ] {
             line.push(option.into());
             line.push(path(tag));
@@ -1308,6 +1320,7 @@ mod tests {
         assert_eq!(config.tls.ca_path, Some(PathBuf::from(path(b"d"))));
         assert_eq!(config.tls.dhparam, Some(PathBuf::from(path(b"h"))));
         assert_eq!(config.chroot, Some(PathBuf::from(path(b"r"))));
+        assert_eq!(config.pidfile, Some(PathBuf::from(path(b"p"))));
     }
 
     #[test]

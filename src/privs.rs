@@ -1,10 +1,14 @@
 //! Privilege separation (`-chroot`, `-group`, `-user`): applied after the key is read and the port is bound, in the
-//! only safe order (chroot, groups, gid, uid), and then checked. A drop that did not take is a fatal error: sslwrap
-//! never goes on as root when it was told not to.
+//! only safe order (chroot, groups, gid, uid), and then checked; in inetd mode by the one process, in daemon mode by
+//! each session process right after fork (the parent keeps its start-up privileges to reload the key, and first
+//! proves by trial that the drop will work). A drop that did not take is a fatal error: sslwrap never serves a client
+//! as root when it was told not to.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use crate::sys;
+use crate::sys::{self, ChildEnd, Forked};
 
 /// The identity to switch to, resolved while /etc/passwd is still reachable (before chroot).
 pub struct Identity {
@@ -91,6 +95,44 @@ impl Identity {
         sys::switch_identity(self.uid, self.gid, &groups)
             .map_err(|e| format!("cannot switch to {}: {e}", self.description))?;
         self.verify()
+    }
+
+    /// Applies the identity in a throwaway child, so that a drop that cannot work (sslwrap started without root,
+    /// say) is a start-up error of the daemon rather than a failure of every session. Nothing of the parent changes.
+    pub fn check_by_trial(&self) -> Result<(), String> {
+        let (mut report, mut child_end) = UnixStream::pair()
+            .map_err(|e| format!("cannot try {}: socketpair: {e}", self.description))?;
+        let pid = match sys::fork() {
+            Ok(Forked::Child) => {
+                drop(report);
+                let code = match self.apply() {
+                    Ok(()) => 0,
+                    Err(reason) => {
+                        let _ = child_end.write_all(reason.as_bytes());
+                        1
+                    }
+                };
+                sys::exit_now(code)
+            }
+            Ok(Forked::Parent(pid)) => pid,
+            Err(error) => return Err(format!("cannot try {}: fork: {error}", self.description)),
+        };
+        drop(child_end);
+        let mut reason = String::new();
+        let _ = report.read_to_string(&mut reason);
+        match sys::wait_for_child(pid) {
+            Ok(ChildEnd::Exited(0)) => Ok(()),
+            Ok(_) if !reason.is_empty() => Err(reason),
+            Ok(ChildEnd::Exited(code)) => Err(format!(
+                "trying {} failed: the trial process exited with status {code}",
+                self.description
+            )),
+            Ok(ChildEnd::Killed(signal)) => Err(format!(
+                "trying {} failed: the trial process was killed by signal {signal}",
+                self.description
+            )),
+            Err(error) => Err(format!("trying {}: waitpid: {error}", self.description)),
+        }
     }
 
     fn verify(&self) -> Result<(), String> {

@@ -705,6 +705,26 @@ pub fn reap_one_child() -> Option<(libc::pid_t, ChildEnd)> {
     Some((pid, end))
 }
 
+/// Waits for the child `pid` to end and reaps it.
+pub fn wait_for_child(pid: libc::pid_t) -> io::Result<ChildEnd> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes the status into our local variable only.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ChildEnd::Killed(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
+    })
+}
+
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; zeroed memory is a valid start for it.
     unsafe {

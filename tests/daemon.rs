@@ -758,6 +758,30 @@ fn echo_round_trip(port: u16, message: &[u8]) -> Result<(), String> {
 }
 
 #[test]
+fn the_pidfile_names_the_parent_once_ready_outlives_its_sessions_and_is_removed_on_sigterm() {
+    let s = setup("pidfile");
+    let pidfile = s.dir.path("sslwrap.pid");
+    // A stale file, as a crashed run leaves behind, is replaced.
+    std::fs::write(&pidfile, "999999\n").unwrap();
+    let daemon = s.daemon(backend(echo), &["-pidfile", pidfile.to_str().unwrap()]);
+    let named = format!("{}\n", daemon.pid());
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), named);
+    for n in 0..3 {
+        echo_round_trip(daemon.port, format!("session {n}").as_bytes()).unwrap();
+    }
+    let left = wait_for_no_children(daemon.pid());
+    assert!(left.is_empty(), "sessions still running: {left:?}");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        named,
+        "an ended session touched the pid file"
+    );
+    let status = daemon.stop().expect("the daemon did not exit on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(!pidfile.exists(), "the pid file was left behind");
+}
+
+#[test]
 fn a_failed_fork_keeps_clients_waiting_and_serves_them_once_fork_works_again() {
     let s = setup("fork-fails");
     if !is_root() {
@@ -807,13 +831,6 @@ fn hard_process_limit(pid: u32) -> String {
         .find(|line| line.starts_with("Max processes"))
         .unwrap();
     line.split_whitespace().nth(3).unwrap().to_string()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
 }
 
 /// What each open descriptor of a process refers to (`socket:[1234]`, `anon_inode:[signalfd]`, `/dev/null` ...).

@@ -1,7 +1,8 @@
 //! Privilege separation and `-fd` end to end: started as root with `-user nobody -group nogroup -chroot DIR`, the
-//! processes that serve clients (the daemon's listening parent, its session children, an inetd-mode session) must
-//! run as uid/gid 65534 with their root directory at DIR, as /proc shows; a user or group that does not exist is a
-//! start-up error naming it. `-fd 3` takes the plaintext side from a descriptor a helper prepared (a socketpair, as
+//! processes that serve clients (the daemon's session children, even one whose client has sent nothing yet, and an
+//! inetd-mode session) must run as uid/gid 65534 with their root directory at DIR, as /proc shows, while the daemon's
+//! parent keeps root so that a certbot renewal in root-only directories reloads on SIGHUP; a user or group that does
+//! not exist, or a drop the daemon cannot make, is a start-up error naming it. `-fd 3` takes the plaintext side from a descriptor a helper prepared (a socketpair, as
 //! in the seed's `-F 3` setup); data must flow through it, also chrooted.
 
 mod common;
@@ -82,30 +83,191 @@ fn echo_round_trip(client: &mut SslStream<TcpStream>, text: &[u8]) {
     assert_eq!(echoed, text);
 }
 
+/// Waits until the session process `pid` has switched to nobody (its last step: chroot and groups come before).
+fn wait_until_dropped(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status_field(pid, "Uid").first().map(String::as_str) != Some(NOBODY) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session process {pid} still runs as uid {:?}",
+            status_field(pid, "Uid")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
-fn daemon_parent_and_sessions_run_as_nobody_nogroup_inside_the_chroot() {
+fn daemon_sessions_drop_to_nobody_in_the_chroot_before_any_client_byte_and_the_parent_keeps_root() {
     require_root();
     let s = setup("priv-daemon");
     let jail = jail(&s);
     let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
-    let mut first = tls(daemon.port);
-    echo_round_trip(&mut first, b"first session\n");
-    let mut second = tls(daemon.port);
-    echo_round_trip(&mut second, b"second session\n");
-    assert_dropped(daemon.pid(), &jail, "the listening parent");
-    let sessions: Vec<u32> = children_of(daemon.pid())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(
-        sessions.len(),
-        2,
-        "two session processes expected: {sessions:?}"
-    );
+    let mut served = tls(daemon.port);
+    echo_round_trip(&mut served, b"a session\n");
+    // A client that has sent nothing at all: its session process must have dropped already.
+    let _idle = TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let sessions = loop {
+        let sessions: Vec<u32> = children_of(daemon.pid())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        if sessions.len() == 2 {
+            break sessions;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two session processes expected: {sessions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
     for pid in sessions {
+        wait_until_dropped(pid);
         assert_dropped(pid, &jail, "a session process");
     }
+    // The parent, which only accepts and forks, keeps root and the real root directory, to reload the key.
+    assert_eq!(status_field(daemon.pid(), "Uid"), ["0", "0", "0", "0"]);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/root", daemon.pid())).unwrap(),
+        Path::new("/")
+    );
+}
+
+/// Let's Encrypt's layout: archive/NAME/fullchainN.pem and privkeyN.pem in root-only directories (mode 700), and
+/// live/NAME/fullchain.pem and privkey.pem as symbolic links to the newest; a renewal writes N+1 and moves the links.
+struct LetsEncrypt {
+    live: PathBuf,
+    archive: PathBuf,
+}
+
+impl LetsEncrypt {
+    fn new(s: &Setup) -> LetsEncrypt {
+        use std::os::unix::fs::PermissionsExt;
+        let root = s.dir.path("letsencrypt");
+        let live = root.join("live/example.org");
+        let archive = root.join("archive/example.org");
+        for dir in [&live, &archive] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for dir in ["live", "archive"] {
+            std::fs::set_permissions(root.join(dir), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+        }
+        LetsEncrypt { live, archive }
+    }
+
+    /// Writes the Nth certificate and key and points the live links at them, as certbot renew does.
+    fn issue(&self, n: u32, identity: &Identity) {
+        use std::os::unix::fs::PermissionsExt;
+        let chain = self.archive.join(format!("fullchain{n}.pem"));
+        let key = self.archive.join(format!("privkey{n}.pem"));
+        std::fs::write(&chain, identity.cert.to_pem().unwrap()).unwrap();
+        std::fs::write(&key, identity.key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for (link, target) in [("fullchain.pem", chain), ("privkey.pem", key)] {
+            let fresh = self.live.join(format!("{link}.new"));
+            std::os::unix::fs::symlink(target, &fresh).unwrap();
+            std::fs::rename(&fresh, self.live.join(link)).unwrap();
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        ["fullchain.pem", "privkey.pem"]
+            .iter()
+            .zip(["-cert", "-key"])
+            .flat_map(|(file, option)| {
+                [
+                    option.to_string(),
+                    self.live.join(file).to_str().unwrap().to_string(),
+                ]
+            })
+            .collect()
+    }
+}
+
+fn common_name_served(port: u16) -> String {
+    let client = tls(port);
+    let certificate = client.ssl().peer_certificate().unwrap();
+    certificate
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .unwrap()
+        .data()
+        .to_string()
+        .unwrap()
+}
+
+#[test]
+fn a_certbot_renewal_in_root_only_directories_reloads_on_sighup_while_sessions_run_as_nobody() {
+    require_root();
+    let mut s = setup("priv-renewal");
+    let letsencrypt = LetsEncrypt::new(&s);
+    letsencrypt.issue(1, &issue("first", Some(&s.pki.ca), false));
+    let mut line = letsencrypt.args();
+    line.extend(["-port".to_string(), backend(echo).to_string()]);
+    line.extend(["-user", "nobody", "-group", "nogroup"].map(String::from));
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    assert_eq!(common_name_served(daemon.port), "first");
+    letsencrypt.issue(2, &issue("renewed", Some(&s.pki.ca), false));
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    daemon.notifications().until("RELOADING=1");
+    daemon.notifications().until("READY=1");
+    let reloaded = s.syslog.expect("SIGHUP:");
+    assert!(
+        reloaded.contains("certificate, key and CA files reloaded"),
+        "{reloaded}"
+    );
+    assert_eq!(common_name_served(daemon.port), "renewed");
+}
+
+#[test]
+fn a_daemon_that_cannot_drop_its_privileges_is_a_startup_error() {
+    let s = setup("priv-cannot");
+    use std::os::unix::fs::PermissionsExt;
+    for path in [&s.dir.0, &s.pki.server_pem] {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let accept = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let mut line = vec![
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        BINARY,
+    ];
+    let words = s.legacy_line(
+        closed_port(),
+        &["-user", "root", "-group", "root", "-accept", &accept],
+    );
+    line.extend(as_strs(&words));
+    // Its messages are read from stderr: as nobody it cannot connect to the test's syslog socket.
+    let mut child = std::process::Command::new("setpriv")
+        .args(&line)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status =
+        wait_with_timeout(&mut child, Duration::from_secs(20)).expect("sslwrap did not exit");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot switch to user root, group root: Operation not permitted"),
+        "{stderr}"
+    );
 }
 
 #[test]

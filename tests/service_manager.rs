@@ -22,6 +22,18 @@ fn socket_activate(
     line: &[String],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> (KilledOnDrop, u16) {
+    let mut command = vec![BINARY.to_string()];
+    command.extend(line.iter().cloned());
+    socket_activate_command(s, activate_args, &command, env)
+}
+
+/// The same with any command (one that ends up executing sslwrap).
+fn socket_activate_command(
+    s: &Setup,
+    activate_args: &[&str],
+    command: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (KilledOnDrop, u16) {
     let port = free_port_on("127.0.0.1");
     let listen = format!("127.0.0.1:{port}");
     let mut args: Vec<&str> = activate_args.to_vec();
@@ -29,8 +41,7 @@ fn socket_activate(
     for (name, _) in env {
         args.extend(["-E", name]);
     }
-    args.push(BINARY);
-    args.extend(line.iter().map(String::as_str));
+    args.extend(command.iter().map(String::as_str));
     let mut child = KilledOnDrop(
         Command::new(SOCKET_ACTIVATE)
             .args(&args)
@@ -326,4 +337,113 @@ fn the_shipped_units_install_and_pass_systemd_analyze_verify() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// The value of `Key=` in a shipped unit file.
+fn unit_setting(unit: &str, key: &str) -> String {
+    unit.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"))
+        .to_string()
+}
+
+#[test]
+fn the_shipped_daemon_unit_s_capabilities_suffice_to_drop_per_session_and_reload_a_root_only_key() {
+    require_root();
+    let mut s = setup("unit-caps");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/sslwrap-imapsd.service"
+    ))
+    .unwrap();
+    // The unit's ExecStart with this test's binary, certificate, backend and nobody in place of its own.
+    let keys = s.dir.path("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let pem = keys.join("server.pem");
+    write_identity(&pem, &s.pki.server);
+    let exec_start = unit_setting(&unit, "ExecStart");
+    for part in [
+        "/usr/local/sbin/sslwrap ",
+        "/etc/sslwrap/server.pem",
+        "-port 143",
+        "-user sslwrap -group sslwrap",
+    ] {
+        assert!(exec_start.contains(part), "{exec_start}");
+    }
+    let exec_start = exec_start
+        .replace("/usr/local/sbin/sslwrap", BINARY)
+        .replace("/etc/sslwrap/server.pem", pem.to_str().unwrap())
+        .replace("-port 143", &format!("-port {}", backend(echo)))
+        .replace(
+            "-user sslwrap -group sslwrap",
+            "-user nobody -group nogroup",
+        );
+    // What systemd does with CapabilityBoundingSet= and NoNewPrivileges=, done by setpriv.
+    let capabilities = unit_setting(&unit, "CapabilityBoundingSet");
+    assert_eq!(unit_setting(&unit, "NoNewPrivileges"), "yes");
+    let bounding = std::iter::once("-all".to_string())
+        .chain(
+            capabilities
+                .split_whitespace()
+                .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = vec![
+        "setpriv".to_string(),
+        format!("--bounding-set={bounding}"),
+        "--no-new-privs".to_string(),
+    ];
+    command.extend(exec_start.split_whitespace().map(str::to_string));
+    let notify = Notifications::new();
+    let (activated, port) = socket_activate_command(
+        &s,
+        &[],
+        &command,
+        &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+    );
+    let pid = activated.0.id();
+    // systemd-socket-activate starts the program when the first client arrives, as a socket unit does.
+    echo_round_trip(port, b"before the renewal").unwrap();
+    notify.until("READY=1");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|line| line == "CapEff:\t00000000000000c0"),
+        "the daemon does not run with only CAP_SETGID and CAP_SETUID:\n{status}"
+    );
+    write_identity(&pem, &issue("renewed", Some(&s.pki.ca), false));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    notify.until("RELOADING=1");
+    notify.until("READY=1");
+    let reloaded = s.syslog.expect("SIGHUP:");
+    assert!(reloaded.contains("files reloaded"), "{reloaded}");
+    let client = tls(port);
+    let subject = client.ssl().peer_certificate().unwrap();
+    let name = subject
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .unwrap()
+        .data()
+        .to_string()
+        .unwrap();
+    assert_eq!(name, "renewed");
+    let sessions = children_of(pid);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let session = std::fs::read_to_string(format!("/proc/{}/status", sessions[0].0)).unwrap();
+    assert!(
+        session
+            .lines()
+            .any(|line| line == "Uid:\t65534\t65534\t65534\t65534"),
+        "{session}"
+    );
 }

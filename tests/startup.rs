@@ -82,6 +82,65 @@ fn every_malformed_accept_value_is_named_at_start_up() {
 }
 
 #[test]
+fn a_pidfile_that_cannot_be_written_or_is_given_in_inetd_mode_is_a_startup_error() {
+    let s = common::setup("pidfile-errors");
+    let cert = s.pki.server_pem.to_str().unwrap();
+    let precious = s.dir.path("precious");
+    std::fs::write(&precious, "not to be overwritten\n").unwrap();
+    let link = s.dir.path("link.pid");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let missing = s.dir.path("no-such-dir/sslwrap.pid");
+    for (pidfile, message) in [
+        (
+            missing.to_str().unwrap(),
+            format!(
+                "-pidfile: cannot write {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            link.to_str().unwrap(),
+            format!(
+                "-pidfile: cannot write {}: Too many levels of symbolic links",
+                link.display()
+            ),
+        ),
+    ] {
+        let accept = format!("127.0.0.1:{}", common::free_port_on("127.0.0.1"));
+        let (status, stderr) = run_to_end(
+            &[
+                "-cert", cert, "-port", "1", "-accept", &accept, "-pidfile", pidfile,
+            ],
+            &s.syslog,
+        );
+        assert_eq!(status.code(), Some(1), "{pidfile}: {stderr}");
+        assert!(stderr.contains(&message), "{pidfile}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "not to be overwritten\n"
+    );
+    let (status, stderr) = run_to_end(
+        &[
+            "-cert",
+            cert,
+            "-port",
+            "1",
+            "-pidfile",
+            missing.to_str().unwrap(),
+        ],
+        &s.syslog,
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "-pidfile is for daemon mode (-accept, or the listening sockets of socket activation)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn port_and_exec_validation_messages() {
     let (_dir, mut syslog) = setup("validate");
     let (status, stderr) = run_to_end(&["-port", "1", "-exec", "/bin/cat"], &syslog);

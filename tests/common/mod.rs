@@ -269,6 +269,22 @@ pub fn as_strs(words: &[String]) -> Vec<&str> {
     words.iter().map(String::as_str).collect()
 }
 
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Fails with a clear message when the suite does not run as root (real servers, the privilege drop and chroot need
+/// it).
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test starts real servers or drops privileges: run it as root (as CI does)"
+    );
+}
+
 /// An sslwrap command logging to the test's syslog.
 pub fn sslwrap(args: &[&str], syslog: &Syslog) -> Command {
     let mut command = Command::new(BINARY);

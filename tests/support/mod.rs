@@ -31,16 +31,6 @@ pub fn support_file(name: &str) -> String {
     format!("{SUPPORT_DIR}/{name}")
 }
 
-/// Fails with a clear message when the suite does not run as root (dovecot, the privilege drop and chroot need it).
-pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(
-        uid_line.split_whitespace().nth(1) == Some("0"),
-        "this test starts real servers and drops privileges: run it as root (as CI does)"
-    );
-}
-
 /// A random token, so every test's password, subject and addresses are its own.
 pub fn token() -> String {
     let mut bytes = [0u8; 6];
@@ -559,6 +549,11 @@ impl SslwrapDaemon {
 
     pub fn pid(&self) -> u32 {
         self.spawned.child.id()
+    }
+
+    /// What the daemon tells its service manager (READY=1 has been heard already).
+    pub fn notifications(&self) -> &Notifications {
+        &self.spawned.notifications
     }
 }
 
