@@ -784,15 +784,27 @@ fn the_pidfile_names_the_parent_once_ready_outlives_its_sessions_and_is_removed_
 #[test]
 fn a_failed_fork_keeps_clients_waiting_and_serves_them_once_fork_works_again() {
     let s = setup("fork-fails");
-    if !is_root() {
-        panic!("this test lowers a process limit of user nobody: run it as root (as CI does)");
-    }
-    let daemon = s.daemon(backend(echo), &["-user", "nobody", "-group", "nogroup"]);
-    // The parent runs as nobody, without capabilities: with a limit of one process per user every fork fails
-    // (EAGAIN), whatever else runs as nobody.
-    let hard_limit = hard_process_limit(daemon.pid());
-    prlimit_as_nobody(daemon.pid(), "--nproc=1:");
-    let port = daemon.port;
+    require_root();
+    // The whole daemon runs as nobody, without capabilities (with -user the parent would stay root, which no
+    // process limit binds): with a limit of one process per user every fork fails (EAGAIN), whatever else runs as
+    // nobody.
+    let port = free_port_on("127.0.0.1");
+    let mut line = s.legacy_line(backend(echo), &[]);
+    line.extend(["-accept".to_string(), format!("127.0.0.1:{port}")]);
+    let notifications = notifications_for_nobody("fork-fails");
+    let mut daemon = KilledOnDrop(
+        as_nobody(&s, &line)
+            .env("NOTIFY_SOCKET", &notifications.path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    notifications.wait_ready(&mut daemon.0, "sslwrap as nobody");
+    let pid = daemon.0.id();
+    let hard_limit = hard_process_limit(pid);
+    prlimit_as_nobody(pid, "--nproc=1:");
     let clients: Vec<_> = (0..3)
         .map(|n| {
             std::thread::spawn(move || {
@@ -804,7 +816,7 @@ fn a_failed_fork_keeps_clients_waiting_and_serves_them_once_fork_works_again() {
     syslog.expect(
         "fork failed: Resource temporarily unavailable; new connections wait until it works again",
     );
-    prlimit_as_nobody(daemon.pid(), &format!("--nproc={hard_limit}:"));
+    prlimit_as_nobody(pid, &format!("--nproc={hard_limit}:"));
     let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(
         results.iter().all(Result::is_ok),
@@ -957,35 +969,51 @@ fn one_source_cannot_take_every_session_slot() {
 /// sslwrap in daemon mode with its stderr a pipe nobody reads (-state writes some twenty lines per session, and the
 /// pipe's 64 KiB are full after a few dozen sessions): every session must still be served. `as_nobody`: started as
 /// nobody, as a supervisor's `setuidgid` does, so the root-made pipe cannot be opened anew through /proc.
-fn unread_stderr_never_stalls(name: &str, as_nobody: bool) {
+/// Lets a daemon that runs as nobody read the test's certificate and log to its syslog socket.
+fn open_to_nobody(s: &Setup) {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [
+        (&s.dir.0, 0o755),
+        (&s.pki.server_pem, 0o644),
+        (&s.syslog.path, 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// sslwrap started as nobody:nogroup with `line`, logging to the test's syslog.
+fn as_nobody(s: &Setup, line: &[String]) -> std::process::Command {
+    open_to_nobody(s);
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            BINARY,
+        ])
+        .args(line)
+        .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path);
+    command
+}
+
+/// A notification socket a daemon running as nobody can reach: an abstract name has no file permissions.
+fn notifications_for_nobody(name: &str) -> Notifications {
+    Notifications::abstract_named(&format!("sslwrap-test-{}-{name}", std::process::id()))
+}
+
+fn unread_stderr_never_stalls(name: &str, as_nobody_user: bool) {
     let s = setup(name);
     let port = free_port_on("127.0.0.1");
     let accept = format!("127.0.0.1:{port}");
     let mut line = s.legacy_line(backend(echo), &["-state", "-debug"]);
     line.extend(["-accept".to_string(), accept]);
-    let mut command = if as_nobody {
-        use std::os::unix::fs::PermissionsExt;
-        for path in [&s.dir.0, &s.pki.server_pem] {
-            let mode = if path.is_dir() { 0o755 } else { 0o644 };
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        let mut command = std::process::Command::new("setpriv");
-        command
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                BINARY,
-            ])
-            .args(&line)
-            .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path);
-        command
+    let mut command = if as_nobody_user {
+        as_nobody(&s, &line)
     } else {
         sslwrap(&as_strs(&line), &s.syslog)
     };
-    // An abstract name: a daemon running as nobody could not connect to a socket file in a root-only directory.
-    let notifications =
-        Notifications::abstract_named(&format!("sslwrap-test-{}-{name}", std::process::id()));
+    let notifications = notifications_for_nobody(name);
     let mut daemon = KilledOnDrop(
         command
             .env("NOTIFY_SOCKET", &notifications.path)
