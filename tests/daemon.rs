@@ -290,17 +290,6 @@ fn maxconn_limits_children_and_still_serves_everyone() {
     );
 }
 
-fn server_common_name(port: u16) -> String {
-    let client = tls(port);
-    let certificate = client.ssl().peer_certificate().unwrap();
-    let entry = certificate
-        .subject_name()
-        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()
-        .unwrap();
-    entry.data().to_string().unwrap()
-}
-
 #[test]
 fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_broken() {
     let mut s = setup("sighup");
@@ -792,16 +781,7 @@ fn a_failed_fork_keeps_clients_waiting_and_serves_them_once_fork_works_again() {
     let mut line = s.legacy_line(backend(echo), &[]);
     line.extend(["-accept".to_string(), format!("127.0.0.1:{port}")]);
     let notifications = notifications_for_nobody("fork-fails");
-    let mut daemon = KilledOnDrop(
-        as_nobody(&s, &line)
-            .env("NOTIFY_SOCKET", &notifications.path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    notifications.wait_ready(&mut daemon.0, "sslwrap as nobody");
+    let daemon = KilledOnDrop(notifications.start(&mut as_nobody(&s, &line), "sslwrap as nobody"));
     let pid = daemon.0.id();
     let hard_limit = hard_process_limit(pid);
     prlimit_as_nobody(pid, "--nproc=1:");
@@ -866,21 +846,17 @@ fn a_session_process_holds_only_its_own_descriptors() {
     line.extend(["-accept".to_string(), accept]);
     // The launching shell leaves fd 7 open on a secret file.
     let notifications = Notifications::new();
-    let mut daemon = KilledOnDrop(
-        std::process::Command::new("/bin/sh")
-            .args(["-c", "exec 7<\"$0\"; exec \"$@\""])
-            .arg(&secret)
-            .arg(BINARY)
-            .args(&line)
-            .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path)
-            .env("NOTIFY_SOCKET", &notifications.path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let daemon = KilledOnDrop(
+        notifications.start(
+            std::process::Command::new("/bin/sh")
+                .args(["-c", "exec 7<\"$0\"; exec \"$@\""])
+                .arg(&secret)
+                .arg(BINARY)
+                .args(&line)
+                .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path),
+            "sslwrap",
+        ),
     );
-    notifications.wait_ready(&mut daemon.0, "sslwrap");
     let mut client = tls(port);
     client.write_all(b"ping").unwrap();
     let mut echoed = [0u8; 4];

@@ -186,19 +186,6 @@ impl LetsEncrypt {
     }
 }
 
-fn common_name_served(port: u16) -> String {
-    let client = tls(port);
-    let certificate = client.ssl().peer_certificate().unwrap();
-    certificate
-        .subject_name()
-        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()
-        .unwrap()
-        .data()
-        .to_string()
-        .unwrap()
-}
-
 #[test]
 fn a_certbot_renewal_in_root_only_directories_reloads_on_sighup_while_sessions_run_as_nobody() {
     require_root();
@@ -209,7 +196,7 @@ fn a_certbot_renewal_in_root_only_directories_reloads_on_sighup_while_sessions_r
     line.extend(["-port".to_string(), backend(echo).to_string()]);
     line.extend(["-user", "nobody", "-group", "nogroup"].map(String::from));
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
-    assert_eq!(common_name_served(daemon.port), "first");
+    assert_eq!(server_common_name(daemon.port), "first");
     letsencrypt.issue(2, &issue("renewed", Some(&s.pki.ca), false));
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &daemon.pid().to_string()])
@@ -223,7 +210,7 @@ fn a_certbot_renewal_in_root_only_directories_reloads_on_sighup_while_sessions_r
         reloaded.contains("certificate, key and CA files reloaded"),
         "{reloaded}"
     );
-    assert_eq!(common_name_served(daemon.port), "renewed");
+    assert_eq!(server_common_name(daemon.port), "renewed");
 }
 
 #[test]
@@ -247,22 +234,7 @@ fn a_daemon_that_cannot_drop_its_privileges_is_a_startup_error() {
     );
     line.extend(as_strs(&words));
     // Its messages are read from stderr: as nobody it cannot connect to the test's syslog socket.
-    let mut child = std::process::Command::new("setpriv")
-        .args(&line)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status =
-        wait_with_timeout(&mut child, Duration::from_secs(20)).expect("sslwrap did not exit");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = run_command_to_end(std::process::Command::new("setpriv").args(&line));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot switch to user root, group root: Operation not permitted"),
@@ -498,19 +470,15 @@ fn logging_survives_a_full_syslog_queue_inside_a_chroot() {
     let port = free_port("127.0.0.1");
     let accept = format!("127.0.0.1:{port}");
     let notifications = Notifications::new();
-    let mut daemon = KilledOnDrop(
-        std::process::Command::new(BINARY)
-            .args(&line)
-            .args(["-accept", &accept])
-            .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path)
-            .env("NOTIFY_SOCKET", &notifications.path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let daemon = KilledOnDrop(
+        notifications.start(
+            std::process::Command::new(BINARY)
+                .args(&line)
+                .args(["-accept", &accept])
+                .env("SSLWRAP_SYSLOG_SOCKET", &syslog.path),
+            "sslwrap",
+        ),
     );
-    notifications.wait_ready(&mut daemon.0, "sslwrap");
     // Fill the queue to the brim (max_dgram_qlen, 10 by default), as a syslog daemon that stopped reading would.
     let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
     filler.connect(&syslog.path).unwrap();

@@ -308,14 +308,7 @@ pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog
     all.extend(["-accept", &accept]);
     all.extend(after);
     let notifications = Notifications::new();
-    let mut child = sslwrap(&all, syslog)
-        .env("NOTIFY_SOCKET", &notifications.path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    notifications.wait_ready(&mut child, &format!("sslwrap {all:?}"));
+    let child = notifications.start(&mut sslwrap(&all, syslog), &format!("sslwrap {all:?}"));
     SpawnedDaemon {
         child,
         port,
@@ -395,6 +388,20 @@ impl Notifications {
         panic!("no notification with {needle:?}");
     }
 
+    /// Spawns `command` (sslwrap in daemon mode, or a wrapper that executes it) with this socket as its
+    /// NOTIFY_SOCKET and its standard descriptors on /dev/null, and waits until it has told READY=1.
+    pub fn start(&self, command: &mut Command, what: &str) -> Child {
+        let mut child = command
+            .env("NOTIFY_SOCKET", &self.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_ready(&mut child, what);
+        child
+    }
+
     /// Waits for READY=1 from `child` (named `what` in the failure); a child that exits first fails at once.
     pub fn wait_ready(&self, child: &mut Child, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -447,7 +454,12 @@ pub fn is_listening(port: u16) -> bool {
 
 /// Runs sslwrap to completion with no client (for start-up errors); returns status and stderr.
 pub fn run_to_end(args: &[&str], syslog: &Syslog) -> (ExitStatus, String) {
-    let mut child = sslwrap(args, syslog)
+    run_command_to_end(&mut sslwrap(args, syslog))
+}
+
+/// Runs `command` (sslwrap, or a wrapper that executes it) to completion with no client; returns status and stderr.
+pub fn run_command_to_end(command: &mut Command) -> (ExitStatus, String) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -740,4 +752,16 @@ impl Drop for KilledOnDrop {
         let _ = self.0.kill();
         let _ = wait_with_timeout(&mut self.0, Duration::from_secs(10));
     }
+}
+
+/// The common name of the certificate a daemon on `port` serves now.
+pub fn server_common_name(port: u16) -> String {
+    let client = tls(port);
+    let certificate = client.ssl().peer_certificate().unwrap();
+    let entry = certificate
+        .subject_name()
+        .entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .unwrap();
+    entry.data().to_string().unwrap()
 }
