@@ -59,8 +59,12 @@ lint:
 	@out=$$(groff -ww -man -Tutf8 man/sslwrap.8 2>&1 >/dev/null); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
 	@echo "lint: fmt, clippy and man page clean"
 
+# The suite runs in a mount namespace of its own, never on the host's paths; with-live-installation makes the machine
+# look like a live sslwrap 2.0.6 installation first (also in a namespace of its own) and fails unless it survives.
 compat: build
-	@if [ -x compat-tests/run ]; then SSLWRAP_BIN=$(CURDIR)/$(BIN) compat-tests/run; else echo "compat-tests/run missing"; exit 1; fi
+	@if [ -x compat-tests/run ]; then \
+	  SSLWRAP_BIN=$(CURDIR)/$(BIN) compat-tests/with-live-installation compat-tests/run; \
+	else echo "compat-tests/run missing"; exit 1; fi
 
 # Installs missing Debian packages as root; otherwise prints the exact command and fails.
 deps:

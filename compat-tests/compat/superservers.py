@@ -32,7 +32,7 @@ def inetd(procs, workdir, name, conf_lines, ports):
         config.write("# inetd.conf of one sslwrap compat-tests check\n" + "\n".join(conf_lines) + "\n")
     # openbsd-inetd always writes (and on exit deletes) the compiled-in /run/inetd.pid, which belongs to the
     # system's inetd if there is one. A private mount namespace with its own /run keeps our copy away from it.
-    start = 'mount -t tmpfs -o size=1m,mode=755 sslwrap-compat-run /run && exec /usr/sbin/inetd -i "$0"'
+    start = 'mount -n -t tmpfs -o size=1m,mode=755 sslwrap-compat-run /run && exec /usr/sbin/inetd -i "$0"'
     return serving(procs, f"inetd-{name}", ["unshare", "--mount", "--", "sh", "-c", start, conf], ports)
 
 
