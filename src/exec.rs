@@ -2,9 +2,9 @@
 //! socketpair as its stdin and stdout (so half-close reaches it as EOF), its stderr lines sent to syslog (never to the
 //! client), the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them (and nothing of those
 //! names that sslwrap itself inherited), never the variable `-pass env:VAR` reads the key's pass phrase from, and no
-//! descriptor but those three. A program that was killed or failed
-//! while the client was still sending must never look like a complete transfer. The program is reaped before the
-//! session ends; one that will not exit after its input closed gets SIGTERM, then SIGKILL.
+//! descriptor but those three. A program that was killed or failed while the client was still sending must never
+//! look like a complete transfer. The program is reaped before the session ends; one that will not exit after its
+//! input closed gets SIGTERM, then SIGKILL.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};

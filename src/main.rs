@@ -106,6 +106,7 @@ fn run(config: &mut Config, handover: &Handover) -> i32 {
     }
     let context = tls::build_context(&config.tls, config.state);
     pass_phrase::forget_start_up();
+    // Only the pass phrase was taken out of the command line; from here on it is read only.
     let config: &Config = config;
     let context = match context {
         Ok(context) => context,

@@ -1,9 +1,9 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
-//! reading, PKCS#8 and preset-curve EC key decoding, decryption of a key with a pass phrase, socket options, the environment, the monotonic clock), and the
-//! two poll helpers built on them. Each wrapper is small,
-//! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
+//! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, socket options, the
+//! environment, the monotonic clock), and the two poll helpers built on them. Each wrapper is small, returns
+//! `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
 //! `unsafe`.
 
 use std::ffi::{CStr, CString};
@@ -208,9 +208,7 @@ impl Secret {
         io::Read::read_to_end(&mut source.take(length as u64), &mut secret.0)?;
         Ok(secret)
     }
-}
 
-impl Secret {
     /// Reads up to the first newline, which is not kept, or to the end of input, but at most `limit` bytes; one byte
     /// per read, so that nothing after the line is taken from a pipe or terminal and left in a buffer of std's.
     /// None when the input ends before its first byte.
@@ -1044,4 +1042,49 @@ unsafe extern "C" fn handshake_state_changed(
         }
     };
     report(what, &detail);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_line_takes_the_first_line_only_and_tells_empty_input_apart() {
+        let mut input: &[u8] = b"first\nsecond\n";
+        let line = Secret::read_line(&mut input, 64).unwrap().unwrap();
+        assert_eq!(&*line, b"first");
+        assert_eq!(input, b"second\n", "more than the line was taken");
+        assert_eq!(&*Secret::read_line(&b"\n"[..], 64).unwrap().unwrap(), b"");
+        assert_eq!(
+            &*Secret::read_line(&b"last"[..], 64).unwrap().unwrap(),
+            b"last"
+        );
+        assert!(Secret::read_line(&b""[..], 64).unwrap().is_none());
+        assert_eq!(
+            Secret::read_line(&b"abcdef"[..], 4).unwrap().unwrap().len(),
+            4
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_decrypted_with_its_pass_phrase_only() {
+        use openssl::ec::{EcGroup, EcKey};
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let cipher = openssl::symm::Cipher::aes_256_cbc();
+        let pkcs8 = key
+            .private_key_to_pem_pkcs8_passphrase(cipher, b"right")
+            .unwrap();
+        let traditional = key
+            .ec_key()
+            .unwrap()
+            .private_key_to_pem_passphrase(cipher, b"right")
+            .unwrap();
+        for pem in [pkcs8, traditional] {
+            assert!(decrypt_private_key(&pem, b"right").unwrap().public_eq(&key));
+            // A wrong pass phrase is asked for again by OpenSSL's legacy reader: still an error, no panic.
+            assert!(decrypt_private_key(&pem, b"wrong").is_err());
+            assert!(decrypt_private_key(&pem, &[b'x'; 2000]).is_err());
+        }
+    }
 }
