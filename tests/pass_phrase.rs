@@ -1,8 +1,9 @@
 //! `-pass SOURCE` end to end: keys encrypted in PKCS#8 (AES-256) and in the traditional PEM form (Proc-Type and
 //! DEK-Info) serve clients with every source (pass:, env:, file:, fd: from a file and from a pipe, stdin in daemon
 //! mode); a wrong pass phrase or a missing source is a start-up error naming the key file or the source; the pass
-//! phrase reaches no log line (with -debug) and no -exec program's environment; SIGHUP reads file: and env: again
-//! and keeps the old certificate when the source cannot be read twice.
+//! phrase reaches no log line (with -debug) and no -exec program's environment; root-only files are read before the
+//! drop to -user; SIGHUP reads file: and env: again and keeps the old certificate when the source cannot be read
+//! twice.
 
 mod common;
 
@@ -552,5 +553,40 @@ fn one_file_with_the_certificate_and_the_encrypted_key_works_as_in_2_0_6() {
         inetd.port,
         &server,
         "certificate and encrypted key in one file",
+    );
+}
+
+#[test]
+fn root_only_key_and_pass_files_are_read_before_the_drop_to_user() {
+    require_root();
+    let mut s = setup("pass-user");
+    let pass_phrase = phrase("user");
+    let server = identity(&s, "encrypted", Form::Pkcs8Aes256);
+    let mut words = write_encrypted_identity(&s, &server, Form::Pkcs8Aes256, &pass_phrase);
+    let pass_file = write_pass_file(&s, &pass_phrase);
+    words.extend([
+        "-port".into(),
+        backend(echo).to_string(),
+        "-pass".into(),
+        format!("file:{}", pass_file.display()),
+        "-user".into(),
+        "nobody".into(),
+        "-debug".into(),
+    ]);
+    let inetd = Inetd::start(&as_strs(&words), &s.syslog);
+    assert_serves(inetd.port, &server, "root-only files with -user nobody");
+    s.syslog.expect("is decrypted");
+    // The files stay readable by root only: the key was decrypted while sslwrap still was root.
+    let nobody_can_read = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+        .arg(&pass_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        !nobody_can_read,
+        "the pass phrase file is readable by nobody"
     );
 }
