@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::client::ClientAddresses;
 use crate::exec;
 use crate::options::{Backend, Config};
+use crate::pass_phrase::PassSource;
 use crate::proxy_header::{ProxyVersion, proxy_header};
 use crate::reason::io_reason;
 use crate::relay::{OutputEnd, Plaintext};
@@ -57,7 +58,8 @@ impl Backside {
             }
             Backend::Exec { program, args } => {
                 let variables = exec::environment(addresses, tls.established());
-                exec::start_program(program, args, &variables)
+                let withheld = config.tls.pass.as_ref().and_then(PassSource::variable);
+                exec::start_program(program, args, &variables, withheld)
                     .map(|(program, stream)| Backside::Program { stream, program })
                     .map_err(|reason| format!("cannot execute {}: {reason}", program.display()))
             }

@@ -1,11 +1,12 @@
 //! `-exec PROG [ARGS]`: the plaintext side is a program started after the handshake succeeded, with one end of a
 //! socketpair as its stdin and stdout (so half-close reaches it as EOF), its stderr lines sent to syslog (never to the
 //! client), the connection facts in its environment, named as ucspi-tcp/ucspi-ssl name them (and nothing of those
-//! names that sslwrap itself inherited), and no descriptor but those three. A program that was killed or failed
-//! while the client was still sending must never look like a complete transfer. The program is reaped before the
-//! session ends; one that will not exit after its input closed gets SIGTERM, then SIGKILL.
+//! names that sslwrap itself inherited), never the variable `-pass env:VAR` reads the key's pass phrase from, and no
+//! descriptor but those three. A program that was killed or failed while the client was still sending must never
+//! look like a complete transfer. The program is reaped before the session ends; one that will not exit after its
+//! input closed gets SIGTERM, then SIGKILL.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -88,11 +89,13 @@ pub struct Program {
     stderr_logged: Option<Receiver<()>>,
 }
 
-/// Starts the program on a socketpair; returns it and our end (non-blocking).
+/// Starts the program on a socketpair; returns it and our end (non-blocking). `withheld` names a variable of
+/// sslwrap's own environment that the program must not get (the one `-pass env:VAR` reads).
 pub fn start_program(
     program: &Path,
     args: &[OsString],
     variables: &[(&'static str, String)],
+    withheld: Option<&OsStr>,
 ) -> Result<(Program, UnixStream), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let their_stdout = theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?;
@@ -103,6 +106,9 @@ pub fn start_program(
         .stdout(Stdio::from(OwnedFd::from(their_stdout)))
         .stderr(Stdio::piped());
     for name in OWNED_VARIABLES {
+        command.env_remove(name);
+    }
+    if let Some(name) = withheld {
         command.env_remove(name);
     }
     for (name, value) in variables {

@@ -9,6 +9,7 @@ mod exec;
 mod inetd;
 mod log;
 mod options;
+mod pass_phrase;
 mod pidfile;
 mod plaintext_phase;
 mod privs;
@@ -47,16 +48,20 @@ fn main() {
             );
             0
         }
-        Ok(Command::Run(config)) => run(&config, &handover),
+        Ok(Command::Run(mut config)) => run(&mut config, &handover),
     };
     std::process::exit(status);
 }
 
-/// The inherited descriptors sslwrap uses: the `-fd` plaintext side, and the sockets a service manager passed.
+/// The inherited descriptors sslwrap uses: the `-fd` plaintext side, the `-pass fd:N` pass phrase (closed once
+/// read), and the sockets a service manager passed.
 fn descriptors_to_keep(parsed: &Result<Command, UsageError>, handover: &Handover) -> Vec<i32> {
     let mut keep = handover.passed_fds.clone();
     if let Ok(Command::Run(config)) = parsed {
         if let options::Backend::Fd(fd) = config.backend {
+            keep.push(fd);
+        }
+        if let Some(pass_phrase::PassSource::Descriptor(fd)) = config.tls.pass {
             keep.push(fd);
         }
     }
@@ -83,9 +88,27 @@ fn report_usage_error(error: &UsageError) -> i32 {
 
 /// Loads everything that needs the original privileges, then serves: in daemon mode on `-accept` or on the
 /// listening sockets a service manager passed (socket activation), otherwise in inetd mode on fds 0 and 1.
-fn run(config: &Config, handover: &Handover) -> i32 {
+fn run(config: &mut Config, handover: &Handover) -> i32 {
     log::set_verbosity(config.verbosity);
-    let context = match tls::build_context(&config.tls, config.state) {
+    let passed = match handover.listeners() {
+        Ok(passed) => passed,
+        Err(reason) => {
+            log_error!("{reason}");
+            return 1;
+        }
+    };
+    if let Some(source) = &mut config.tls.pass {
+        let inetd_mode = config.accept.is_none() && passed.is_empty();
+        if let Err(reason) = pass_phrase::read_at_start_up(source, inetd_mode) {
+            log_error!("{reason}");
+            return 1;
+        }
+    }
+    let context = tls::build_context(&config.tls, config.state);
+    pass_phrase::forget_start_up();
+    // Only the pass phrase was taken out of the command line; from here on it is read only.
+    let config: &Config = config;
+    let context = match context {
         Ok(context) => context,
         Err(reason) => {
             log_error!("{reason}");
@@ -98,13 +121,6 @@ fn run(config: &Config, handover: &Handover) -> i32 {
         config.chroot.as_ref(),
     ) {
         Ok(identity) => identity,
-        Err(reason) => {
-            log_error!("{reason}");
-            return 1;
-        }
-    };
-    let passed = match handover.listeners() {
-        Ok(passed) => passed,
         Err(reason) => {
             log_error!("{reason}");
             return 1;

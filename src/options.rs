@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::pass_phrase::PassSource;
 use crate::proxy_header::ProxyVersion;
 use crate::starttls::StartTlsMode;
 
@@ -68,6 +69,8 @@ pub struct ProtocolChoice {
 pub struct TlsOptions {
     pub cert: PathBuf,
     pub key: Option<PathBuf>,
+    /// `-pass SOURCE`: where the pass phrase of an encrypted key comes from.
+    pub pass: Option<PassSource>,
     pub nocert: bool,
     /// `-verify N` (ask, allow none) or `-Verify N` (require): the depth and whether a certificate is required.
     pub verify: Option<(u32, bool)>,
@@ -85,6 +88,7 @@ impl Default for TlsOptions {
         TlsOptions {
             cert: PathBuf::from("server.pem"),
             key: None,
+            pass: None,
             nocert: false,
             verify: None,
             ca_file: None,
@@ -172,6 +176,8 @@ struct Draft {
     fd: Option<i32>,
     accept: Option<String>,
     tls: TlsOptions,
+    /// `-pass` as given, read in [`validate`]: the word may hold a file name that is not UTF-8.
+    pass: Option<OsString>,
     verbosity: Verbosity,
     state: bool,
     maxconn: Option<usize>,
@@ -260,7 +266,7 @@ const OPTIONS: &[OptionSpec] = &[
     ),
     row(
         "key",
-        "private key, PEM, unencrypted (default: the -cert file)",
+        "private key, PEM (default: the -cert file; if encrypted, see -pass)",
         Path("FILE", |d, file| d.tls.key = Some(file)),
     ),
     row(
@@ -415,6 +421,12 @@ const OPTIONS: &[OptionSpec] = &[
         "dhparam",
         "Diffie-Hellman parameters, PEM (default: built-in groups)",
         Path("FILE", |d, file| d.tls.dhparam = Some(file)),
+    ),
+    row(
+        "pass",
+        "pass phrase of an encrypted key: file:PATH (first line), env:VAR, fd:N, stdin (daemon mode), or pass:TEXT \
+         (discouraged: every local user can read it in ps)",
+        Path("SOURCE", |d, word| d.pass = Some(word.into_os_string())),
     ),
     row(
         "maxconn",
@@ -761,6 +773,20 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
     if draft.proxy.is_some() && draft.port.is_none() {
         errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
     }
+    let pass = match draft.pass.as_deref().map(PassSource::parse).transpose() {
+        Ok(pass) => pass,
+        Err(message) => {
+            errors.push(message);
+            None
+        }
+    };
+    if let (Some(PassSource::Descriptor(pass_fd)), Some(fd)) = (&pass, draft.fd) {
+        if *pass_fd == fd {
+            errors.push(format!(
+                "-pass fd:{fd} and -fd {fd} name the same descriptor"
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(UsageError {
             messages: errors,
@@ -785,7 +811,7 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
     Ok(Config {
         backend,
         accept: draft.accept,
-        tls: draft.tls,
+        tls: TlsOptions { pass, ..draft.tls },
         verbosity: draft.verbosity,
         state: draft.state,
         maxconn,
@@ -1109,6 +1135,35 @@ mod tests {
         assert_eq!(config("-port 1 -proxy v1").proxy, Some(ProxyVersion::V1));
         assert_eq!(config("-port 1 -proxy -debug").verbosity, Verbosity::Debug);
         assert!(error("-exec /bin/cat -proxy")[0].contains("-proxy needs a TCP backend"));
+    }
+
+    #[test]
+    fn pass_takes_a_source_kept_byte_for_byte_and_never_echoes_a_bad_one() {
+        assert_eq!(
+            config("-port 1 -pass env:A -pass stdin").tls.pass,
+            Some(PassSource::StandardInput)
+        );
+        assert_eq!(
+            config_of(&[
+                "-port".into(),
+                "1".into(),
+                "-pass".into(),
+                raw(b"file:/k\xe9y")
+            ])
+            .tls
+            .pass,
+            Some(PassSource::File(PathBuf::from(raw(b"/k\xe9y"))))
+        );
+        let messages = error("-port 1 -pass hunter2");
+        assert!(
+            messages[0].starts_with("-pass takes pass:TEXT"),
+            "{messages:?}"
+        );
+        assert!(!messages.concat().contains("hunter2"));
+        assert_eq!(
+            error("-fd 3 -pass fd:3"),
+            vec!["-pass fd:3 and -fd 3 name the same descriptor"]
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
-//! reading, PKCS#8 and preset-curve EC key decoding, socket options, the environment, the monotonic clock), and the
-//! two poll helpers built on them. Each wrapper is small,
-//! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
+//! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, socket options, the
+//! environment, the monotonic clock), and the two poll helpers built on them. Each wrapper is small, returns
+//! `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
 //! `unsafe`.
 
 use std::ffi::{CStr, CString};
@@ -208,6 +208,38 @@ impl Secret {
         io::Read::read_to_end(&mut source.take(length as u64), &mut secret.0)?;
         Ok(secret)
     }
+
+    /// Reads up to the first newline, which is not kept, or to the end of input, but at most `limit` bytes; one byte
+    /// per read, so that nothing after the line is taken from a pipe or terminal and left in a buffer of std's.
+    /// None when the input ends before its first byte.
+    pub fn read_line(mut source: impl io::Read, limit: usize) -> io::Result<Option<Secret>> {
+        let mut line = Secret(Vec::with_capacity(limit));
+        let mut byte = [0u8; 1];
+        let result = loop {
+            if line.0.len() == limit {
+                break Ok(Some(line));
+            }
+            match source.read(&mut byte) {
+                Ok(0) if line.0.is_empty() => break Ok(None),
+                Ok(0) => break Ok(Some(line)),
+                Ok(_) if byte[0] == b'\n' => break Ok(Some(line)),
+                // Within the capacity reserved above: the vector never moves.
+                Ok(_) => line.0.push(byte[0]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        cleanse(&mut byte);
+        result
+    }
+}
+
+/// Takes over bytes already read (an environment variable's value, a command-line word): the allocation is the
+/// vector's own, so it is that copy which is overwritten.
+impl From<Vec<u8>> for Secret {
+    fn from(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
 }
 
 impl std::ops::Deref for Secret {
@@ -261,8 +293,8 @@ unsafe extern "C" {
 type PassPhraseCallback =
     extern "C" fn(*mut libc::c_char, libc::c_int, libc::c_int, *mut libc::c_void) -> libc::c_int;
 
-/// Gives OpenSSL no pass phrase (0 bytes), so that it never prompts on a terminal; tls.rs refuses encrypted keys
-/// with its own message before any is read.
+/// Gives OpenSSL no pass phrase (0 bytes), so that it never prompts on a terminal; tls.rs hands an encrypted key to
+/// decrypt_private_key instead, before any is read here.
 extern "C" fn no_pass_phrase(
     _buffer: *mut libc::c_char,
     _size: libc::c_int,
@@ -512,6 +544,65 @@ pub fn ec_private_key_on_curve(
         }
         Ok(openssl::ec::EcKey::from_ptr(key))
     }
+}
+
+/// The first private key of a PEM file that is encrypted with a pass phrase (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a
+/// traditional block with `Proc-Type: 4,ENCRYPTED`), decrypted by OpenSSL's generic reader (PEM_read_bio_PrivateKey),
+/// which OpenSSL 3 runs through its decoders and then, if they fail, through its legacy reader: the pass phrase may
+/// be asked for more than once, and every ask gets it (the `openssl` crate's callback would panic on a second one).
+pub fn decrypt_private_key(
+    pem: &[u8],
+    pass_phrase: &[u8],
+) -> Result<openssl::pkey::PKey<openssl::pkey::Private>, openssl::error::ErrorStack> {
+    use foreign_types::ForeignType;
+    let length = libc::c_int::try_from(pem.len()).map_err(|_| openssl::error::ErrorStack::get())?;
+    // SAFETY: BIO_new_mem_buf makes a read-only BIO over the slice without copying it; the BIO is freed below,
+    // before the borrow of `pem` ends.
+    let bio = unsafe { openssl_sys::BIO_new_mem_buf(pem.as_ptr().cast(), length) };
+    if bio.is_null() {
+        return Err(openssl::error::ErrorStack::get());
+    }
+    let mut answer: &[u8] = pass_phrase;
+    // SAFETY: the BIO is live; the callback matches pem_password_cb, and its user data points at `answer`, a slice
+    // that outlives the call; the BIO is freed exactly once, after the call.
+    let key = unsafe {
+        let key = openssl_sys::PEM_read_bio_PrivateKey(
+            bio,
+            std::ptr::null_mut(),
+            Some(give_pass_phrase),
+            (&mut answer as *mut &[u8]).cast(),
+        );
+        openssl_sys::BIO_free_all(bio);
+        key
+    };
+    if key.is_null() {
+        return Err(openssl::error::ErrorStack::get());
+    }
+    // SAFETY: PEM_read_bio_PrivateKey returned a new key that nothing else owns.
+    Ok(unsafe { openssl::pkey::PKey::from_ptr(key) })
+}
+
+/// The pem_password_cb of decrypt_private_key: copies the pass phrase into OpenSSL's buffer, which OpenSSL clears
+/// after use; -1 (OpenSSL's "no pass phrase") when it does not fit, rather than a cut one.
+unsafe extern "C" fn give_pass_phrase(
+    buffer: *mut libc::c_char,
+    size: libc::c_int,
+    _for_writing: libc::c_int,
+    answer: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: `answer` is the `&[u8]` that decrypt_private_key passed as user data, alive during the whole call.
+    let pass_phrase: &[u8] = unsafe { *answer.cast::<&[u8]>() };
+    let Ok(length) = libc::c_int::try_from(pass_phrase.len()) else {
+        return -1;
+    };
+    if length > size {
+        return -1;
+    }
+    // SAFETY: OpenSSL's buffer holds `size` bytes, at least `length`; the two memory areas are distinct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(pass_phrase.as_ptr(), buffer.cast::<u8>(), pass_phrase.len())
+    };
+    length
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -951,4 +1042,49 @@ unsafe extern "C" fn handshake_state_changed(
         }
     };
     report(what, &detail);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_line_takes_the_first_line_only_and_tells_empty_input_apart() {
+        let mut input: &[u8] = b"first\nsecond\n";
+        let line = Secret::read_line(&mut input, 64).unwrap().unwrap();
+        assert_eq!(&*line, b"first");
+        assert_eq!(input, b"second\n", "more than the line was taken");
+        assert_eq!(&*Secret::read_line(&b"\n"[..], 64).unwrap().unwrap(), b"");
+        assert_eq!(
+            &*Secret::read_line(&b"last"[..], 64).unwrap().unwrap(),
+            b"last"
+        );
+        assert!(Secret::read_line(&b""[..], 64).unwrap().is_none());
+        assert_eq!(
+            Secret::read_line(&b"abcdef"[..], 4).unwrap().unwrap().len(),
+            4
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_decrypted_with_its_pass_phrase_only() {
+        use openssl::ec::{EcGroup, EcKey};
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let cipher = openssl::symm::Cipher::aes_256_cbc();
+        let pkcs8 = key
+            .private_key_to_pem_pkcs8_passphrase(cipher, b"right")
+            .unwrap();
+        let traditional = key
+            .ec_key()
+            .unwrap()
+            .private_key_to_pem_passphrase(cipher, b"right")
+            .unwrap();
+        for pem in [pkcs8, traditional] {
+            assert!(decrypt_private_key(&pem, b"right").unwrap().public_eq(&key));
+            // A wrong pass phrase is asked for again by OpenSSL's legacy reader: still an error, no panic.
+            assert!(decrypt_private_key(&pem, b"wrong").is_err());
+            assert!(decrypt_private_key(&pem, &[b'x'; 2000]).is_err());
+        }
+    }
 }

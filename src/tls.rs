@@ -23,6 +23,7 @@ use openssl::x509::store::X509Lookup;
 use openssl::x509::{X509, X509Name, X509NameBuilder};
 
 use crate::options::{Protocol, TlsOptions};
+use crate::pass_phrase::{self, PassSource};
 use crate::reason::{io_reason, openssl_reason};
 use crate::{log_debug, log_warning, sys};
 
@@ -365,7 +366,7 @@ fn read_certificates(pem: &[u8]) -> Result<Vec<X509>, ErrorStack> {
 }
 
 /// Loads the certificate chain and the private key, checks they belong together, and warns when the key file can be
-/// read by others. The key must be unencrypted: an inetd-started process has nobody to ask for a pass phrase.
+/// read by others. An encrypted key needs `-pass`: an inetd-started process has nobody to ask for a pass phrase.
 fn use_certificate_files(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
@@ -412,7 +413,7 @@ fn use_certificate_files(
         Some(key_path) => ("-key", key_path, &cert_file),
         None => ("-cert", cert_path, &cert_file),
     };
-    let key = load_private_key(key_option, key_path, &key_file.bytes)?;
+    let key = load_private_key(key_option, key_path, &key_file.bytes, options.pass.as_ref())?;
     let mismatch = || {
         format!(
             "{key_option}: the private key in {} does not match the certificate in {}",
@@ -443,14 +444,22 @@ const USUAL_CURVES: [Nid; 3] = [Nid::X9_62_PRIME256V1, Nid::SECP384R1, Nid::SECP
 /// - RSA (d2i_RSAPrivateKey): the private numbers go straight from the DER into secure BIGNUMs, cleared when freed;
 /// - EC (d2i_ECPrivateKey): the private scalar is copied into an ASN.1 OCTET STRING that is freed without clearing.
 ///
-/// Keys of other types take the generic decoder, whose plain PEM reader promises nothing.
-fn load_private_key(option: &str, path: &Path, pem: &[u8]) -> Result<PKey<Private>, String> {
+/// Keys of other types take the generic decoder, whose plain PEM reader promises nothing; so do encrypted keys, which
+/// only it decrypts (see decrypt_private_key).
+fn load_private_key(
+    option: &str,
+    path: &Path,
+    pem: &[u8],
+    pass: Option<&PassSource>,
+) -> Result<PKey<Private>, String> {
     if is_encrypted_pem(pem) {
-        return Err(format!(
-            "{option}: the private key in {} is encrypted with a pass phrase; sslwrap needs an unencrypted key \
-             (openssl pkey -in FILE -out NEWFILE)",
+        return decrypt_private_key(option, path, pem, pass);
+    }
+    if let Some(source) = pass {
+        log_debug!(
+            "-pass {source}: the private key in {} is not encrypted; no pass phrase is used",
             path.display()
-        ));
+        );
     }
     if !pem
         .windows(b"PRIVATE KEY-----".len())
@@ -480,6 +489,44 @@ fn load_private_key(option: &str, path: &Path, pem: &[u8]) -> Result<PKey<Privat
             )
         }),
     }
+}
+
+/// An encrypted private key, decrypted by OpenSSL with the pass phrase from `-pass`, which is overwritten right after.
+fn decrypt_private_key(
+    option: &str,
+    path: &Path,
+    pem: &[u8],
+    pass: Option<&PassSource>,
+) -> Result<PKey<Private>, String> {
+    let Some(source) = pass else {
+        return Err(format!(
+            "{option}: the private key in {} is encrypted with a pass phrase; give it with -pass SOURCE (file:PATH, \
+             env:VAR, fd:N or stdin, see sslwrap(8)), or store the key unencrypted (openssl pkey -in FILE -out \
+             NEWFILE)",
+            path.display()
+        ));
+    };
+    let pass_phrase = pass_phrase::obtain(source).map_err(|reason| {
+        format!(
+            "{option}: cannot decrypt the private key in {}: {reason}",
+            path.display()
+        )
+    })?;
+    let key = sys::decrypt_private_key(pem, &pass_phrase).map_err(|e| {
+        // OpenSSL tries its decoders, then its legacy reader: each failure repeats the same reason.
+        let reason = e.errors().first().and_then(|error| error.reason());
+        format!(
+            "{option}: cannot decrypt the private key in {} with the pass phrase from -pass {source} (is it the \
+             right one?): {}",
+            path.display(),
+            reason.map_or_else(|| openssl_reason(&e), str::to_string)
+        )
+    })?;
+    log_debug!(
+        "-pass {source}: the private key in {} is decrypted",
+        path.display()
+    );
+    Ok(key)
 }
 
 /// The first private key block, if it is an RSA or usual-curve EC key that OpenSSL's structure-specific decoders
