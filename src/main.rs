@@ -19,6 +19,7 @@ mod service_manager;
 mod session;
 mod starttls;
 mod sys;
+mod ticket_keys;
 mod tls;
 mod tls_facts;
 
@@ -85,7 +86,19 @@ fn report_usage_error(error: &UsageError) -> i32 {
 /// listening sockets a service manager passed (socket activation), otherwise in inetd mode on fds 0 and 1.
 fn run(config: &Config, handover: &Handover) -> i32 {
     log::set_verbosity(config.verbosity);
-    let context = match tls::build_context(&config.tls, config.state) {
+    let passed = match handover.listeners() {
+        Ok(passed) => passed,
+        Err(reason) => {
+            log_error!("{reason}");
+            return 1;
+        }
+    };
+    let usage = if config.accept.is_some() || !passed.is_empty() {
+        tls::ContextUse::Daemon
+    } else {
+        tls::ContextUse::OneConnection
+    };
+    let context = match tls::build_context(&config.tls, config.state, usage) {
         Ok(context) => context,
         Err(reason) => {
             log_error!("{reason}");
@@ -98,13 +111,6 @@ fn run(config: &Config, handover: &Handover) -> i32 {
         config.chroot.as_ref(),
     ) {
         Ok(identity) => identity,
-        Err(reason) => {
-            log_error!("{reason}");
-            return 1;
-        }
-    };
-    let passed = match handover.listeners() {
-        Ok(passed) => passed,
         Err(reason) => {
             log_error!("{reason}");
             return 1;
