@@ -1,8 +1,9 @@
 //! Session resumption with `-ticketkey`, seen by `openssl s_client`: across inetd-mode processes (each connection
 //! its own sslwrap, as inetd runs it), across two daemons sharing the key file, across a key rotation by SIGHUP and a
 //! restart; without the option, inetd mode sends no ticket at all. A resumed session's PROXY v2 header says its client
-//! certificate was shown on an earlier connection. Key files are made as nginx documents it, `openssl rand 80 > file`;
-//! a file of another size is a start-up error naming it.
+//! certificate was shown on an earlier connection. A ticket is opened by hand with the key parts at nginx's offsets.
+//! Key files are made as nginx documents it, `openssl rand 80 > file`; a file of another size is a start-up error
+//! naming it.
 
 mod common;
 
@@ -47,25 +48,31 @@ impl Connection {
         self.output.lines().any(|line| line.starts_with("New, "))
     }
 
-    /// The key name (the first 16 bytes, in nginx's layout) of the last session ticket s_client printed, from its
-    /// hex dump: `    0000 - 16 3b 30 9e 60 68 1a f1-cf 1d ed 33 16 ae 83 2f   .;0.`.
-    fn last_ticket_key_name(&self) -> Option<Vec<u8>> {
-        let mut lines = self.output.lines();
-        let mut name = None;
+    /// The last session ticket s_client printed, read back from its hex dump, whose rows are an offset, 16 bytes
+    /// in a column 47 characters wide and their text: `    0000 - 16 3b 30 9e 60 68 1a f1-cf 1d ed 33 16 ae 83 2f   .;0.`.
+    fn last_ticket(&self) -> Option<Vec<u8>> {
+        let mut lines = self.output.lines().peekable();
+        let mut ticket = None;
         while let Some(line) = lines.next() {
             if line.trim() != "TLS session ticket:" {
                 continue;
             }
-            let first_row = lines.next()?.trim().strip_prefix("0000 - ")?;
-            let bytes: Vec<u8> = first_row
-                .replace('-', " ")
-                .split_whitespace()
-                .take(16)
-                .map(|byte| u8::from_str_radix(byte, 16).ok())
-                .collect::<Option<_>>()?;
-            name = Some(bytes);
+            let mut bytes = Vec::new();
+            while let Some(row) = lines.peek().and_then(|row| row.trim().split_once(" - ")) {
+                let column: String = row.1.chars().take(47).collect();
+                for byte in column.replace('-', " ").split_whitespace() {
+                    bytes.push(u8::from_str_radix(byte, 16).ok()?);
+                }
+                lines.next();
+            }
+            ticket = Some(bytes);
         }
-        name
+        ticket
+    }
+
+    /// The key name of the last ticket: its first 16 bytes.
+    fn last_ticket_key_name(&self) -> Option<Vec<u8>> {
+        self.last_ticket().map(|ticket| ticket[..16].to_vec())
     }
 
     /// NewSessionTicket messages received from the server (`<<<` lines of -msg).
@@ -401,4 +408,51 @@ fn a_resumed_session_tells_the_backend_its_certificate_came_with_the_session_not
          TLSv1.2 new 07 verified\nTLSv1.2 reused 05 verified\n",
         "{errors}"
     );
+}
+
+/// What nginx makes of its key files, checked on the ticket itself (OpenSSL's layout: key name, IV, the sealed
+/// session, HMAC-SHA256 of all that): the name is the file's first 16 bytes; a 48-byte file has the AES-128 key at
+/// bytes 16-31 and the HMAC secret at 32-47, an 80-byte file the HMAC secret at 16-47 and the AES-256 key at 48-79.
+#[test]
+fn tickets_are_sealed_with_the_key_parts_where_nginx_reads_them() {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+    use openssl::symm::{Cipher, decrypt};
+    let s = setup("tickets-layout");
+    for length in [48, 80] {
+        let key_path = s.dir.path(&format!("{length}.key"));
+        random_key_file(&key_path, length);
+        let key = std::fs::read(&key_path).unwrap();
+        let (cipher, aes_key, hmac_secret) = if length == 48 {
+            (Cipher::aes_128_cbc(), &key[16..32], &key[32..48])
+        } else {
+            (Cipher::aes_256_cbc(), &key[48..80], &key[16..48])
+        };
+        let line = s.legacy_line(
+            backend(greet_and_close),
+            &["-ticketkey", path_text(&key_path)],
+        );
+        let inetd = Inetd::start(&as_strs(&line), &s.syslog);
+        let connection = connect(
+            &s.dir,
+            "127.0.0.1",
+            inetd.port,
+            "-tls1_2",
+            None,
+            &s.dir.path("session"),
+        );
+        let ticket = connection.last_ticket().expect("no ticket printed");
+        assert_eq!(&ticket[..16], &key[..16], "{length}: {}", connection.output);
+        let (authenticated, mac) = ticket.split_at(ticket.len() - 32);
+        let hmac_key = PKey::hmac(hmac_secret).unwrap();
+        let expected_mac = Signer::new(MessageDigest::sha256(), &hmac_key)
+            .unwrap()
+            .sign_oneshot_to_vec(authenticated)
+            .unwrap();
+        assert_eq!(mac, expected_mac, "{length}: HMAC");
+        let (iv, sealed) = authenticated[16..].split_at(16);
+        let session = decrypt(cipher, aes_key, Some(iv), sealed).expect("AES key");
+        openssl::ssl::SslSession::from_der(&session).expect("a session inside");
+    }
 }
