@@ -1,9 +1,9 @@
 //! Session resumption with `-ticketkey`, seen by `openssl s_client`: across inetd-mode processes (each connection
 //! its own sslwrap, as inetd runs it), across two daemons sharing the key file, across a key rotation by SIGHUP and a
-//! restart; without the option, inetd mode sends no ticket at all. A resumed session's PROXY v2 header says its client
-//! certificate was shown on an earlier connection. A ticket is opened by hand with the key parts at nginx's offsets.
-//! Key files are made as nginx documents it, `openssl rand 80 > file`; a file of another size is a start-up error
-//! naming it.
+//! restart (a reload with a bad key file keeps the previous keys); without the option, inetd mode sends no ticket at
+//! all. A resumed session's PROXY v2 header says its client certificate was shown on an earlier connection. A ticket
+//! is opened by hand with the key parts at nginx's offsets. Key files are made as nginx documents it,
+//! `openssl rand 80 > file`; a file of another size is a start-up error naming it.
 
 mod common;
 
@@ -455,4 +455,36 @@ fn tickets_are_sealed_with_the_key_parts_where_nginx_reads_them() {
         let session = decrypt(cipher, aes_key, Some(iv), sealed).expect("AES key");
         openssl::ssl::SslSession::from_der(&session).expect("a session inside");
     }
+}
+
+#[test]
+fn a_reload_with_a_key_file_of_the_wrong_size_fails_and_keeps_the_previous_keys() {
+    let mut s = setup("tickets-bad-reload");
+    let key = s.dir.path("ticket.key");
+    random_key_file(&key, 80);
+    let line = s.legacy_line(backend(greet_and_close), &["-ticketkey", path_text(&key)]);
+    let daemon = spawn_daemon("127.0.0.1", &as_strs(&line), &[], &s.syslog);
+    let pid = daemon.child.id();
+    let _daemon = KilledOnDrop(daemon.child);
+    let session = s.dir.path("session");
+    connect(&s.dir, "127.0.0.1", daemon.port, "-tls1_3", None, &session);
+    random_key_file(&key, 47);
+    let status = Command::new("kill")
+        .args(["-s", "HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    s.syslog.expect(&format!(
+        "reload failed, keeping the previous certificate: -ticketkey: {} is 47 bytes long",
+        key.display()
+    ));
+    let resumed = connect(
+        &s.dir,
+        "127.0.0.1",
+        daemon.port,
+        "-tls1_3",
+        Some(&session),
+        &s.dir.path("unused"),
+    );
+    assert!(resumed.reused(), "{}", resumed.output);
 }
