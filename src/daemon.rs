@@ -544,7 +544,7 @@ impl Daemon<'_> {
 
     fn reload(&mut self) {
         self.notifier.reloading();
-        match tls::build_context(&self.config.tls, self.config.state) {
+        match tls::build_context(&self.config.tls, self.config.state, tls::ContextUse::Daemon) {
             Ok(context) => {
                 self.context = context;
                 self.reload_failure = None;

@@ -319,6 +319,7 @@ mod tests {
             client_cert_presented: true,
             verified_client: Some(crate::tls_facts::ClientNames::default()),
             server_name: None,
+            resumed: false,
         };
         let variables = environment(&addresses, Some(&facts));
         assert_eq!(variables.len(), OWNED_VARIABLES.len());

@@ -20,6 +20,7 @@ mod service_manager;
 mod session;
 mod starttls;
 mod sys;
+mod ticket_keys;
 mod tls;
 mod tls_facts;
 
@@ -97,14 +98,19 @@ fn run(config: &mut Config, handover: &Handover) -> i32 {
             return 1;
         }
     };
+    let inetd_mode = config.accept.is_none() && passed.is_empty();
     if let Some(source) = &mut config.tls.pass {
-        let inetd_mode = config.accept.is_none() && passed.is_empty();
         if let Err(reason) = pass_phrase::read_at_start_up(source, inetd_mode) {
             log_error!("{reason}");
             return 1;
         }
     }
-    let context = tls::build_context(&config.tls, config.state);
+    let usage = if inetd_mode {
+        tls::ContextUse::OneConnection
+    } else {
+        tls::ContextUse::Daemon
+    };
+    let context = tls::build_context(&config.tls, config.state, usage);
     pass_phrase::forget_start_up();
     // Only the pass phrase was taken out of the command line; from here on it is read only.
     let config: &Config = config;

@@ -79,6 +79,8 @@ pub struct TlsOptions {
     pub cipher: Option<String>,
     pub ciphersuites: Option<String>,
     pub dhparam: Option<PathBuf>,
+    /// `-ticketkey FILE`, every one given, in order: the first seals new session tickets, all of them open tickets.
+    pub ticket_keys: Vec<PathBuf>,
     pub protocols: ProtocolChoice,
     pub bugs: bool,
 }
@@ -96,6 +98,7 @@ impl Default for TlsOptions {
             cipher: None,
             ciphersuites: None,
             dhparam: None,
+            ticket_keys: Vec::new(),
             protocols: ProtocolChoice::default(),
             bugs: false,
         }
@@ -477,6 +480,11 @@ const OPTIONS: &[OptionSpec] = &[
             d.handshake_timeout = Some(Duration::from_secs(secs.into()));
             Ok(())
         }),
+    ),
+    row(
+        "ticketkey",
+        "session ticket key, 48 or 80 bytes as nginx's; repeat for older keys (the first seals, all open)",
+        Path("FILE", |d, file| d.tls.ticket_keys.push(file)),
     ),
     row(
         "starttls",
@@ -993,6 +1001,21 @@ mod tests {
         assert_eq!(
             self::config("-port 1 -tls1_3 -tls1").tls.protocols.only,
             Some(Protocol::Tls1)
+        );
+    }
+
+    #[test]
+    fn ticketkey_is_kept_each_time_in_command_line_order() {
+        assert!(config("-port 1").tls.ticket_keys.is_empty());
+        assert_eq!(
+            config("-port 1 -ticketkey new.key -debug -ticketkey old.key")
+                .tls
+                .ticket_keys,
+            vec![PathBuf::from("new.key"), PathBuf::from("old.key")]
+        );
+        assert_eq!(
+            error("-port 1 -ticketkey"),
+            vec!["option -ticketkey needs a value"]
         );
     }
 

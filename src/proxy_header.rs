@@ -299,12 +299,13 @@ fn text_tlv(kind: u8, text: &str, longest: usize) -> Option<Tlv> {
     })
 }
 
-/// A certificate shown on this connection was also shown in its TLS session, hence both flags.
+/// A certificate shown on this connection was also shown in its TLS session, hence both flags; a resumed session's
+/// certificate was shown on an earlier connection only.
 fn client_flags(facts: &TlsFacts) -> u8 {
-    if facts.client_cert_presented {
-        PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
-    } else {
-        PP2_CLIENT_SSL
+    match (facts.client_cert_presented, facts.resumed) {
+        (false, _) => PP2_CLIENT_SSL,
+        (true, false) => PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS,
+        (true, true) => PP2_CLIENT_SSL | PP2_CLIENT_CERT_SESS,
     }
 }
 
@@ -669,6 +670,19 @@ mod tests {
         assert_eq!(ssl.verify, 1);
         assert_eq!(find(&ssl.sub_tlvs, 0x22), None);
         assert_eq!(kinds(&ssl.sub_tlvs), [0x21, 0x23]);
+    }
+
+    #[test]
+    fn v2_resumed_session_says_its_certificate_was_not_shown_on_this_connection() {
+        let facts = TlsFacts {
+            resumed: true,
+            ..verified_client("alice")
+        };
+        let parsed = parse_v2(&v2("192.0.2.7:1234", "192.0.2.1:993", Some(&facts)));
+        let ssl = parse_ssl(&parsed);
+        assert_eq!(ssl.client, 0x05);
+        assert_eq!(ssl.verify, 0);
+        assert_eq!(find(&ssl.sub_tlvs, 0x22), Some(&b"alice"[..]));
     }
 
     #[test]

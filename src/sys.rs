@@ -1,9 +1,10 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
-//! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, socket options, the
-//! environment, the monotonic clock), and the two poll helpers built on them. Each wrapper is small, returns
-//! `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
+//! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, the session ticket key
+//! callback, socket options, the environment, the monotonic clock), and the two poll helpers built on them. Each
+//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
+//! this file may use
 //! `unsafe`.
 
 use std::ffi::{CStr, CString};
@@ -608,6 +609,160 @@ unsafe extern "C" fn give_pass_phrase(
 // ---------------------------------------------------------------------------------------------------------------
 // End of the key and certificate file parsers.
 // ---------------------------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------------------------
+// Session tickets sealed with the -ticketkey keys (ticket_keys.rs). The keys live in the context's extra data, so
+// they are freed (and wiped) with the context: a daemon that reloads every hour keeps one list, never a pile.
+// ---------------------------------------------------------------------------------------------------------------
+
+type TicketKeyCallback = unsafe extern "C" fn(
+    *mut openssl_sys::SSL,
+    *mut u8,
+    *mut u8,
+    *mut openssl_sys::EVP_CIPHER_CTX,
+    *mut openssl_sys::EVP_MAC_CTX,
+    libc::c_int,
+) -> libc::c_int;
+
+// SAFETY: these declarations match the prototypes in OpenSSL 3's <openssl/ssl.h> and <openssl/params.h>.
+unsafe extern "C" {
+    fn SSL_CTX_set_tlsext_ticket_key_evp_cb(
+        context: *mut openssl_sys::SSL_CTX,
+        callback: Option<TicketKeyCallback>,
+    ) -> libc::c_int;
+    fn OSSL_PARAM_construct_utf8_string(
+        key: *const libc::c_char,
+        value: *mut libc::c_char,
+        length: usize,
+    ) -> openssl_sys::OSSL_PARAM;
+}
+
+/// The context's extra-data slot for its ticket keys: one slot for the whole program, made on first use.
+static TICKET_KEYS_SLOT: std::sync::OnceLock<
+    openssl::ex_data::Index<openssl::ssl::SslContext, crate::ticket_keys::TicketKeys>,
+> = std::sync::OnceLock::new();
+
+/// Makes the context seal and open session tickets (TLS 1.2 and 1.3) with `keys` instead of its own random key
+/// (SSL_CTX_set_tlsext_ticket_key_evp_cb); the context owns the keys from now on.
+pub fn seal_tickets_with(
+    context: &mut openssl::ssl::SslContextBuilder,
+    keys: crate::ticket_keys::TicketKeys,
+) -> Result<(), openssl::error::ErrorStack> {
+    let slot = match TICKET_KEYS_SLOT.get() {
+        Some(slot) => *slot,
+        None => {
+            let made = openssl::ssl::SslContext::new_ex_index()?;
+            *TICKET_KEYS_SLOT.get_or_init(|| made)
+        }
+    };
+    context.set_ex_data(slot, keys);
+    // SAFETY: the builder owns a valid SSL_CTX; the callback is a plain extern "C" fn that lives for the whole
+    // program and finds its keys through the SSL it is given.
+    let set =
+        unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(context.as_ptr(), Some(ticket_key_for)) };
+    if set != 1 {
+        return Err(openssl::error::ErrorStack::get());
+    }
+    Ok(())
+}
+
+/// What the ticket callback answers OpenSSL (the values of SSL_CTX_set_tlsext_ticket_key_evp_cb(3)).
+const TICKET_FAILED: libc::c_int = -1;
+const TICKET_NOT_OURS: libc::c_int = 0;
+const TICKET_DONE: libc::c_int = 1;
+const TICKET_DONE_RENEW: libc::c_int = 2;
+
+/// OpenSSL's ticket key callback. Sealing (`sealing` = 1): names the first key in `name`, fills `iv` with random
+/// bytes and sets the cipher and HMAC up with that key. Opening (`sealing` = 0): finds the key `name` names and sets
+/// them up with it; a ticket of an older key also asks OpenSSL to give the client a new ticket, sealed with the first
+/// key, so clients move over before the older key is dropped. A ticket of no key known means a full handshake.
+unsafe extern "C" fn ticket_key_for(
+    ssl: *mut openssl_sys::SSL,
+    name: *mut u8,
+    iv: *mut u8,
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    mac: *mut openssl_sys::EVP_MAC_CTX,
+    sealing: libc::c_int,
+) -> libc::c_int {
+    use crate::ticket_keys::{KEY_NAME_BYTES, Opening};
+    use foreign_types::ForeignTypeRef;
+    let Some(&slot) = TICKET_KEYS_SLOT.get() else {
+        return TICKET_FAILED;
+    };
+    // SAFETY: OpenSSL calls with the live SSL of the handshake under way.
+    let ssl = unsafe { openssl::ssl::SslRef::from_ptr(ssl) };
+    let Some(keys) = ssl.ssl_context().ex_data(slot) else {
+        return TICKET_FAILED;
+    };
+    // SAFETY: `name` is the callback's 16-byte key_name array, which OpenSSL lets us read and (sealing) write for
+    // the length of the call.
+    let name = unsafe { std::slice::from_raw_parts_mut(name, KEY_NAME_BYTES) };
+    if sealing == 1 {
+        let key = keys.sealing();
+        let iv_length = key.cipher().iv_len().unwrap_or(0);
+        // SAFETY: `iv` is the callback's EVP_MAX_IV_LENGTH (16) byte array; an AES-CBC IV is 16 bytes.
+        let iv_bytes = unsafe { std::slice::from_raw_parts_mut(iv, iv_length) };
+        if openssl::rand::rand_bytes(iv_bytes).is_err() {
+            return TICKET_FAILED;
+        }
+        name.copy_from_slice(key.name());
+        return match set_up_ticket_crypto(key, iv, cipher, mac, true) {
+            true => TICKET_DONE,
+            false => TICKET_FAILED,
+        };
+    }
+    let (key, answer) = match keys.opening(name) {
+        None => return TICKET_NOT_OURS,
+        Some(Opening::Current(key)) => (key, TICKET_DONE),
+        Some(Opening::Previous(key)) => (key, TICKET_DONE_RENEW),
+    };
+    match set_up_ticket_crypto(key, iv, cipher, mac, false) {
+        true => answer,
+        false => TICKET_FAILED,
+    }
+}
+
+/// Keys the ticket's HMAC-SHA256 and its AES-CBC (for sealing or for opening) as the callback must; false on failure.
+fn set_up_ticket_crypto(
+    key: &crate::ticket_keys::TicketKey,
+    iv: *const u8,
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    mac: *mut openssl_sys::EVP_MAC_CTX,
+    sealing: bool,
+) -> bool {
+    let secret = key.hmac_secret();
+    // SAFETY: the parameters point at the key's secret and at a static string, both alive until after
+    // EVP_MAC_CTX_set_params has copied them; OpenSSL only reads through the pointers, and the end marker closes the
+    // array.
+    let parameters = unsafe {
+        [
+            openssl_sys::OSSL_PARAM_construct_octet_string(
+                c"key".as_ptr(),
+                secret.as_ptr().cast_mut().cast(),
+                secret.len(),
+            ),
+            OSSL_PARAM_construct_utf8_string(c"digest".as_ptr(), c"SHA256".as_ptr().cast_mut(), 0),
+            openssl_sys::OSSL_PARAM_construct_end(),
+        ]
+    };
+    let start = if sealing {
+        openssl_sys::EVP_EncryptInit_ex
+    } else {
+        openssl_sys::EVP_DecryptInit_ex
+    };
+    // SAFETY: OpenSSL handed us both contexts for this call; the cipher is a static EVP_CIPHER; the AES key has the
+    // cipher's key length and `iv` is the callback's IV array, 16 bytes, AES-CBC's IV length.
+    unsafe {
+        openssl_sys::EVP_MAC_CTX_set_params(mac, parameters.as_ptr()) == 1
+            && start(
+                cipher,
+                key.cipher().as_ptr(),
+                std::ptr::null_mut(),
+                key.aes_key().as_ptr(),
+                iv,
+            ) == 1
+    }
+}
 
 /// Hands freed heap pages back to the kernel. After a handshake a forked session holds a few hundred KiB of freed
 /// OpenSSL scratch memory that would otherwise stay private to it for the whole (possibly long, idle) session.

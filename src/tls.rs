@@ -25,6 +25,7 @@ use openssl::x509::{X509, X509Name, X509NameBuilder};
 use crate::options::{Protocol, TlsOptions};
 use crate::pass_phrase::{self, PassSource};
 use crate::reason::{io_reason, openssl_reason};
+use crate::ticket_keys::{KEY_FILE_LENGTHS, TicketKey, TicketKeys};
 use crate::{log_debug, log_warning, sys};
 
 /// The cipher list used with `-nocert` unless `-cipher` says otherwise: the usual suites first, anonymous ones last so
@@ -44,8 +45,21 @@ pub fn openssl_version() -> &'static str {
     openssl::version::version()
 }
 
+/// Who uses a context, which decides who could ever redeem the session tickets it issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextUse {
+    /// inetd mode: this process serves one connection and exits.
+    OneConnection,
+    /// Daemon mode: the parent builds it once and every forked session process inherits it.
+    Daemon,
+}
+
 /// Builds the server context. Called once at start-up (and on SIGHUP in daemon mode).
-pub fn build_context(options: &TlsOptions, log_states: bool) -> Result<SslContext, String> {
+pub fn build_context(
+    options: &TlsOptions,
+    log_states: bool,
+    usage: ContextUse,
+) -> Result<SslContext, String> {
     let mut context = SslContextBuilder::new(SslMethod::tls_server())
         .map_err(|e| openssl_failure("OpenSSL", &e))?;
     // Partial writes and moving buffers let the relay retry with whatever is pending; released buffers keep an idle
@@ -62,12 +76,13 @@ pub fn build_context(options: &TlsOptions, log_states: bool) -> Result<SslContex
     if options.bugs {
         context.set_options(SslOptions::ALL);
     }
-    // Forked children cannot share a server-side session cache; stateless tickets, keyed once here in the parent,
-    // resume across all of them.
+    // Forked children cannot share a server-side session cache; stateless tickets resume across all of them. The
+    // session id context is the same in every sslwrap process, so that a ticket sealed by one opens in another.
     context.set_session_cache_mode(SslSessionCacheMode::OFF);
     context
         .set_session_id_context(b"sslwrap")
         .map_err(|e| openssl_failure("session id context", &e))?;
+    set_session_tickets(&mut context, options, usage)?;
     set_protocols(&mut context, options)?;
     set_ciphers(&mut context, options)?;
     set_dh(&mut context, options)?;
@@ -302,6 +317,56 @@ fn set_dh(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), S
     })
 }
 
+/// Session tickets. With -ticketkey the tickets are sealed with the first key file and opened with any of them, so
+/// every process given the same files (inetd-mode processes, a restarted daemon, other hosts) resumes the sessions of
+/// the others. Without it OpenSSL seals with a random key of this context: a daemon's session processes inherit it
+/// from the parent, but in inetd mode no other process could ever open a ticket, so none is sent (no TLS 1.2 ticket
+/// extension, no TLS 1.3 NewSessionTicket).
+fn set_session_tickets(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+    usage: ContextUse,
+) -> Result<(), String> {
+    let mut keys = Vec::new();
+    for path in &options.ticket_keys {
+        keys.push(read_ticket_key(path)?);
+    }
+    match TicketKeys::new(keys) {
+        Some(keys) => {
+            sys::seal_tickets_with(context, keys).map_err(|e| openssl_failure("-ticketkey", &e))?;
+            log_debug!(
+                "session tickets sealed with the key in {}",
+                options.ticket_keys[0].display()
+            );
+        }
+        None if usage == ContextUse::OneConnection => {
+            context.set_options(SslOptions::NO_TICKET);
+            context
+                .set_num_tickets(0)
+                .map_err(|e| openssl_failure("session tickets", &e))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// One -ticketkey file: exactly 48 or 80 bytes, as nginx's ssl_session_ticket_key wants them.
+fn read_ticket_key(path: &Path) -> Result<TicketKey, String> {
+    let file = read_file("-ticketkey", path)?;
+    let mode = file.mode;
+    let key = TicketKey::from_file_bytes(file.bytes).map_err(|length| {
+        format!(
+            "-ticketkey: {} is {length} bytes long; a session ticket key file holds exactly {} or {} random bytes \
+             (make one with: openssl rand 80 > FILE)",
+            path.display(),
+            KEY_FILE_LENGTHS[0],
+            KEY_FILE_LENGTHS[1]
+        )
+    })?;
+    warn_if_readable_by_others("-ticketkey", "session ticket key file", path, mode);
+    Ok(key)
+}
+
 /// The largest certificate, key, DH parameter or CA file read: 4 MiB, some twenty times the system CA bundle
 /// (about 220 KB). A wrong path (a device, a log) fails at once instead of filling memory, also on a SIGHUP reload.
 const MAX_FILE_BYTES: usize = 4 << 20;
@@ -423,7 +488,7 @@ fn use_certificate_files(
     };
     context.set_private_key(&key).map_err(|_| mismatch())?;
     context.check_private_key().map_err(|_| mismatch())?;
-    warn_if_readable_by_others(key_option, key_path, key_file.mode);
+    warn_if_readable_by_others(key_option, "private key file", key_path, key_file.mode);
     Ok(())
 }
 
@@ -567,11 +632,11 @@ fn is_encrypted_pem(pem: &[u8]) -> bool {
     contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
 }
 
-fn warn_if_readable_by_others(option: &str, path: &Path, mode: u32) {
+fn warn_if_readable_by_others(option: &str, what: &str, path: &Path, mode: u32) {
     let mode = mode & 0o777;
     if mode & 0o077 != 0 {
         log_warning!(
-            "{option}: private key file {} is readable by group or others (mode {mode:o}): chmod 600 it",
+            "{option}: {what} {} is readable by group or others (mode {mode:o}): chmod 600 it",
             path.display()
         );
     }
@@ -732,7 +797,7 @@ mod tests {
             nocert: true,
             ..TlsOptions::default()
         };
-        assert!(build_context(&options, false).is_ok());
+        assert!(build_context(&options, false, ContextUse::Daemon).is_ok());
     }
 
     #[test]
@@ -742,7 +807,7 @@ mod tests {
             cipher: Some("NO-SUCH-CIPHER".into()),
             ..TlsOptions::default()
         };
-        let error = build_context(&options, false).unwrap_err();
+        let error = build_context(&options, false, ContextUse::Daemon).unwrap_err();
         assert!(error.starts_with("-cipher 'NO-SUCH-CIPHER'"), "{error}");
     }
 
@@ -755,7 +820,7 @@ mod tests {
         options.protocols.only = Some(Protocol::Tls1_3);
         options.protocols.disabled = vec![Protocol::Tls1_3];
         assert!(
-            build_context(&options, false)
+            build_context(&options, false, ContextUse::Daemon)
                 .unwrap_err()
                 .contains("no protocol version is left")
         );

@@ -21,6 +21,9 @@ pub struct TlsFacts {
     pub verified_client: Option<ClientNames>,
     /// The server name the client asked for (SNI), present only when it is a valid host name.
     pub server_name: Option<String>,
+    /// The session was resumed (from a ticket): a client certificate in it was shown on the connection that began the
+    /// session, not on this one.
+    pub resumed: bool,
 }
 
 /// The names in a verified client certificate.
@@ -63,6 +66,7 @@ impl TlsFacts {
             server_name: asked_for
                 .filter(|name| is_host_name(name))
                 .map(str::to_string),
+            resumed: ssl.session_reused(),
         }
     }
 }
