@@ -64,6 +64,16 @@ pub struct ProtocolChoice {
     pub disabled: Vec<Protocol>,
 }
 
+/// Which client certificates are checked against CRLs (`-crl_check`, `-crl_check_all`, as in `openssl s_server`).
+/// Ordered: checking the whole chain includes checking the leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CrlCheck {
+    /// The client's own certificate (X509_V_FLAG_CRL_CHECK).
+    Leaf,
+    /// Every certificate of the client's chain (X509_V_FLAG_CRL_CHECK_ALL as well).
+    WholeChain,
+}
+
 /// Everything the TLS context is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -76,6 +86,10 @@ pub struct TlsOptions {
     pub verify: Option<(u32, bool)>,
     pub ca_file: Option<PathBuf>,
     pub ca_path: Option<PathBuf>,
+    /// `-CRLfile`: revocation lists for client certificates, PEM.
+    pub crl_file: Option<PathBuf>,
+    /// After [`validate`]: set whenever `-CRLfile` is given (it implies `-crl_check`).
+    pub crl_check: Option<CrlCheck>,
     pub cipher: Option<String>,
     pub ciphersuites: Option<String>,
     pub dhparam: Option<PathBuf>,
@@ -95,6 +109,8 @@ impl Default for TlsOptions {
             verify: None,
             ca_file: None,
             ca_path: None,
+            crl_file: None,
+            crl_check: None,
             cipher: None,
             ciphersuites: None,
             dhparam: None,
@@ -411,6 +427,21 @@ const OPTIONS: &[OptionSpec] = &[
         "no_tls1_3",
         "disable TLS 1.3",
         Flag(|d| disable(d, Protocol::Tls1_3)),
+    ),
+    row(
+        "CRLfile",
+        "CRLs (PEM) client certificates are checked against; implies -crl_check",
+        Path("FILE", |d, file| d.tls.crl_file = Some(file)),
+    ),
+    row(
+        "crl_check",
+        "refuse a client certificate that is revoked or has no CRL from its CA",
+        Flag(|d| d.tls.crl_check = d.tls.crl_check.max(Some(CrlCheck::Leaf))),
+    ),
+    row(
+        "crl_check_all",
+        "as -crl_check, for every certificate of the client's chain",
+        Flag(|d| d.tls.crl_check = Some(CrlCheck::WholeChain)),
     ),
     row(
         "ciphersuites",
@@ -758,7 +789,7 @@ pub fn parse(words: &[OsString]) -> Result<Command, UsageError> {
 }
 
 /// The checks made after every word is read, with the original's messages where it had them; then the defaults.
-fn validate(draft: Draft) -> Result<Config, UsageError> {
+fn validate(mut draft: Draft) -> Result<Config, UsageError> {
     let mut errors = Vec::new();
     let sources = [
         draft.port.is_some(),
@@ -795,6 +826,7 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
             ));
         }
     }
+    errors.extend(crl_without_verify(&draft.tls));
     if !errors.is_empty() {
         return Err(UsageError {
             messages: errors,
@@ -815,6 +847,10 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
             port: draft.port.unwrap_or_default(),
         }
     };
+    // An administrator who names a CRL file expects it to be used; s_server would load it and check nothing.
+    if draft.tls.crl_file.is_some() {
+        draft.tls.crl_check = draft.tls.crl_check.max(Some(CrlCheck::Leaf));
+    }
     let maxconn = draft.maxconn.unwrap_or(DEFAULT_MAXCONN);
     Ok(Config {
         backend,
@@ -836,6 +872,22 @@ fn validate(draft: Draft) -> Result<Config, UsageError> {
         chroot: draft.chroot,
         pidfile: draft.pidfile,
     })
+}
+
+/// CRLs are only ever checked against a client certificate, which only -verify or -Verify asks for.
+fn crl_without_verify(tls: &TlsOptions) -> Option<String> {
+    if tls.verify.is_some() {
+        return None;
+    }
+    let option = match (&tls.crl_file, tls.crl_check) {
+        (Some(_), _) => "-CRLfile",
+        (None, Some(CrlCheck::Leaf)) => "-crl_check",
+        (None, Some(CrlCheck::WholeChain)) => "-crl_check_all",
+        (None, None) => return None,
+    };
+    Some(format!(
+        "option {option} needs -verify or -Verify: without them no client certificate is asked for"
+    ))
 }
 
 /// The one-line synopsis, printed after a command-line error (the whole usage text is `-help`'s).
@@ -970,6 +1022,45 @@ mod tests {
         assert_eq!(config.user.as_deref(), Some("nobody"));
         assert_eq!(config.chroot, Some(PathBuf::from("/var/empty")));
         assert_eq!(config.pidfile, Some(PathBuf::from("/run/sslwrap.pid")));
+    }
+
+    #[test]
+    fn crl_file_implies_crl_check_and_crl_check_all_includes_it() {
+        let check = |line: &str| config(&format!("-port 1 -Verify 1 {line}")).tls.crl_check;
+        assert_eq!(check(""), None);
+        assert_eq!(check("-CRLfile crl.pem"), Some(CrlCheck::Leaf));
+        assert_eq!(check("-crl_check"), Some(CrlCheck::Leaf));
+        assert_eq!(
+            check("-crl_check_all -CRLfile crl.pem"),
+            Some(CrlCheck::WholeChain)
+        );
+        assert_eq!(
+            check("-crl_check_all -crl_check"),
+            Some(CrlCheck::WholeChain)
+        );
+        assert_eq!(
+            check("-crl_check -crl_check_all"),
+            Some(CrlCheck::WholeChain)
+        );
+        assert_eq!(
+            config("-port 1 -verify 1 -CRLfile /etc/crl.pem")
+                .tls
+                .crl_file,
+            Some(PathBuf::from("/etc/crl.pem"))
+        );
+    }
+
+    #[test]
+    fn crl_options_without_client_verification_are_refused_naming_the_option() {
+        for option in ["-CRLfile crl.pem", "-crl_check", "-crl_check_all"] {
+            let name = option.split(' ').next().unwrap_or_default();
+            assert_eq!(
+                error(&format!("-port 1 {option}")),
+                vec![format!(
+                    "option {name} needs -verify or -Verify: without them no client certificate is asked for"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
+use openssl::ssl::{ErrorCode, SslContext, SslStream};
 
 use crate::backend::{Backside, TlsState};
 use crate::client::{ClientAddresses, ClientIo};
@@ -15,7 +15,7 @@ use crate::reason::{openssl_reason, tls_reason};
 use crate::relay::{self, Limits, RelayError, SessionFilter, Transfer};
 use crate::starttls::{AfterTls, StartTlsMode};
 use crate::tls_facts::TlsFacts;
-use crate::{log_debug, log_error, log_notice, sys};
+use crate::{log_debug, log_error, log_notice, sys, tls};
 
 /// Exit status of a session process: 0 for a normal end, 1 for a failure (already logged).
 pub type SessionStatus = i32;
@@ -221,7 +221,7 @@ pub fn accept_tls(
     deadline: Instant,
     limit: Duration,
 ) -> Result<SslStream<ClientIo>, String> {
-    let ssl = Ssl::new(context).map_err(|e| openssl_reason(&e))?;
+    let ssl = tls::new_session(context).map_err(|e| openssl_reason(&e))?;
     let mut stream = SslStream::new(ssl, client).map_err(|e| openssl_reason(&e))?;
     loop {
         let error = match stream.accept() {
@@ -251,7 +251,13 @@ fn handshake_failure_reason(stream: &SslStream<ClientIo>, error: &openssl::ssl::
     let reason = tls_reason(error);
     let verify = stream.ssl().verify_result();
     if verify != openssl::x509::X509VerifyResult::OK {
-        return format!("{reason} (client certificate: {})", verify.error_string());
+        return match tls::refused_client_certificate(stream.ssl()) {
+            Some(certificate) => format!(
+                "{reason} (client certificate: {}; {certificate})",
+                verify.error_string()
+            ),
+            None => format!("{reason} (client certificate: {})", verify.error_string()),
+        };
     }
     reason
 }

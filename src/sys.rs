@@ -2,9 +2,9 @@
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
 //! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, the session ticket key
-//! callback, socket options, the environment, the monotonic clock), and the two poll helpers built on them. Each
-//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
-//! this file may use
+//! callback, adding a CRL to a trust store, socket options, the environment, the monotonic clock), and the two poll
+//! helpers built on them. Each wrapper is small, returns `io::Result` where the call can fail, and states why its
+//! block is sound. Nothing outside this file may use
 //! `unsafe`.
 
 use std::ffi::{CStr, CString};
@@ -604,6 +604,32 @@ unsafe extern "C" fn give_pass_phrase(
         std::ptr::copy_nonoverlapping(pass_phrase.as_ptr(), buffer.cast::<u8>(), pass_phrase.len())
     };
     length
+}
+
+// SAFETY: this declaration matches the prototype in OpenSSL 3's <openssl/x509_vfy.h> (the `openssl-sys` crate does
+// not declare it).
+unsafe extern "C" {
+    fn X509_STORE_add_crl(
+        store: *mut openssl_sys::X509_STORE,
+        crl: *mut openssl_sys::X509_CRL,
+    ) -> libc::c_int;
+}
+
+/// Adds a certificate revocation list to a trust store (X509_STORE_add_crl, which the `openssl` crate does not
+/// offer); the store takes its own reference, so the caller keeps `crl`.
+pub fn add_crl_to_store(
+    store: &mut openssl::x509::store::X509StoreBuilderRef,
+    crl: &openssl::x509::X509CrlRef,
+) -> Result<(), openssl::error::ErrorStack> {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: both references keep their objects alive for the call; X509_STORE_add_crl only raises the CRL's
+    // reference count (X509_CRL_up_ref) and never frees what it is given.
+    let added = unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) };
+    if added == 1 {
+        Ok(())
+    } else {
+        Err(openssl::error::ErrorStack::get())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

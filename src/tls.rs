@@ -4,25 +4,31 @@
 //! OpenSSL defaults rule unless the command line asks for something older, which is then logged as a warning.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::dh::Dh;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::ssl::{
-    SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslRef,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::stack::Stack;
-use openssl::x509::store::X509Lookup;
-use openssl::x509::{X509, X509Name, X509NameBuilder};
+use openssl::x509::store::{X509Lookup, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyFlags;
+use openssl::x509::{
+    X509, X509Crl, X509CrlRef, X509Name, X509NameBuilder, X509Ref, X509StoreContext,
+    X509StoreContextRef, X509VerifyResult,
+};
 
-use crate::options::{Protocol, TlsOptions};
+use crate::options::{CrlCheck, Protocol, TlsOptions};
 use crate::pass_phrase::{self, PassSource};
 use crate::reason::{io_reason, openssl_reason};
 use crate::ticket_keys::{KEY_FILE_LENGTHS, TicketKey, TicketKeys};
@@ -452,6 +458,8 @@ fn use_certificate_files(
             cert_path.display()
         ));
     };
+    let chain: Vec<X509> = chain.collect();
+    warn_if_issuer_missing(cert_path, &leaf, &chain);
     context.set_certificate(&leaf).map_err(|e| {
         format!(
             "-cert: cannot use the certificate in {}: {}",
@@ -490,6 +498,66 @@ fn use_certificate_files(
     context.check_private_key().map_err(|_| mismatch())?;
     warn_if_readable_by_others(key_option, "private key file", key_path, key_file.mode);
     Ok(())
+}
+
+/// Warns when the certificate is sent without the certificate that issued it: a client that has only the root CA
+/// (every client, with a public CA's intermediate) then cannot build the chain. No warning for a self-signed
+/// certificate, nor for one whose issuer is in the system trust store: clients have that issuer too, and sending a
+/// root would change nothing (a client trusts only the roots it has; RFC 8446 lets a server leave the root out).
+fn warn_if_issuer_missing(cert_path: &Path, leaf: &X509Ref, rest_of_chain: &[X509]) {
+    let self_signed = matches!(
+        leaf.subject_name().try_cmp(leaf.issuer_name()),
+        Ok(std::cmp::Ordering::Equal)
+    ) && leaf
+        .public_key()
+        .and_then(|key| leaf.verify(&key))
+        .unwrap_or(false);
+    if self_signed
+        || rest_of_chain
+            .iter()
+            .any(|candidate| is_issued_by(leaf, candidate))
+        || issuer_is_in_system_store(leaf)
+    {
+        return;
+    }
+    log_warning!(
+        "-cert: the certificate in {} is sent without the certificate of its issuer ({}): clients that do not have \
+         that issuer will fail with 'unable to verify the first certificate'; put the intermediate certificates after \
+         the certificate in the -cert file (with certbot: fullchain.pem, not cert.pem)",
+        cert_path.display(),
+        crate::tls_facts::one_line_name(leaf.issuer_name())
+    );
+}
+
+/// Whether `issuer` issued `subject`: its name, key identifier and key usage fit (X509_check_issued) and its key
+/// verifies the signature.
+fn is_issued_by(subject: &X509Ref, issuer: &X509Ref) -> bool {
+    issuer.issued(subject) == X509VerifyResult::OK
+        && issuer
+            .public_key()
+            .and_then(|key| subject.verify(&key))
+            .unwrap_or(false)
+}
+
+/// Whether OpenSSL's chain building finds the certificate's issuer in the system trust store (the default paths,
+/// SSL_CERT_FILE and SSL_CERT_DIR as for every OpenSSL program). Only the chain built counts, not whether it verifies:
+/// an expired certificate is no incomplete chain. Loads the store only for a certificate whose file lacks its issuer.
+fn issuer_is_in_system_store(certificate: &X509Ref) -> bool {
+    let chain_length = || -> Result<usize, ErrorStack> {
+        let mut store = X509StoreBuilder::new()?;
+        store.set_default_paths()?;
+        let store = store.build();
+        let untrusted = Stack::new()?;
+        let mut context = X509StoreContext::new()?;
+        context.init(&store, certificate, &untrusted, |context| {
+            context.verify_cert()?;
+            Ok(context.chain().map_or(0, |chain| chain.len()))
+        })
+    };
+    let found = chain_length().is_ok_and(|length| length > 1);
+    // A failed look-up leaves its errors queued; no client's failure report may show them.
+    drop(ErrorStack::get());
+    found
 }
 
 /// The curves whose keys take the short path below: the ones TLS servers use.
@@ -692,7 +760,7 @@ fn set_client_verification(
     if required {
         mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
     }
-    context.set_verify(mode);
+    context.set_verify_callback(mode, note_refused_certificate);
     context.set_verify_depth(depth);
     if let Some(file) = &options.ca_file {
         trust_ca_file(context, file)?;
@@ -725,7 +793,161 @@ fn set_client_verification(
             .set_default_verify_paths()
             .map_err(|e| openssl_failure("system CA store", &e))?;
     }
-    Ok(())
+    set_crl_checking(context, options)
+}
+
+/// The slot of an SSL object where the verify callback notes the client certificate it refused: OpenSSL keeps a
+/// client's certificate only once it is verified, so the failure's log line could not name it otherwise.
+fn refused_certificate_slot() -> Option<Index<Ssl, OnceLock<String>>> {
+    static SLOT: OnceLock<Option<Index<Ssl, OnceLock<String>>>> = OnceLock::new();
+    *SLOT.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// A new SSL object for one client, with the slot for the refused certificate's name.
+pub fn new_session(context: &SslContext) -> Result<Ssl, ErrorStack> {
+    let mut ssl = Ssl::new(context)?;
+    if let Some(slot) = refused_certificate_slot() {
+        ssl.set_ex_data(slot, OnceLock::new());
+    }
+    Ok(ssl)
+}
+
+/// The certificate the verify callback refused in this session, as "subject NAME" for the client's own certificate
+/// or "NAME at depth N of its chain" for an issuer's.
+pub fn refused_client_certificate(ssl: &SslRef) -> Option<&str> {
+    let note = ssl.ex_data(refused_certificate_slot()?)?;
+    note.get().map(String::as_str)
+}
+
+/// The verify callback: OpenSSL's verdict stands; the first certificate it refuses is noted in the session's slot.
+fn note_refused_certificate(verified: bool, store: &mut X509StoreContextRef) -> bool {
+    if verified {
+        return true;
+    }
+    let note = X509StoreContext::ssl_idx()
+        .ok()
+        .and_then(|ssl_index| store.ex_data(ssl_index))
+        .zip(refused_certificate_slot())
+        .and_then(|(ssl, slot)| ssl.ex_data(slot));
+    if let (Some(note), Some(certificate)) = (note, store.current_cert()) {
+        let name = crate::tls_facts::one_line_name(certificate.subject_name());
+        // Only the first refusal is kept: OpenSSL stops at it, and a later call would only repeat it.
+        let _ = note.set(match store.error_depth() {
+            0 => format!("subject {name}"),
+            depth => format!("{name} at depth {depth} of its chain"),
+        });
+    }
+    false
+}
+
+/// `-crl_check`, `-crl_check_all` and `-CRLfile` (which implies -crl_check): OpenSSL refuses a revoked client
+/// certificate, and also any certificate checked whose CA has no CRL here ("unable to get certificate CRL"). The CRLs
+/// come from -CRLfile and, as in s_server, from the hashed HASH.rN files of -CApath. Without any of either every
+/// client certificate would be refused, so that is a start-up error.
+fn set_crl_checking(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), String> {
+    let Some(check) = options.crl_check else {
+        return Ok(());
+    };
+    let (option, flags) = match check {
+        CrlCheck::Leaf => ("-crl_check", X509VerifyFlags::CRL_CHECK),
+        CrlCheck::WholeChain => (
+            "-crl_check_all",
+            X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL,
+        ),
+    };
+    match &options.crl_file {
+        Some(file) => {
+            for crl in read_crl_file(file)? {
+                sys::add_crl_to_store(context.cert_store_mut(), &crl).map_err(|e| {
+                    format!(
+                        "-CRLfile: cannot use the CRLs in {}: {}",
+                        file.display(),
+                        openssl_reason(&e)
+                    )
+                })?;
+            }
+        }
+        None => require_hashed_crls(option, options.ca_path.as_deref())?,
+    }
+    context
+        .verify_param_mut()
+        .set_flags(flags)
+        .map_err(|e| openssl_failure(option, &e))
+}
+
+/// Every CRL of a PEM file (each `X509 CRL` block, decoded by d2i_X509_CRL), warning about each one past its
+/// nextUpdate.
+fn read_crl_file(file: &Path) -> Result<Vec<X509Crl>, String> {
+    let pem = read_file("-CRLfile", file)?.bytes;
+    let not_pem = |e: ErrorStack| {
+        format!(
+            "-CRLfile: cannot read the CRLs in {}: {}",
+            file.display(),
+            openssl_reason(&e)
+        )
+    };
+    let mut reader = sys::SecurePemReader::new(&pem).map_err(not_pem)?;
+    let mut crls = Vec::new();
+    while let Some(block) = reader.next_block(c"X509 CRL").map_err(not_pem)? {
+        crls.push(X509Crl::from_der(&block).map_err(not_pem)?);
+    }
+    if crls.is_empty() {
+        return Err(format!(
+            "-CRLfile: no CRL found in {} (PEM blocks \"BEGIN X509 CRL\" expected; a DER file converts with \
+             openssl crl -inform DER -in FILE -out FILE.pem)",
+            file.display()
+        ));
+    }
+    for crl in &crls {
+        warn_if_crl_expired(file, crl);
+    }
+    Ok(crls)
+}
+
+/// A CRL past its nextUpdate makes OpenSSL refuse every certificate of its CA ("CRL has expired") until a newer one
+/// is installed. A warning, not an error: sslwrap goes on serving the clients the CRL does not concern.
+fn warn_if_crl_expired(file: &Path, crl: &X509CrlRef) {
+    let (Some(next_update), Ok(now)) = (crl.next_update(), Asn1Time::days_from_now(0)) else {
+        return;
+    };
+    if next_update < now {
+        log_warning!(
+            "-CRLfile: the CRL of {} in {} expired on {next_update} (its nextUpdate): every client certificate              of that CA is refused with 'CRL has expired' until a newer CRL is installed",
+            crate::tls_facts::one_line_name(crl.issuer_name()),
+            file.display()
+        );
+    }
+}
+
+/// Without -CRLfile, -CApath must hold at least one hashed CRL (HASH.r0, as `openssl rehash` names them).
+fn require_hashed_crls(option: &str, ca_path: Option<&Path>) -> Result<(), String> {
+    let is_hashed_crl = |name: &str| {
+        name.split_once(".r").is_some_and(|(hash, number)| {
+            hash.len() == 8
+                && hash.bytes().all(|byte| byte.is_ascii_hexdigit())
+                && !number.is_empty()
+                && number.bytes().all(|byte| byte.is_ascii_digit())
+        })
+    };
+    let found = ca_path.is_some_and(|dir| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.file_name().to_str().is_some_and(is_hashed_crl))
+        })
+    });
+    if found {
+        return Ok(());
+    }
+    let where_looked = match ca_path {
+        Some(dir) => format!("-CApath {} holds no hashed CRL (HASH.r0)", dir.display()),
+        None => "there is no -CApath".to_string(),
+    };
+    Err(format!(
+        "{option}: no CRL to check client certificates against: -CRLfile is not given and {where_looked}; every \
+         client certificate would be refused with 'unable to get certificate CRL' (give -CRLfile FILE, or put the \
+         CRLs in the -CApath directory and run openssl rehash on it)"
+    ))
 }
 
 /// -CAfile: its certificates become trust anchors, and their subject names, each once and in file order, the list

@@ -91,7 +91,8 @@ fn common_name(name: &X509NameRef) -> Option<String> {
     entry.data().to_string().ok()
 }
 
-fn one_line_name(name: &X509NameRef) -> String {
+/// A name in the one-line form `/O=Example/CN=client`, entries in certificate order.
+pub fn one_line_name(name: &X509NameRef) -> String {
     name.entries()
         .map(|entry| {
             let key = entry.object().nid().short_name().unwrap_or("?");

@@ -299,6 +299,11 @@ fn ipv6_backend_address_is_accepted() {
 #[test]
 fn debug_logs_the_session_and_default_verbosity_does_not() {
     let mut s = setup("debuglog");
+    // A complete chain (the test CA after the leaf): an incomplete one gets a warning at every start-up.
+    let mut pem = s.pki.server.cert.to_pem().unwrap();
+    pem.extend(s.pki.ca.cert.to_pem().unwrap());
+    pem.extend(s.pki.server.key.private_key_to_pem_pkcs8().unwrap());
+    std::fs::write(&s.pki.server_pem, pem).unwrap();
     let quiet = s.inetd(backend(echo), &[]);
     let mut client = tls(quiet.port);
     write_and_close(&mut client, b"abc");
