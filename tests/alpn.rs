@@ -267,3 +267,30 @@ fn a_name_with_a_space_is_a_startup_error() {
         "{logged}"
     );
 }
+
+#[test]
+fn a_daemon_keeps_choosing_after_a_sighup_reload() {
+    let mut s = setup("alpn-reload");
+    let line = s.legacy_line(backend(echo), &["-alpn", "h2,http/1.1"]);
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    assert_eq!(
+        alpn_line(&s_client(daemon.port, Some("http/1.1,h2"))),
+        "ALPN protocol: h2"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-s", "HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    s.syslog.expect("certificate, key and CA files reloaded");
+    assert_eq!(
+        alpn_line(&s_client(daemon.port, Some("http/1.1,h2"))),
+        "ALPN protocol: h2"
+    );
+    assert!(
+        s_client(daemon.port, Some("imap"))
+            .stderr
+            .contains("no application protocol"),
+        "the reloaded context refuses as the first did"
+    );
+}
