@@ -36,7 +36,7 @@ const MAX_STDERR_LINE: usize = 1024;
 /// Every variable sslwrap sets for a program. All of them are removed from the environment sslwrap itself got before
 /// the ones that apply are set, so a name in sslwrap's own environment (an `SSL_CLIENT_S_DN` left by whoever started
 /// it) can never pass for a fact of this session.
-const OWNED_VARIABLES: [&str; 9] = [
+const OWNED_VARIABLES: [&str; 10] = [
     "PROTO",
     "TCPREMOTEIP",
     "TCPREMOTEPORT",
@@ -46,6 +46,7 @@ const OWNED_VARIABLES: [&str; 9] = [
     "SSL_CIPHER",
     "SSL_CLIENT_S_DN",
     "SSL_CLIENT_I_DN",
+    "SSL_ALPN",
 ];
 
 /// The connection facts for the program's environment.
@@ -68,6 +69,9 @@ pub fn environment(
     };
     variables.push(("SSL_PROTOCOL", facts.protocol.clone()));
     variables.push(("SSL_CIPHER", facts.cipher.clone()));
+    if let Some(protocol) = &facts.alpn {
+        variables.push(("SSL_ALPN", protocol.clone()));
+    }
     if let Some(client) = &facts.verified_client {
         variables.push(("SSL_CLIENT_S_DN", client.subject.clone()));
         variables.push(("SSL_CLIENT_I_DN", client.issuer.clone()));
@@ -320,6 +324,7 @@ mod tests {
             verified_client: Some(crate::tls_facts::ClientNames::default()),
             server_name: None,
             resumed: false,
+            alpn: Some("h2".into()),
         };
         let variables = environment(&addresses, Some(&facts));
         assert_eq!(variables.len(), OWNED_VARIABLES.len());

@@ -97,6 +97,8 @@ pub struct TlsOptions {
     pub ticket_keys: Vec<PathBuf>,
     pub protocols: ProtocolChoice,
     pub bugs: bool,
+    /// `-alpn LIST`: the application protocols offered with ALPN, most preferred first; empty: no ALPN.
+    pub alpn: Vec<String>,
 }
 
 impl Default for TlsOptions {
@@ -117,6 +119,7 @@ impl Default for TlsOptions {
             ticket_keys: Vec::new(),
             protocols: ProtocolChoice::default(),
             bugs: false,
+            alpn: Vec::new(),
         }
     }
 }
@@ -534,6 +537,14 @@ const OPTIONS: &[OptionSpec] = &[
         }),
     ),
     row(
+        "alpn",
+        "ALPN protocol names, most preferred first (h2,http/1.1); a client offering ALPN but none of them is refused",
+        Text("LIST", |d, v| {
+            d.tls.alpn = parse_alpn_list(v)?;
+            Ok(())
+        }),
+    ),
+    row(
         "user",
         "switch to this user (name or uid) after loading keys",
         Text("USER", |d, v| {
@@ -617,6 +628,46 @@ where
         }
         Err(_) => Err(format!("{option}: '{value}' is not a valid number")),
     }
+}
+
+/// The longest protocol name ALPN can carry: its length is one byte (RFC 7301, section 3.1).
+const MAX_ALPN_NAME_LEN: usize = 255;
+/// The longest ALPN list: in TLS's wire form (each name after its length byte) it is a ProtocolNameList, whose own
+/// length is two bytes.
+const MAX_ALPN_LIST_LEN: usize = 65535;
+
+/// `-alpn`'s comma-separated protocol names, in preference order. Each name is printable ASCII without spaces (as
+/// every name in the IANA registry is): the chosen one goes into log lines, a program's environment and the PROXY
+/// header, where a control character or a byte that is not text would have no safe form.
+fn parse_alpn_list(list: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for name in list.split(',') {
+        if name.is_empty() {
+            return Err(format!(
+                "-alpn: empty protocol name in '{list}' (names are separated by single commas)"
+            ));
+        }
+        if name.len() > MAX_ALPN_NAME_LEN {
+            let start: String = name.chars().take(16).collect();
+            return Err(format!(
+                "-alpn: protocol name '{start}...' is {} bytes long; ALPN allows at most {MAX_ALPN_NAME_LEN}",
+                name.len()
+            ));
+        }
+        if let Some(bad) = name.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "-alpn: protocol name {name:?} contains {bad:?}; use printable ASCII without spaces"
+            ));
+        }
+        names.push(name.to_string());
+    }
+    let wire_len: usize = names.iter().map(|name| 1 + name.len()).sum();
+    if wire_len > MAX_ALPN_LIST_LEN {
+        return Err(format!(
+            "-alpn: the list takes {wire_len} bytes in a TLS handshake; ALPN allows at most {MAX_ALPN_LIST_LEN}"
+        ));
+    }
+    Ok(names)
 }
 
 /// A port number, or a TCP service name looked up in /etc/services as the original did with getservbyname.
@@ -1503,6 +1554,7 @@ mod tests {
             "-starttls",
             "-cipher",
             "-ciphersuites",
+            "-alpn",
             "-verify",
             "-Verify",
             "-maxconn",
@@ -1626,6 +1678,77 @@ mod tests {
         assert!(line("close_timeout").contains("once either direction of a session has ended"));
         assert!(line("close_timeout").contains("(default 60)"));
         assert!(line("maxconn_per_source").contains("one IPv4 address or IPv6 /64"));
+    }
+
+    #[test]
+    fn alpn_takes_names_in_preference_order_and_the_last_list_wins() {
+        assert_eq!(config("-port 1").tls.alpn, Vec::<String>::new());
+        assert_eq!(
+            config("-port 1 -alpn h2,http/1.1").tls.alpn,
+            ["h2", "http/1.1"]
+        );
+        assert_eq!(config("-port 1 -alpn h2 -alpn imap").tls.alpn, ["imap"]);
+        let longest = "x".repeat(255);
+        assert_eq!(
+            config(&format!("-port 1 -alpn {longest}")).tls.alpn,
+            [longest]
+        );
+    }
+
+    #[test]
+    fn alpn_refuses_empty_and_overlong_names_and_names_that_are_not_printable() {
+        for list in ["h2,,http/1.1", ",h2", "h2,"] {
+            assert_eq!(
+                error_of(&["-port".into(), "1".into(), "-alpn".into(), list.into()]),
+                vec![format!(
+                    "-alpn: empty protocol name in '{list}' (names are separated by single commas)"
+                )]
+            );
+        }
+        assert_eq!(
+            error_of(&["-port".into(), "1".into(), "-alpn".into(), "".into()]),
+            vec!["-alpn: empty protocol name in '' (names are separated by single commas)"]
+        );
+        let overlong = format!("h2,{}", "y".repeat(256));
+        assert_eq!(
+            error(&format!("-port 1 -alpn {overlong}")),
+            vec![format!(
+                "-alpn: protocol name '{}...' is 256 bytes long; ALPN allows at most 255",
+                "y".repeat(16)
+            )]
+        );
+        for (list, message) in [
+            (
+                "h2,http/1.1 x",
+                r#"-alpn: protocol name "http/1.1 x" contains ' '; use printable ASCII without spaces"#,
+            ),
+            (
+                "caf\u{e9}",
+                "-alpn: protocol name \"caf\u{e9}\" contains '\u{e9}'; use printable ASCII without spaces",
+            ),
+            (
+                "a\tb",
+                r#"-alpn: protocol name "a\tb" contains '\t'; use printable ASCII without spaces"#,
+            ),
+        ] {
+            assert_eq!(
+                error_of(&["-port".into(), "1".into(), "-alpn".into(), list.into()]),
+                vec![message]
+            );
+        }
+    }
+
+    #[test]
+    fn alpn_refuses_a_list_longer_than_a_handshake_can_carry() {
+        let name = "z".repeat(255);
+        // 256 names of 255 bytes take 256 * 256 = 65536 bytes with their length bytes: one too many.
+        let too_long = vec![name.as_str(); 256].join(",");
+        assert_eq!(
+            error(&format!("-port 1 -alpn {too_long}")),
+            vec!["-alpn: the list takes 65536 bytes in a TLS handshake; ALPN allows at most 65535"]
+        );
+        let fits = vec![name.as_str(); 255].join(",");
+        assert_eq!(config(&format!("-port 1 -alpn {fits}")).tls.alpn.len(), 255);
     }
 
     #[test]

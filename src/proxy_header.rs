@@ -14,7 +14,8 @@
 //!   `UNKNOWN`, which would make the backend use the wrapper's own address.
 //! - v1 writes IPv6 in hex groups with RFC 5952 `::` compression, never with a dotted IPv4 tail.
 //! - IPv6 scope ids and flow labels have no field in either format and are dropped.
-//! - v1 carries no TLS facts; v2 always carries PP2_TYPE_SSL when TLS facts are given.
+//! - v1 carries no TLS facts; v2 always carries PP2_TYPE_SSL when TLS facts are given, and PP2_TYPE_ALPN when the
+//!   handshake agreed on an application protocol.
 //! - Each text TLV has a longest value it is sent with (the longest that value can rightly be), so the v2 header
 //!   is always within 536 bytes without any choosing between facts.
 //! - No PP2_TYPE_CRC32C: the hop to the backend is a TCP connection whose own checksum covers
@@ -181,6 +182,7 @@ const V2_TCP_OVER_IPV4: u8 = 0x11;
 const V2_TCP_OVER_IPV6: u8 = 0x21;
 /// Signature, version/command, family/transport and the u16 length.
 const V2_FIXED_PART_LEN: usize = 16;
+const PP2_TYPE_ALPN: u8 = 0x01;
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
@@ -192,12 +194,15 @@ const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 /// The longest value of each text TLV, chosen so that every header fits the smallest TCP segment every host must
 /// accept (576 - 40 = 536 bytes), as the spec designs both formats to, and arrives in the one read receivers such as
 /// Dovecot do. "TLSv1.3" and cipher names such as "ECDHE-ECDSA-CHACHA20-POLY1305" are far
-/// shorter; X.509 bounds a common name at 64 characters (ub-common-name) and DNS a host name at 253 bytes. With
-/// these bounds the largest header is 16 + 36 (IPv6) + 8 + (3 + 16) + (3 + 64) + (3 + 64) + (3 + 253) = 469 bytes.
+/// shorter; X.509 bounds a common name at 64 characters (ub-common-name) and DNS a host name at 253 bytes. ALPN
+/// allows 255-byte names, but the registered ones are at most a dozen bytes ("http/1.1", "h2", "imap",
+/// "acme-tls/1"), and 64 is what is left. With these bounds the largest header is
+/// 16 + 36 (IPv6) + 8 + (3 + 16) + (3 + 64) + (3 + 64) + (3 + 253) + (3 + 64) = 536 bytes.
 const MAX_VERSION_LEN: usize = 16;
 const MAX_CN_LEN: usize = 64;
 const MAX_CIPHER_LEN: usize = 64;
 const MAX_AUTHORITY_LEN: usize = 253;
+const MAX_ALPN_LEN: usize = 64;
 
 fn v2_header(endpoints: &Endpoints, tls: Option<&TlsFacts>) -> Vec<u8> {
     let (family_and_transport, address_block) = v2_address_block(endpoints);
@@ -235,7 +240,7 @@ fn v2_address_block(endpoints: &Endpoints) -> (u8, Vec<u8>) {
     (family_and_transport, block)
 }
 
-/// Every length written is bounded by the TLV bounds (at most 469 bytes in all), so it always fits the u16 field.
+/// Every length written is bounded by the TLV bounds (at most 536 bytes in all), so it always fits the u16 field.
 fn length_field(len: usize) -> [u8; 2] {
     u16::try_from(len)
         .expect("lengths are bounded by the MAX_*_LEN bounds")
@@ -256,7 +261,8 @@ impl Tlv {
     }
 }
 
-/// PP2_TYPE_AUTHORITY (the server name) and PP2_TYPE_SSL with its flags, verify result and sub-TLVs, in type order.
+/// PP2_TYPE_ALPN (the application protocol), PP2_TYPE_AUTHORITY (the server name) and PP2_TYPE_SSL with its flags,
+/// verify result and sub-TLVs, in type order.
 fn tls_tlvs(facts: &TlsFacts) -> Vec<u8> {
     let verified_cn = facts
         .verified_client
@@ -273,6 +279,10 @@ fn tls_tlvs(facts: &TlsFacts) -> Vec<u8> {
     for tlv in sub_tlvs.iter().flatten() {
         tlv.encode_into(&mut ssl_value);
     }
+    let alpn = facts
+        .alpn
+        .as_deref()
+        .and_then(|protocol| text_tlv(PP2_TYPE_ALPN, protocol, MAX_ALPN_LEN));
     let authority = facts
         .server_name
         .as_deref()
@@ -282,7 +292,7 @@ fn tls_tlvs(facts: &TlsFacts) -> Vec<u8> {
         value: ssl_value,
     };
     let mut out = Vec::new();
-    for tlv in authority.iter().chain([&ssl]) {
+    for tlv in alpn.iter().chain(authority.iter()).chain([&ssl]) {
         tlv.encode_into(&mut out);
     }
     out
@@ -749,21 +759,38 @@ mod tests {
     }
 
     #[test]
+    fn v2_carries_the_agreed_application_protocol_first() {
+        let facts = TlsFacts {
+            alpn: Some("h2".to_string()),
+            server_name: Some("www.example.org".to_string()),
+            ..tls13()
+        };
+        let header = v2("192.0.2.7:1234", "192.0.2.1:443", Some(&facts));
+        let parsed = parse_v2(&header);
+        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x02, 0x20]);
+        assert_eq!(find(&parsed.tlvs, 0x01), Some(&b"h2"[..]));
+        assert_eq!(header[16 + 12..16 + 12 + 5], [0x01, 0x00, 0x02, b'h', b'2']);
+        let without = v2("192.0.2.7:1234", "192.0.2.1:443", Some(&tls13()));
+        assert_eq!(kinds(&parse_v2(&without).tlvs), [0x20]);
+    }
+
+    #[test]
     fn v2_values_at_their_bounds_are_sent_and_the_header_still_fits() {
         let mut facts = TlsFacts {
             protocol: "p".repeat(MAX_VERSION_LEN),
             cipher: "c".repeat(MAX_CIPHER_LEN),
             server_name: Some("s".repeat(MAX_AUTHORITY_LEN)),
+            alpn: Some("a".repeat(MAX_ALPN_LEN)),
             ..verified_client("unused")
         };
         if let Some(names) = facts.verified_client.as_mut() {
             names.common_name = Some("n".repeat(MAX_CN_LEN));
         }
         let header = v2("[2001:db8::7]:50000", "[2001:db8::1]:993", Some(&facts));
-        assert_eq!(header.len(), 469);
+        assert_eq!(header.len(), 536);
         assert!(header.len() <= MAX_V2_HEADER_LEN);
         let parsed = parse_v2(&header);
-        assert_eq!(kinds(&parsed.tlvs), [0x02, 0x20]);
+        assert_eq!(kinds(&parsed.tlvs), [0x01, 0x02, 0x20]);
         assert_eq!(kinds(&parse_ssl(&parsed).sub_tlvs), [0x21, 0x22, 0x23]);
     }
 
@@ -773,6 +800,7 @@ mod tests {
             protocol: "p".repeat(MAX_VERSION_LEN + 1),
             cipher: "c".repeat(MAX_CIPHER_LEN + 1),
             server_name: Some("s".repeat(MAX_AUTHORITY_LEN + 1)),
+            alpn: Some("a".repeat(MAX_ALPN_LEN + 1)),
             ..verified_client("unused")
         };
         if let Some(names) = facts.verified_client.as_mut() {

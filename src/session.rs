@@ -47,7 +47,12 @@ fn serve_tls_from_the_start(
         }
     };
     let facts = TlsFacts::of(stream.ssl());
-    log_debug!("{peer}: {} {} established", facts.protocol, facts.cipher);
+    log_debug!(
+        "{peer}: {} {} established{}",
+        facts.protocol,
+        facts.cipher,
+        alpn_note(&facts)
+    );
     // Only the backend's own connect limit applies: the handshake is over.
     let mut backend = match Backside::open(config, addresses, TlsState::Established(&facts), None) {
         Ok(backend) => backend,
@@ -145,9 +150,10 @@ fn upgrade(
         .map_err(|reason| format!("TLS handshake with {peer} after STARTTLS failed: {reason}"))?;
     let facts = TlsFacts::of(stream.ssl());
     log_debug!(
-        "{peer}: STARTTLS done, {} {} established",
+        "{peer}: STARTTLS done, {} {} established{}",
         facts.protocol,
-        facts.cipher
+        facts.cipher,
+        alpn_note(&facts)
     );
     let mut filter = AfterTls::new(mode.proto);
     let mut pending = Vec::new();
@@ -155,6 +161,14 @@ fn upgrade(
     plaintext_phase::write_all_within(&mut stream, &pending, deadline)
         .map_err(|reason| format!("{peer}: {reason}"))?;
     Ok((stream, filter))
+}
+
+/// ", ALPN h2" for the session line when a protocol was agreed, else nothing.
+fn alpn_note(facts: &TlsFacts) -> String {
+    facts
+        .alpn
+        .as_ref()
+        .map_or_else(String::new, |protocol| format!(", ALPN {protocol}"))
 }
 
 /// A session on which nothing moved for this long gives its relay buffers back: an idle session (a mail client in
@@ -249,6 +263,9 @@ fn handshake_failure_reason(stream: &SslStream<ClientIo>, error: &openssl::ssl::
         return "client closed the connection during the handshake".to_string();
     }
     let reason = tls_reason(error);
+    if let Some(refusal) = tls::refused_alpn_offer(stream.ssl()) {
+        return format!("{reason} ({refusal})");
+    }
     let verify = stream.ssl().verify_result();
     if verify != openssl::x509::X509VerifyResult::OK {
         return match tls::refused_client_certificate(stream.ssl()) {

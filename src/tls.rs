@@ -1,7 +1,8 @@
 //! Builds the OpenSSL server context from the command line: protocol range, ciphers, certificate chain and key (or
-//! the `-nocert` ephemeral certificate and anonymous suites), client verification and the CA list. Nothing else in
-//! sslwrap configures OpenSSL. Every failure is a message naming the file or option and the reason; the system
-//! OpenSSL defaults rule unless the command line asks for something older, which is then logged as a warning.
+//! the `-nocert` ephemeral certificate and anonymous suites), client verification, the CA list and the ALPN choice
+//! (`-alpn`). Nothing else in sslwrap configures OpenSSL. Every failure is a message naming the file or option and
+//! the reason; the system OpenSSL defaults rule unless the command line asks for something older, which is then
+//! logged as a warning.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -17,8 +18,8 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::ssl::{
-    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslRef,
-    SslSessionCacheMode, SslVerifyMode, SslVersion,
+    AlpnError, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion, select_next_proto,
 };
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Lookup, X509StoreBuilder};
@@ -99,6 +100,7 @@ pub fn build_context(
         use_certificate_files(&mut context, options)?;
     }
     set_client_verification(&mut context, options)?;
+    set_alpn(&mut context, &options.alpn)?;
     if log_states {
         sys::report_handshake_states(&mut context, log_handshake_state);
     }
@@ -912,7 +914,8 @@ fn warn_if_crl_expired(file: &Path, crl: &X509CrlRef) {
     };
     if next_update < now {
         log_warning!(
-            "-CRLfile: the CRL of {} in {} expired on {next_update} (its nextUpdate): every client certificate              of that CA is refused with 'CRL has expired' until a newer CRL is installed",
+            "-CRLfile: the CRL of {} in {} expired on {next_update} (its nextUpdate): every client certificate \
+             of that CA is refused with 'CRL has expired' until a newer CRL is installed",
             crate::tls_facts::one_line_name(crl.issuer_name()),
             file.display()
         );
@@ -948,6 +951,93 @@ fn require_hashed_crls(option: &str, ca_path: Option<&Path>) -> Result<(), Strin
          client certificate would be refused with 'unable to get certificate CRL' (give -CRLfile FILE, or put the \
          CRLs in the -CApath directory and run openssl rehash on it)"
     ))
+}
+
+/// Where a connection keeps what its client offered with ALPN when none of it is in -alpn, for the failure line.
+static REFUSED_ALPN_OFFER: OnceLock<Index<Ssl, String>> = OnceLock::new();
+
+/// At most this many of a refused client's protocol names are quoted in the log line.
+const QUOTED_OFFER_NAMES: usize = 8;
+
+/// `-alpn`: the callback that chooses the application protocol, set once on the context (so in daemon mode every
+/// session process inherits it). A client that offers ALPN gets the first name of -alpn that it offers too:
+/// SSL_select_next_proto walks its first list, the server's, and takes the first name found in the second. A
+/// client offering none of them gets the fatal no_application_protocol alert (RFC 7301, section 3.2: OpenSSL sends
+/// it for SSL_TLSEXT_ERR_ALERT_FATAL). A client that sends no ALPN extension never reaches the callback and goes on
+/// without ALPN, as with a server that does not know it.
+fn set_alpn(context: &mut SslContextBuilder, names: &[String]) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let refused_index = match REFUSED_ALPN_OFFER.get() {
+        Some(index) => *index,
+        None => {
+            let index = Ssl::new_ex_index().map_err(|e| openssl_failure("-alpn", &e))?;
+            *REFUSED_ALPN_OFFER.get_or_init(|| index)
+        }
+    };
+    let ours = alpn_wire_form(names);
+    let allowed = names.join(",");
+    context.set_alpn_select_callback(move |ssl, offered| {
+        match select_next_proto(&ours, offered) {
+            // The callback must answer with bytes of the client's list, which outlives it; the chosen name is in
+            // both lists, so the same name is taken from the client's.
+            Some(chosen) => alpn_names(offered)
+                .find(|name| *name == chosen)
+                .ok_or(AlpnError::ALERT_FATAL),
+            None => {
+                let offer = describe_alpn_offer(offered);
+                ssl.set_ex_data(
+                    refused_index,
+                    format!("the client offers ALPN {offer}, none of -alpn {allowed}"),
+                );
+                Err(AlpnError::ALERT_FATAL)
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Why the handshake refused the client for ALPN, if it did: its offer and -alpn's list.
+pub fn refused_alpn_offer(ssl: &SslRef) -> Option<&str> {
+    let index = REFUSED_ALPN_OFFER.get()?;
+    ssl.ex_data(*index).map(String::as_str)
+}
+
+/// ALPN's wire form (RFC 7301, section 3.1): each name after a byte giving its length. options.rs has checked that
+/// every name is 1 to 255 bytes long.
+fn alpn_wire_form(names: &[String]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for name in names {
+        wire.push(name.len() as u8);
+        wire.extend_from_slice(name.as_bytes());
+    }
+    wire
+}
+
+/// The names of a list in ALPN's wire form; a length running past the end (which OpenSSL has refused before any
+/// callback sees the list) ends it.
+fn alpn_names(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (&length, rest) = wire.split_first()?;
+        let (name, after) = rest.split_at_checked(usize::from(length))?;
+        wire = after;
+        Some(name)
+    })
+}
+
+/// A client's offer for a log line: its first names, quoted with any byte that is not printable escaped, so that
+/// what the client sent cannot pose as another part of the line.
+fn describe_alpn_offer(offered: &[u8]) -> String {
+    let names: Vec<String> = alpn_names(offered)
+        .map(|name| format!("{:?}", String::from_utf8_lossy(name)))
+        .collect();
+    let quoted = names.len().min(QUOTED_OFFER_NAMES);
+    let mut text = names[..quoted].join(" ");
+    if names.len() > quoted {
+        text.push_str(&format!(" and {} more", names.len() - quoted));
+    }
+    text
 }
 
 /// -CAfile: its certificates become trust anchors, and their subject names, each once and in file order, the list
@@ -1031,6 +1121,29 @@ mod tests {
         };
         let error = build_context(&options, false, ContextUse::Daemon).unwrap_err();
         assert!(error.starts_with("-cipher 'NO-SUCH-CIPHER'"), "{error}");
+    }
+
+    #[test]
+    fn alpn_names_go_on_the_wire_after_their_lengths_and_read_back() {
+        let wire = alpn_wire_form(&["h2".to_string(), "http/1.1".to_string()]);
+        assert_eq!(wire, b"\x02h2\x08http/1.1");
+        let names: Vec<&[u8]> = alpn_names(&wire).collect();
+        assert_eq!(names, [&b"h2"[..], &b"http/1.1"[..]]);
+        // A length running past the end ends the list.
+        assert_eq!(alpn_names(b"\x02h2\x09http/1.1").count(), 1);
+    }
+
+    #[test]
+    fn a_refused_offer_is_quoted_escaped_and_cut_after_a_few_names() {
+        assert_eq!(
+            describe_alpn_offer(b"\x02h2\x04a\nb\"\x02\xff\xfe"),
+            "\"h2\" \"a\\nb\\\"\" \"\u{fffd}\u{fffd}\""
+        );
+        let many: Vec<u8> = (0..10u8).flat_map(|n| [1, b'0' + n]).collect();
+        assert_eq!(
+            describe_alpn_offer(&many),
+            r#""0" "1" "2" "3" "4" "5" "6" "7" and 2 more"#
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What a finished handshake settled about one session (protocol, cipher, the client certificate, the server name the
-//! client asked for), read once from the SSL object and then handed to the log lines, the `-exec` environment and
+//! client asked for, the application protocol agreed with ALPN), read once from the SSL object and then handed to the log lines, the `-exec` environment and
 //! the PROXY v2 header. It must never hold the names of a client certificate that was not verified, nor a server
 //! name that is not a valid host name: whatever reaches a backend from here is something the backend may trust.
 
@@ -24,6 +24,8 @@ pub struct TlsFacts {
     /// The session was resumed (from a ticket): a client certificate in it was shown on the connection that began the
     /// session, not on this one.
     pub resumed: bool,
+    /// The application protocol agreed with ALPN: always one of `-alpn`'s names, which are printable ASCII.
+    pub alpn: Option<String>,
 }
 
 /// The names in a verified client certificate.
@@ -67,6 +69,10 @@ impl TlsFacts {
                 .filter(|name| is_host_name(name))
                 .map(str::to_string),
             resumed: ssl.session_reused(),
+            alpn: ssl
+                .selected_alpn_protocol()
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .map(str::to_string),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! for v1 and v2, inetd and daemon modes, IPv4 (from a second loopback address, 127.0.0.5, so the client differs from
 //! sslwrap's own address) and IPv6 (::1); dovecot (`haproxy = yes`) for the client's address and for the security
 //! point of the issue: with v2's TLS TLV dovecot knows the session was encrypted and allows the login, with v1 it
-//! does not and refuses plaintext authentication.
+//! does not and refuses plaintext authentication. A backend that reads the v2 header back shows its server name and
+//! ALPN entries.
 
 mod common;
 mod support;
@@ -258,16 +259,22 @@ fn echo_the_v2_header(mut stream: std::net::TcpStream) {
     }
 }
 
-/// The top-level PP2_TYPE_AUTHORITY value of the v2 header the backend received for a client asking for
-/// `server_name` (IPv4, so 12 address bytes precede the TLVs).
-fn authority_sent_for(server_name: &str) -> Option<Vec<u8>> {
+/// The top-level TLV of type `kind` in the v2 header the backend received for a client set up by `configure`
+/// (IPv4, so 12 address bytes precede the TLVs), with sslwrap run with `-proxy v2` and `extra`.
+fn tlv_sent(
+    extra: &[&str],
+    configure: impl FnOnce(&mut openssl::ssl::SslRef),
+    kind: u8,
+) -> Option<Vec<u8>> {
     use std::io::Read;
-    let s = setup("px-sni");
-    let line = s.legacy_line(backend(echo_the_v2_header), &["-proxy", "v2"]);
+    let s = setup("px-tlv");
+    let mut words = vec!["-proxy", "v2"];
+    words.extend(extra);
+    let line = s.legacy_line(backend(echo_the_v2_header), &words);
     let inetd = Inetd::start(&as_strs(&line), &s.syslog);
     let connector = connector(|_| {});
     let mut ssl = openssl::ssl::Ssl::new(connector.context()).unwrap();
-    ssl.set_hostname(server_name).unwrap();
+    configure(&mut ssl);
     let mut client = ssl.connect(tcp(inetd.port)).expect("handshake failed");
     let mut fixed = [0u8; 16];
     client.read_exact(&mut fixed).unwrap();
@@ -276,12 +283,17 @@ fn authority_sent_for(server_name: &str) -> Option<Vec<u8>> {
     let mut tlvs = &rest[12..];
     while tlvs.len() >= 3 {
         let length = usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]]));
-        if tlvs[0] == 0x02 {
+        if tlvs[0] == kind {
             return Some(tlvs[3..3 + length].to_vec());
         }
         tlvs = &tlvs[3 + length..];
     }
     None
+}
+
+/// The PP2_TYPE_AUTHORITY value sent for a client asking for `server_name`.
+fn authority_sent_for(server_name: &str) -> Option<Vec<u8>> {
+    tlv_sent(&[], |ssl| ssl.set_hostname(server_name).unwrap(), 0x02)
 }
 
 #[test]
@@ -292,4 +304,25 @@ fn the_server_name_reaches_the_backend_only_when_it_is_a_host_name() {
     );
     assert_eq!(authority_sent_for("nl\nx"), None);
     assert_eq!(authority_sent_for("a name with spaces"), None);
+}
+
+/// PP2_TYPE_ALPN.
+const PP2_TYPE_ALPN: u8 = 0x01;
+
+#[test]
+fn the_agreed_application_protocol_reaches_the_backend_as_the_alpn_tlv() {
+    let offering = |alpn: &'static [u8]| {
+        move |ssl: &mut openssl::ssl::SslRef| ssl.set_alpn_protos(alpn).unwrap()
+    };
+    let alpn = ["-alpn", "h2,http/1.1"];
+    assert_eq!(
+        tlv_sent(&alpn, offering(b"\x08http/1.1\x02h2"), PP2_TYPE_ALPN).as_deref(),
+        Some(&b"h2"[..])
+    );
+    assert_eq!(
+        tlv_sent(&alpn, offering(b"\x08http/1.1"), PP2_TYPE_ALPN).as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    assert_eq!(tlv_sent(&alpn, |_| {}, PP2_TYPE_ALPN), None);
+    assert_eq!(tlv_sent(&[], offering(b"\x02h2"), PP2_TYPE_ALPN), None);
 }

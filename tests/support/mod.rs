@@ -1,7 +1,7 @@
-//! Real servers and real client programs for the STARTTLS, PROXY and privilege suites: a private dovecot (IMAP, POP3
-//! and a PROXY-protocol IMAP listener), Python's aiosmtpd storing every message in a Maildir, nginx listening with
-//! `proxy_protocol`, sslwrap in daemon mode, bounded runners for client programs, and line readers for raw protocol
-//! exchanges. Every process started here is stopped by its PID when its guard drops; every wait has a limit.
+//! Real servers and real client programs for the STARTTLS, PROXY, ALPN and privilege suites: a private dovecot (IMAP,
+//! POP3 and a PROXY-protocol IMAP listener), Python's aiosmtpd storing every message in a Maildir, nginx listening
+//! with `proxy_protocol` or speaking HTTP/2 in cleartext, sslwrap in daemon mode, bounded runners for client programs,
+//! and line readers for raw protocol exchanges. Every process started here is stopped by its PID when its guard drops; every wait has a limit.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -452,19 +452,36 @@ impl SmtpServer {
     }
 }
 
-/// nginx with `listen 127.0.0.1:PORT proxy_protocol`, logging what the PROXY header said, answering 200 to all.
+/// nginx on loopback, logging what the PROXY header said and which HTTP version the request came in.
 pub struct Nginx {
     pub port: u16,
     access_log: PathBuf,
     _service: Service,
 }
 
-/// The access log line: the header's source, source port and destination, and the TCP peer (sslwrap itself).
+/// The access log line: the header's source, source port and destination, the TCP peer (sslwrap itself), the
+/// request's protocol and the status.
 const NGINX_LOG_FORMAT: &str = "pp=$proxy_protocol_addr ppport=$proxy_protocol_port \
-     ppdst=$proxy_protocol_server_addr:$proxy_protocol_server_port peer=$remote_addr status=$status";
+     ppdst=$proxy_protocol_server_addr:$proxy_protocol_server_port peer=$remote_addr proto=$server_protocol \
+     status=$status";
 
 impl Nginx {
+    /// `listen 127.0.0.1:PORT proxy_protocol`, answering 200 to all.
     pub fn start(dir: &TempDir) -> Nginx {
+        Nginx::start_with(
+            dir,
+            "proxy_protocol",
+            "return 200 \"served behind sslwrap\\n\";",
+        )
+    }
+
+    /// `listen 127.0.0.1:PORT http2` without TLS: HTTP/2 in cleartext with prior knowledge (h2c), as a backend behind
+    /// sslwrap -alpn h2 speaks it; serves the files in `root`.
+    pub fn start_h2c(dir: &TempDir, root: &Path) -> Nginx {
+        Nginx::start_with(dir, "http2", &format!("root {};", root.display()))
+    }
+
+    fn start_with(dir: &TempDir, listen_parameter: &str, location: &str) -> Nginx {
         require_root();
         let base = dir.path("nginx");
         std::fs::create_dir_all(&base).unwrap();
@@ -479,7 +496,7 @@ impl Nginx {
         std::fs::write(
             &config,
             format!(
-                "# Private nginx for sslwrap's PROXY protocol tests.
+                "# Private nginx for sslwrap's tests.
 worker_processes 1;
 pid {base_text}/nginx.pid;
 error_log {base_text}/error.log info;
@@ -488,8 +505,8 @@ http {{
   log_format proxied '{NGINX_LOG_FORMAT}';
   access_log {} proxied;
 {temp_paths}  server {{
-    listen 127.0.0.1:{port} proxy_protocol;
-    location / {{ return 200 \"served behind sslwrap\\n\"; }}
+    listen 127.0.0.1:{port} {listen_parameter};
+    location / {{ {location} }}
   }}
 }}
 ",
