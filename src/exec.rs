@@ -36,7 +36,7 @@ const MAX_STDERR_LINE: usize = 1024;
 /// Every variable sslwrap sets for a program. All of them are removed from the environment sslwrap itself got before
 /// the ones that apply are set, so a name in sslwrap's own environment (an `SSL_CLIENT_S_DN` left by whoever started
 /// it) can never pass for a fact of this session.
-const OWNED_VARIABLES: [&str; 10] = [
+const OWNED_VARIABLES: [&str; 11] = [
     "PROTO",
     "TCPREMOTEIP",
     "TCPREMOTEPORT",
@@ -47,6 +47,7 @@ const OWNED_VARIABLES: [&str; 10] = [
     "SSL_CLIENT_S_DN",
     "SSL_CLIENT_I_DN",
     "SSL_ALPN",
+    "SSL_TLS_SNI",
 ];
 
 /// The connection facts for the program's environment.
@@ -71,6 +72,10 @@ pub fn environment(
     variables.push(("SSL_CIPHER", facts.cipher.clone()));
     if let Some(protocol) = &facts.alpn {
         variables.push(("SSL_ALPN", protocol.clone()));
+    }
+    // mod_ssl's name: the server name the client asked for, which also chose the -certdir certificate.
+    if let Some(name) = &facts.server_name {
+        variables.push(("SSL_TLS_SNI", name.clone()));
     }
     if let Some(client) = &facts.verified_client {
         variables.push(("SSL_CLIENT_S_DN", client.subject.clone()));
@@ -322,7 +327,7 @@ mod tests {
             cipher: "TLS_AES_128_GCM_SHA256".into(),
             client_cert_presented: true,
             verified_client: Some(crate::tls_facts::ClientNames::default()),
-            server_name: None,
+            server_name: Some("mail.example.org".into()),
             resumed: false,
             alpn: Some("h2".into()),
         };

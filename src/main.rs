@@ -3,6 +3,7 @@
 //! privilege is dropped), and hand over to inetd or daemon mode. It must stay thin.
 
 mod backend;
+mod certdir;
 mod client;
 mod daemon;
 mod exec;

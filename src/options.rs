@@ -79,6 +79,8 @@ pub enum CrlCheck {
 pub struct TlsOptions {
     pub cert: PathBuf,
     pub key: Option<PathBuf>,
+    /// `-certdir DIR`: certificates chosen by the server name the client asks for (SNI); -cert stays the default.
+    pub certdir: Option<PathBuf>,
     /// `-pass SOURCE`: where the pass phrase of an encrypted key comes from.
     pub pass: Option<PassSource>,
     pub nocert: bool,
@@ -106,6 +108,7 @@ impl Default for TlsOptions {
         TlsOptions {
             cert: PathBuf::from("server.pem"),
             key: None,
+            certdir: None,
             pass: None,
             nocert: false,
             verify: None,
@@ -290,6 +293,11 @@ const OPTIONS: &[OptionSpec] = &[
         "key",
         "private key, PEM (default: the -cert file; if encrypted, see -pass)",
         Path("FILE", |d, file| d.tls.key = Some(file)),
+    ),
+    row(
+        "certdir",
+        "certificates chosen by SNI: DIR/NAME.pem, DIR/_.DOMAIN.pem (-cert: default)",
+        Path("DIR", |d, dir| d.tls.certdir = Some(dir)),
     ),
     row(
         "nocert",
@@ -1143,6 +1151,17 @@ mod tests {
         assert_eq!(
             self::config("-port 1 -tls1_3 -tls1").tls.protocols.only,
             Some(Protocol::Tls1)
+        );
+    }
+
+    #[test]
+    fn certdir_is_kept_and_leaves_cert_the_default() {
+        let tls = config("-port 1 -cert default.pem -certdir /etc/sslwrap/names").tls;
+        assert_eq!(tls.certdir, Some(PathBuf::from("/etc/sslwrap/names")));
+        assert_eq!(tls.cert, PathBuf::from("default.pem"));
+        assert_eq!(
+            error("-port 1 -certdir"),
+            vec!["option -certdir needs a value"]
         );
     }
 

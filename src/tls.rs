@@ -101,6 +101,9 @@ pub fn build_context(
     }
     set_client_verification(&mut context, options)?;
     set_alpn(&mut context, &options.alpn)?;
+    if let Some(dir) = &options.certdir {
+        crate::certdir::choose_by_server_name(&mut context, dir, options, log_states, usage)?;
+    }
     if log_states {
         sys::report_handshake_states(&mut context, log_handshake_state);
     }
