@@ -207,6 +207,8 @@ fn load(
     let options = TlsOptions {
         cert: certificate.to_path_buf(),
         key: key.exists().then_some(key),
+        // -pass is for the -key file; its source may be spent already (fd:, stdin) or forgotten (inetd mode).
+        pass: None,
         nocert: false,
         certdir: None,
         ..options.clone()
