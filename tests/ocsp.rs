@@ -1,7 +1,7 @@
 //! `-ocsp FILE` end to end (issue 15, item 3): OCSP responses made here by `openssl ocsp` acting as its own responder
 //! (an index.txt, the test CA as signer; no network) are stapled for `openssl s_client -status` in inetd and daemon
-//! mode while they hold for the -cert certificate. An expired response, one for another certificate and one saying
-//! "revoked" are not stapled, with a warning naming the file; a SIGHUP reload reads the file again; a daemon stops
+//! mode while they hold for the -cert certificate. An expired response, one for another certificate, one saying
+//! "revoked" and one signed by a stranger are not stapled, with a warning naming the file; a SIGHUP reload reads the file again; a daemon stops
 //! stapling once the response's nextUpdate passes; a file that is no OCSP response is a start-up error naming it.
 //! Responses dated in the past are made under `faketime`. Every wait is bounded.
 
@@ -39,8 +39,8 @@ fn index_line(certificate: &X509, revoked: bool) -> String {
     format!("{status}\t301231000000Z\t{revoked_at}\t{serial}\tunknown\t/CN=test\n")
 }
 
-/// Makes `out`, an OCSP response from the test CA for `certificate` (found as `status` says), valid for `validity`
-/// (openssl ocsp's -ndays/-nmin) from the time `clock` (a faketime offset such as "-3d"; None: now).
+/// Makes `out`, an OCSP response of the test CA for `certificate` (valid, or revoked), valid for `validity` (openssl
+/// ocsp's -ndays/-nmin) from the time `clock` (a faketime offset such as "-3d"; None: now).
 fn make_response(
     s: &Setup,
     certificate: &X509,
@@ -49,8 +49,23 @@ fn make_response(
     validity: &[&str],
     out: &Path,
 ) {
-    let ca_key = s.dir.path("ca.key");
-    std::fs::write(&ca_key, s.pki.ca.key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    make_signed_response(s, &s.pki.ca, certificate, revoked, clock, validity, out);
+}
+
+/// As make_response, but signed by `signer`.
+fn make_signed_response(
+    s: &Setup,
+    signer: &Identity,
+    certificate: &X509,
+    revoked: bool,
+    clock: Option<&str>,
+    validity: &[&str],
+    out: &Path,
+) {
+    let signer_key = s.dir.path("signer.key");
+    std::fs::write(&signer_key, signer.key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let signer_cert = s.dir.path("signer.pem");
+    std::fs::write(&signer_cert, signer.cert.to_pem().unwrap()).unwrap();
     let subject = s.dir.path("subject.pem");
     std::fs::write(&subject, certificate.to_pem().unwrap()).unwrap();
     let index = s.dir.path("index.txt");
@@ -65,9 +80,9 @@ fn make_response(
         "-index",
         path(&index),
         "-rsigner",
-        ca,
+        path(&signer_cert),
         "-rkey",
-        path(&ca_key),
+        path(&signer_key),
         "-CA",
         ca,
     ]);
@@ -267,6 +282,33 @@ fn a_response_saying_revoked_is_not_stapled() {
     let warning = s.syslog.expect("-ocsp: the response in");
     assert!(
         warning.contains(path(&response)) && warning.contains("it says the certificate is revoked"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn a_response_not_signed_by_the_issuer_is_not_stapled() {
+    let mut s = setup("ocsp-forged");
+    let stranger = issue("another CA", None, true);
+    let response = s.dir.path("forged.der");
+    make_signed_response(
+        &s,
+        &stranger,
+        &s.pki.server.cert,
+        false,
+        None,
+        &["-ndays", "1"],
+        &response,
+    );
+    let line = s.legacy_line(
+        backend(echo),
+        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(&response)],
+    );
+    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
+    assert_not_stapled(&s_client_status(inetd.port));
+    let warning = s.syslog.expect("-ocsp: the response in");
+    assert!(
+        warning.contains(path(&response)) && warning.contains("its signature does not verify"),
         "{warning}"
     );
 }
