@@ -80,10 +80,19 @@ pub fn judge(
             )));
         }
     };
-    let mut ids = Vec::new();
-    for digest in CERT_ID_DIGESTS {
-        ids.push(OcspCertId::from_cert(digest(), leaf, issuer)?);
-    }
+    let ids: Result<Vec<OcspCertId>, ErrorStack> = CERT_ID_DIGESTS
+        .iter()
+        .map(|digest| OcspCertId::from_cert(digest(), leaf, issuer))
+        .collect();
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => {
+            return Ok(Verdict::NotStapled(format!(
+                "the certificate's OCSP ID cannot be made: {}",
+                openssl_reason(&e)
+            )));
+        }
+    };
     let Some(status) = ids.iter().find_map(|id| basic.find_status(id)) else {
         return Ok(Verdict::NotStapled(format!(
             "it is for another certificate: it has no status for the -cert certificate (serial {})",

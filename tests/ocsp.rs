@@ -1,8 +1,9 @@
 //! `-ocsp FILE` end to end (issue 15, item 3): OCSP responses made here by `openssl ocsp` acting as its own responder
 //! (an index.txt, the test CA as signer; no network) are stapled for `openssl s_client -status` in inetd and daemon
 //! mode while they hold for the -cert certificate. An expired response, one for another certificate, one saying
-//! "revoked" and one signed by a stranger are not stapled, with a warning naming the file; a SIGHUP reload reads the file again; a daemon stops
-//! stapling once the response's nextUpdate passes; a file that is no OCSP response is a start-up error naming it.
+//! "revoked" and one signed by a stranger are not stapled, with a warning naming the file; a SIGHUP reload reads the
+//! file again; a daemon stops stapling once the response's nextUpdate passes, and says so once; a file that is no
+//! OCSP response is a start-up error naming it.
 //! Responses dated in the past are made under `faketime`. Every wait is bounded.
 
 mod common;
