@@ -209,6 +209,8 @@ fn load(
         key: key.exists().then_some(key),
         // -pass is for the -key file; its source may be spent already (fd:, stdin) or forgotten (inetd mode).
         pass: None,
+        // -ocsp is a response for the -cert certificate only.
+        ocsp: None,
         nocert: false,
         certdir: None,
         ..options.clone()

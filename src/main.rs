@@ -9,6 +9,7 @@ mod daemon;
 mod exec;
 mod inetd;
 mod log;
+mod ocsp_staple;
 mod options;
 mod pass_phrase;
 mod pidfile;

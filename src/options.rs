@@ -83,6 +83,8 @@ pub struct TlsOptions {
     pub certdir: Option<PathBuf>,
     /// `-pass SOURCE`: where the pass phrase of an encrypted key comes from.
     pub pass: Option<PassSource>,
+    /// `-ocsp FILE`: a DER OCSP response for the -cert certificate, stapled while it holds.
+    pub ocsp: Option<PathBuf>,
     pub nocert: bool,
     /// `-verify N` (ask, allow none) or `-Verify N` (require): the depth and whether a certificate is required.
     pub verify: Option<(u32, bool)>,
@@ -110,6 +112,7 @@ impl Default for TlsOptions {
             key: None,
             certdir: None,
             pass: None,
+            ocsp: None,
             nocert: false,
             verify: None,
             ca_file: None,
@@ -472,6 +475,11 @@ const OPTIONS: &[OptionSpec] = &[
         "pass phrase of an encrypted key: file:PATH (first line), env:VAR, fd:N, stdin (daemon mode), or pass:TEXT \
          (discouraged: every local user can read it in ps)",
         Path("SOURCE", |d, word| d.pass = Some(word.into_os_string())),
+    ),
+    row(
+        "ocsp",
+        "OCSP response for the -cert certificate, DER (openssl ocsp -respout), stapled while valid; reread on SIGHUP",
+        Path("FILE", |d, file| d.tls.ocsp = Some(file)),
     ),
     row(
         "maxconn",
@@ -886,6 +894,10 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
         }
     }
     errors.extend(crl_without_verify(&draft.tls));
+    // The -nocert certificate is made at start-up: no responder has ever seen it.
+    if draft.tls.ocsp.is_some() && draft.tls.nocert {
+        errors.push("options -ocsp and -nocert are incompatible".to_string());
+    }
     if !errors.is_empty() {
         return Err(UsageError {
             messages: errors,
@@ -1163,6 +1175,20 @@ mod tests {
             error("-port 1 -certdir"),
             vec!["option -certdir needs a value"]
         );
+    }
+
+    #[test]
+    fn ocsp_takes_a_file_and_excludes_nocert() {
+        assert_eq!(config("-port 1").tls.ocsp, None);
+        assert_eq!(
+            config("-port 1 -ocsp old.der -ocsp /etc/ocsp.der").tls.ocsp,
+            Some(PathBuf::from("/etc/ocsp.der"))
+        );
+        assert_eq!(
+            error("-port 1 -nocert -ocsp ocsp.der"),
+            vec!["options -ocsp and -nocert are incompatible"]
+        );
+        assert_eq!(error("-port 1 -ocsp"), vec!["option -ocsp needs a value"]);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
 //! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, the session ticket key
-//! callback, adding a CRL to a trust store, socket options, the environment, the monotonic clock), and the two poll
-//! helpers built on them. Each wrapper is small, returns `io::Result` where the call can fail, and states why its
-//! block is sound. Nothing outside this file may use
-//! `unsafe`.
+//! callback, adding a CRL to a trust store, the time left until an OCSP nextUpdate, a flag shared with forked
+//! processes, socket options, the environment, the monotonic clock), and the two poll helpers built on them. Each
+//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
+//! this file may use `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -632,6 +632,78 @@ pub fn add_crl_to_store(
     }
 }
 
+/// Seconds from now until `time`, negative once it has passed (ASN1_TIME_diff from the current time; the `openssl`
+/// crate offers it only for ASN1_TIME, while OCSP's times are GeneralizedTime). None for a time OpenSSL cannot read.
+pub fn seconds_until(time: &openssl::asn1::Asn1GeneralizedTimeRef) -> Option<i64> {
+    use foreign_types::ForeignTypeRef;
+    let (mut days, mut seconds) = (0, 0);
+    // SAFETY: the reference keeps the time alive for the call; a GeneralizedTime is an ASN1_STRING, the type
+    // ASN1_TIME_diff reads (it accepts both UTCTime and GeneralizedTime); a null `from` means the current time; the
+    // two outputs are valid, exclusively borrowed ints.
+    let known = unsafe {
+        openssl_sys::ASN1_TIME_diff(
+            &mut days,
+            &mut seconds,
+            std::ptr::null(),
+            time.as_ptr().cast::<openssl_sys::ASN1_TIME>(),
+        )
+    };
+    (known == 1).then(|| i64::from(days) * 86_400 + i64::from(seconds))
+}
+
+/// A flag shared by the process that makes it and every process forked from it afterwards (one anonymous shared
+/// mapping, mmap MAP_SHARED): what one daemon session process sets, the others and later ones see. Unmapped when
+/// dropped, in each process on its own.
+pub struct SharedFlag(std::ptr::NonNull<std::sync::atomic::AtomicBool>);
+
+// SAFETY: the mapping holds one AtomicBool, which may be used from any thread, and stays mapped until Drop.
+unsafe impl Send for SharedFlag {}
+// SAFETY: as for Send: only atomic operations touch the mapping.
+unsafe impl Sync for SharedFlag {}
+
+impl SharedFlag {
+    pub fn new() -> io::Result<SharedFlag> {
+        // SAFETY: a new anonymous mapping with no address hint and no descriptor; the result is checked against
+        // MAP_FAILED before use.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                std::mem::size_of::<std::sync::atomic::AtomicBool>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // An anonymous mapping is page-aligned and zero-filled, and a zero byte is a valid AtomicBool (false).
+        std::ptr::NonNull::new(address.cast())
+            .map(SharedFlag)
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))
+    }
+
+    /// Sets the flag; true if it was set already, by this process or a related one.
+    pub fn set(&self) -> bool {
+        // SAFETY: the pointer is the live mapping made in new, aligned and initialised (see there).
+        let flag = unsafe { self.0.as_ref() };
+        flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SharedFlag {
+    fn drop(&mut self) {
+        // SAFETY: the address and length are those of the mapping made in new, which nothing uses after this.
+        unsafe {
+            libc::munmap(
+                self.0.as_ptr().cast(),
+                std::mem::size_of::<std::sync::atomic::AtomicBool>(),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // End of the key and certificate file parsers.
 // ---------------------------------------------------------------------------------------------------------------
@@ -1228,6 +1300,25 @@ unsafe extern "C" fn handshake_state_changed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_flag_is_set_once_and_seen_by_a_forked_process() {
+        let flag = SharedFlag::new().unwrap();
+        assert!(!flag.set());
+        assert!(flag.set());
+        let other = SharedFlag::new().unwrap();
+        // The child only sets the flag and leaves with _exit: no lock or allocation after fork.
+        match fork().unwrap() {
+            Forked::Child => {
+                other.set();
+                exit_now(0)
+            }
+            Forked::Parent(pid) => {
+                wait_for_child(pid).unwrap();
+                assert!(other.set(), "the child's setting is not seen");
+            }
+        }
+    }
 
     #[test]
     fn read_line_takes_the_first_line_only_and_tells_empty_input_apart() {

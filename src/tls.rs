@@ -29,6 +29,7 @@ use openssl::x509::{
     X509StoreContextRef, X509VerifyResult,
 };
 
+use crate::ocsp_staple;
 use crate::options::{CrlCheck, Protocol, TlsOptions};
 use crate::pass_phrase::{self, PassSource};
 use crate::reason::{io_reason, openssl_reason};
@@ -97,7 +98,8 @@ pub fn build_context(
         use_ephemeral_certificate(&mut context)?;
         log_debug!("-nocert: using an ephemeral self-signed certificate and anonymous suites");
     } else {
-        use_certificate_files(&mut context, options)?;
+        let served = use_certificate_files(&mut context, options)?;
+        set_ocsp_staple(&mut context, options, &served)?;
     }
     set_client_verification(&mut context, options)?;
     set_alpn(&mut context, &options.alpn)?;
@@ -441,12 +443,18 @@ fn read_certificates(pem: &[u8]) -> Result<Vec<X509>, ErrorStack> {
     Ok(certificates)
 }
 
+/// The certificate sent to clients and the chain sent after it, as read from the -cert file.
+struct ServedCertificate {
+    leaf: X509,
+    chain: Vec<X509>,
+}
+
 /// Loads the certificate chain and the private key, checks they belong together, and warns when the key file can be
 /// read by others. An encrypted key needs `-pass`: an inetd-started process has nobody to ask for a pass phrase.
 fn use_certificate_files(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
-) -> Result<(), String> {
+) -> Result<ServedCertificate, String> {
     let cert_path = options.cert.as_path();
     let cert_file = read_file("-cert", cert_path)?;
     let chain = read_certificates(&cert_file.bytes).map_err(|e| {
@@ -472,7 +480,7 @@ fn use_certificate_files(
             openssl_reason(&e)
         )
     })?;
-    for intermediate in chain {
+    for intermediate in chain.iter().cloned() {
         context.add_extra_chain_cert(intermediate).map_err(|e| {
             format!(
                 "-cert: cannot use the chain in {}: {}",
@@ -502,7 +510,56 @@ fn use_certificate_files(
     context.set_private_key(&key).map_err(|_| mismatch())?;
     context.check_private_key().map_err(|_| mismatch())?;
     warn_if_readable_by_others(key_option, "private key file", key_path, key_file.mode);
-    Ok(())
+    Ok(ServedCertificate { leaf, chain })
+}
+
+/// `-ocsp FILE`: the DER OCSP response to staple for the -cert certificate, judged by ocsp_staple.rs against the
+/// issuer found in the -cert file's chain, else in -CAfile. A file that is no OCSP response is an error; a response
+/// that does not hold for the certificate (expired, another certificate's, revoked, badly signed) is a warning and
+/// is not stapled, so that a stale file left by a failed refresh never stops the service.
+fn set_ocsp_staple(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+    served: &ServedCertificate,
+) -> Result<(), String> {
+    let Some(file) = &options.ocsp else {
+        return Ok(());
+    };
+    let der = read_file("-ocsp", file)?.bytes;
+    let mut candidates = served.chain.clone();
+    if let Some(ca_file) = &options.ca_file {
+        let pem = read_file("-CAfile", ca_file)?.bytes;
+        candidates.extend(read_certificates(&pem).map_err(|e| {
+            format!(
+                "-CAfile: cannot use the certificates in {}: {}",
+                ca_file.display(),
+                openssl_reason(&e)
+            )
+        })?);
+    }
+    let issuer = candidates
+        .iter()
+        .find(|candidate| is_issued_by(&served.leaf, candidate));
+    let verdict = ocsp_staple::judge(&der, &served.leaf, issuer.map(|c| &**c), &candidates)
+        .map_err(|e| {
+            format!(
+                "-ocsp: {} is not a DER OCSP response (as openssl ocsp -respout writes): {}",
+                file.display(),
+                openssl_reason(&e)
+            )
+        })?;
+    match verdict {
+        ocsp_staple::Verdict::Staple(staple) => {
+            ocsp_staple::staple_on_request(context, file, staple)
+        }
+        ocsp_staple::Verdict::NotStapled(why) => {
+            log_warning!(
+                "-ocsp: the response in {} is not stapled: {why}",
+                file.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Warns when the certificate is sent without the certificate that issued it: a client that has only the root CA
