@@ -17,6 +17,7 @@ mod plaintext_phase;
 mod privs;
 mod proxy_header;
 mod reason;
+mod regular_file;
 mod relay;
 mod service_manager;
 mod session;

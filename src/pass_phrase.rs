@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::reason::io_reason;
+use crate::regular_file::{self, Refusal};
 use crate::sys::{self, Secret};
 use crate::{log_debug, log_warning};
 
@@ -214,17 +215,11 @@ fn read(source: &PassSource) -> Result<Secret, String> {
 /// Opens a pass phrase file: without blocking, so that a FIFO is refused instead of waiting for a writer forever
 /// (a reload must not hang the daemon), and with a warning when others may read it.
 fn open_regular_file(path: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let cannot_read = |error: std::io::Error| format!("cannot read it: {}", io_reason(&error));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(cannot_read)?;
-    let metadata = file.metadata().map_err(cannot_read)?;
-    if !metadata.is_file() {
-        return Err("not a regular file".to_string());
-    }
+    use std::os::unix::fs::PermissionsExt;
+    let (file, metadata) = regular_file::open(path).map_err(|refusal| match refusal {
+        Refusal::Unreadable(error) => format!("cannot read it: {}", io_reason(&error)),
+        Refusal::NotRegular => "not a regular file".to_string(),
+    })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         log_warning!(

@@ -33,6 +33,7 @@ use crate::ocsp_staple;
 use crate::options::{CrlCheck, Protocol, TlsOptions};
 use crate::pass_phrase::{self, PassSource};
 use crate::reason::{io_reason, openssl_reason};
+use crate::regular_file::{self, Refusal};
 use crate::ticket_keys::{KEY_FILE_LENGTHS, TicketKey, TicketKeys};
 use crate::{log_debug, log_warning, sys};
 
@@ -393,7 +394,7 @@ struct FileContents {
 /// Reads a regular file of at most MAX_FILE_BYTES, following symbolic links. The file is opened without blocking,
 /// so that a FIFO is refused like any other file that is not regular instead of waiting for a writer forever.
 fn read_file(option: &str, path: &Path) -> Result<FileContents, String> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let cannot_read = |error: std::io::Error| {
         format!(
             "{option}: cannot read {}: {}",
@@ -401,18 +402,10 @@ fn read_file(option: &str, path: &Path) -> Result<FileContents, String> {
             io_reason(&error)
         )
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(cannot_read)?;
-    let metadata = file.metadata().map_err(cannot_read)?;
-    if !metadata.is_file() {
-        return Err(format!(
-            "{option}: {} is not a regular file",
-            path.display()
-        ));
-    }
+    let (file, metadata) = regular_file::open(path).map_err(|refusal| match refusal {
+        Refusal::Unreadable(error) => cannot_read(error),
+        Refusal::NotRegular => format!("{option}: {} is not a regular file", path.display()),
+    })?;
     let length = usize::try_from(metadata.len())
         .ok()
         .filter(|&length| length <= MAX_FILE_BYTES)

@@ -175,6 +175,21 @@ fn send_sighup(pid: u32) {
     assert!(signalled.success());
 }
 
+/// Serves `response` in inetd mode: it must not be stapled, and the warning must name the file and `reason`.
+fn assert_not_stapled_in_inetd_mode(s: &mut Setup, response: &Path, reason: &str) {
+    let line = s.legacy_line(
+        backend(echo),
+        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(response)],
+    );
+    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
+    assert_not_stapled(&s_client_status(inetd.port));
+    let warning = s.syslog.expect("-ocsp: the response in");
+    assert!(
+        warning.contains(path(response)) && warning.contains(reason),
+        "{warning}"
+    );
+}
+
 #[test]
 fn inetd_mode_staples_a_good_response_for_a_client_that_asks() {
     let s = setup("ocsp-inetd");
@@ -224,17 +239,7 @@ fn a_daemon_staples_the_response_and_rereads_the_file_on_sighup() {
 fn an_expired_response_is_not_stapled_and_the_warning_names_the_file() {
     let mut s = setup("ocsp-expired");
     let response = expired_response(&s, "old.der");
-    let line = s.legacy_line(
-        backend(echo),
-        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(&response)],
-    );
-    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
-    assert_not_stapled(&s_client_status(inetd.port));
-    let warning = s.syslog.expect("-ocsp: the response in");
-    assert!(
-        warning.contains(path(&response)) && warning.contains("is not stapled: it expired on"),
-        "{warning}"
-    );
+    assert_not_stapled_in_inetd_mode(&mut s, &response, "is not stapled: it expired on");
 }
 
 #[test]
@@ -249,17 +254,7 @@ fn a_response_for_another_certificate_is_not_stapled() {
         &["-ndays", "1"],
         &response,
     );
-    let line = s.legacy_line(
-        backend(echo),
-        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(&response)],
-    );
-    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
-    assert_not_stapled(&s_client_status(inetd.port));
-    let warning = s.syslog.expect("-ocsp: the response in");
-    assert!(
-        warning.contains(path(&response)) && warning.contains("it is for another certificate"),
-        "{warning}"
-    );
+    assert_not_stapled_in_inetd_mode(&mut s, &response, "it is for another certificate");
 }
 
 #[test]
@@ -274,17 +269,7 @@ fn a_response_saying_revoked_is_not_stapled() {
         &["-ndays", "1"],
         &response,
     );
-    let line = s.legacy_line(
-        backend(echo),
-        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(&response)],
-    );
-    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
-    assert_not_stapled(&s_client_status(inetd.port));
-    let warning = s.syslog.expect("-ocsp: the response in");
-    assert!(
-        warning.contains(path(&response)) && warning.contains("it says the certificate is revoked"),
-        "{warning}"
-    );
+    assert_not_stapled_in_inetd_mode(&mut s, &response, "it says the certificate is revoked");
 }
 
 #[test]
@@ -301,17 +286,7 @@ fn a_response_not_signed_by_the_issuer_is_not_stapled() {
         &["-ndays", "1"],
         &response,
     );
-    let line = s.legacy_line(
-        backend(echo),
-        &["-CAfile", path(&s.pki.ca_pem), "-ocsp", path(&response)],
-    );
-    let inetd = Inetd::start(&as_strs(&line), &s.syslog);
-    assert_not_stapled(&s_client_status(inetd.port));
-    let warning = s.syslog.expect("-ocsp: the response in");
-    assert!(
-        warning.contains(path(&response)) && warning.contains("its signature does not verify"),
-        "{warning}"
-    );
+    assert_not_stapled_in_inetd_mode(&mut s, &response, "its signature does not verify");
 }
 
 #[test]
