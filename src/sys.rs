@@ -585,6 +585,8 @@ pub fn decrypt_private_key(
 
 /// The pem_password_cb of decrypt_private_key: copies the pass phrase into OpenSSL's buffer, which OpenSSL clears
 /// after use; -1 (OpenSSL's "no pass phrase") when it does not fit, rather than a cut one.
+// SAFETY: only OpenSSL calls it, as a pem_password_cb, with a buffer of `size` bytes and the user data that
+// decrypt_private_key passed; the body relies on nothing else.
 unsafe extern "C" fn give_pass_phrase(
     buffer: *mut libc::c_char,
     size: libc::c_int,
@@ -713,6 +715,7 @@ impl Drop for SharedFlag {
 // they are freed (and wiped) with the context: a daemon that reloads every hour keeps one list, never a pile.
 // ---------------------------------------------------------------------------------------------------------------
 
+// SAFETY: a type only: the signature OpenSSL's SSL_CTX_set_tlsext_ticket_key_evp_cb expects of its callback.
 type TicketKeyCallback = unsafe extern "C" fn(
     *mut openssl_sys::SSL,
     *mut u8,
@@ -754,10 +757,10 @@ pub fn seal_tickets_with(
         }
     };
     context.set_ex_data(slot, keys);
+    let callback: TicketKeyCallback = ticket_key_for;
     // SAFETY: the builder owns a valid SSL_CTX; the callback is a plain extern "C" fn that lives for the whole
     // program and finds its keys through the SSL it is given.
-    let set =
-        unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(context.as_ptr(), Some(ticket_key_for)) };
+    let set = unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(context.as_ptr(), Some(callback)) };
     if set != 1 {
         return Err(openssl::error::ErrorStack::get());
     }
@@ -774,6 +777,8 @@ const TICKET_DONE_RENEW: libc::c_int = 2;
 /// bytes and sets the cipher and HMAC up with that key. Opening (`sealing` = 0): finds the key `name` names and sets
 /// them up with it; a ticket of an older key also asks OpenSSL to give the client a new ticket, sealed with the first
 /// key, so clients move over before the older key is dropped. A ticket of no key known means a full handshake.
+// SAFETY: only OpenSSL calls it, as the ticket key callback, with the pointers its manual page describes (a live
+// SSL, a 16-byte name, an IV of the cipher's length, and contexts to set up); the body relies on nothing else.
 unsafe extern "C" fn ticket_key_for(
     ssl: *mut openssl_sys::SSL,
     name: *mut u8,
@@ -1253,15 +1258,16 @@ const SSL_CB_ALERT: libc::c_int = 0x4000;
 static STATE_REPORTER: std::sync::atomic::AtomicPtr<()> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
+// SAFETY: a type only: the signature SSL_CTX_set_info_callback expects of its callback.
+type InfoCallback = unsafe extern "C" fn(*const openssl_sys::SSL, libc::c_int, libc::c_int);
+
 // SAFETY: these declarations match the prototypes in OpenSSL 3's <openssl/ssl.h>.
 unsafe extern "C" {
-    fn SSL_CTX_set_info_callback(
-        ctx: *mut openssl_sys::SSL_CTX,
-        callback: Option<unsafe extern "C" fn(*const openssl_sys::SSL, libc::c_int, libc::c_int)>,
-    );
+    fn SSL_CTX_set_info_callback(ctx: *mut openssl_sys::SSL_CTX, callback: Option<InfoCallback>);
     fn SSL_alert_desc_string_long(value: libc::c_int) -> *const libc::c_char;
 }
 
+// SAFETY: only OpenSSL calls it, as the info callback, with a live SSL and plain integers.
 unsafe extern "C" fn handshake_state_changed(
     ssl: *const openssl_sys::SSL,
     kind: libc::c_int,
@@ -1271,8 +1277,8 @@ unsafe extern "C" fn handshake_state_changed(
     if reporter.is_null() {
         return;
     }
-    // SAFETY: STATE_REPORTER only ever holds a `fn(&str, &str)` stored by report_handshake_states.
     let report: fn(&str, &str) =
+        // SAFETY: STATE_REPORTER only ever holds a `fn(&str, &str)` stored by report_handshake_states.
         unsafe { std::mem::transmute::<*mut (), fn(&str, &str)>(reporter) };
     let what = match kind {
         k if k & SSL_CB_ALERT != 0 => "alert",

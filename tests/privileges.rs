@@ -83,47 +83,44 @@ fn echo_round_trip(client: &mut SslStream<TcpStream>, text: &[u8]) {
     assert_eq!(echoed, text);
 }
 
-/// Waits until the session process `pid` has switched to nobody (its last step: chroot and groups come before).
-fn wait_until_dropped(pid: u32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while status_field(pid, "Uid").first().map(String::as_str) != Some(NOBODY) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session process {pid} still runs as uid {:?}",
-            status_field(pid, "Uid")
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The process ID in a syslog line (`<N>sslwrap[PID]: ...`).
+fn logging_pid(line: &str) -> u32 {
+    let start = line.find("sslwrap[").expect("no sslwrap[PID] in the line") + "sslwrap[".len();
+    let end = start + line[start..].find(']').unwrap();
+    line[start..end].parse().unwrap()
 }
 
 #[test]
 fn daemon_sessions_drop_to_nobody_in_the_chroot_before_any_client_byte_and_the_parent_keeps_root() {
     require_root();
-    let s = setup("priv-daemon");
+    let mut s = setup("priv-daemon");
     let jail = jail(&s);
-    let line = s.legacy_line(backend(echo), &as_strs(&dropping(&jail)));
+    let mut extra = dropping(&jail);
+    extra.push("-state".to_string());
+    let line = s.legacy_line(backend(echo), &as_strs(&extra));
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
     let mut served = tls(daemon.port);
     echo_round_trip(&mut served, b"a session\n");
-    // A client that has sent nothing at all: its session process must have dropped already.
+    s.syslog.settle();
+    s.syslog.lines.clear();
+    // A client that sends nothing at all. Its session process says when its handshake starts, which is after the
+    // drop and before the first read: by then it must run as nobody inside the jail.
     let _idle = TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let sessions = loop {
-        let sessions: Vec<u32> = children_of(daemon.pid())
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .collect();
-        if sessions.len() == 2 {
-            break sessions;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "two session processes expected: {sessions:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let idle = logging_pid(&s.syslog.expect("TLS handshake start"));
+    let sessions: Vec<u32> = children_of(daemon.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "two session processes expected: {sessions:?}"
+    );
+    assert!(
+        sessions.contains(&idle),
+        "{idle} is no session of the daemon: {sessions:?}"
+    );
     for pid in sessions {
-        wait_until_dropped(pid);
         assert_dropped(pid, &jail, "a session process");
     }
     // The parent, which only accepts and forks, keeps root and the real root directory, to reload the key.
