@@ -108,15 +108,6 @@ fn without_alpn_a_client_offering_it_goes_on_without_it() {
     );
 }
 
-/// A shell script in the test directory.
-fn script(dir: &TempDir, name: &str, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 #[test]
 fn the_exec_program_finds_the_agreed_protocol_in_ssl_alpn() {
     let s = setup("alpn-exec");
@@ -277,11 +268,7 @@ fn a_daemon_keeps_choosing_after_a_sighup_reload() {
         alpn_line(&s_client(daemon.port, Some("http/1.1,h2"))),
         "ALPN protocol: h2"
     );
-    let status = std::process::Command::new("kill")
-        .args(["-s", "HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(daemon.pid(), "HUP");
     s.syslog.expect("certificate, key and CA files reloaded");
     assert_eq!(
         alpn_line(&s_client(daemon.port, Some("http/1.1,h2"))),

@@ -199,11 +199,7 @@ fn a_daemon_serves_a_file_added_before_sighup() {
         &Path::new(&dir).join("new.example.com.pem"),
         &named_identity("new certificate", &["new.example.com"]),
     );
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    send_signal(daemon.pid(), "HUP");
     s.syslog.expect("certificate, key and CA files reloaded");
     assert_eq!(
         served_common_name(daemon.port, Some("new.example.com")),

@@ -37,11 +37,7 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args(["-s", name, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.pid(), name);
     }
 
     fn open_descriptors(&self) -> usize {

@@ -17,14 +17,6 @@ fn setup(name: &str) -> (TempDir, Syslog, Pki) {
     (dir, syslog, pki)
 }
 
-fn script(dir: &TempDir, name: &str, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 #[test]
 fn cat_echoes_and_half_close_ends_the_program() {
     let (_dir, _syslog, pki) = setup("cat");

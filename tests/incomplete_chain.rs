@@ -135,11 +135,7 @@ fn a_reload_warns_about_a_renewed_certificate_sent_without_its_intermediate() {
         syslog.lines
     );
     write_cert_file(&cert, &issue("localhost", Some(&intermediate), false), &[]);
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    send_signal(daemon.0.id(), "HUP");
     syslog.expect("SIGHUP: certificate, key and CA files reloaded");
     assert_eq!(
         warnings_naming(syslog.settle(), &cert).len(),

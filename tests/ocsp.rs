@@ -167,14 +167,6 @@ fn write_server_with_chain(s: &Setup) -> PathBuf {
     file
 }
 
-fn send_sighup(pid: u32) {
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-}
-
 /// Serves `response` in inetd mode: it must not be stapled, and the warning must name the file and `reason`.
 fn assert_not_stapled_in_inetd_mode(s: &mut Setup, response: &Path, reason: &str) {
     let line = s.legacy_line(
@@ -224,7 +216,7 @@ fn a_daemon_staples_the_response_and_rereads_the_file_on_sighup() {
     assert_stapled_good(&s_client_status(daemon.port));
     assert_stapled_good(&s_client_status(daemon.port));
     std::fs::copy(expired_response(&s, "stale.der"), &response).unwrap();
-    send_sighup(daemon.pid());
+    send_signal(daemon.pid(), "HUP");
     s.syslog
         .expect("SIGHUP: certificate, key and CA files reloaded");
     let warning = s.syslog.expect("is not stapled");

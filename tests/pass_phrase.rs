@@ -255,11 +255,7 @@ impl DaemonWithInput {
     }
 
     fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args(["-s", name, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.pid(), name);
     }
 
     /// Where each open descriptor of the daemon leads, as /proc shows it.

@@ -195,11 +195,7 @@ fn a_certbot_renewal_in_root_only_directories_reloads_on_sighup_while_sessions_r
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
     assert_eq!(server_common_name(daemon.port), "first");
     letsencrypt.issue(2, &issue("renewed", Some(&s.pki.ca), false));
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    send_signal(daemon.pid(), "HUP");
     daemon.notifications().until("RELOADING=1");
     daemon.notifications().until("READY=1");
     let reloaded = s.syslog.expect("SIGHUP:");
@@ -449,11 +445,7 @@ fn kill_a_session(daemon: u32, port: u16) {
         assert!(std::time::Instant::now() < deadline, "no session process");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &child.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    send_signal(child, "KILL");
     wait_until_reaped(daemon, child);
 }
 

@@ -300,11 +300,7 @@ fn a_reload_reads_the_crl_file_again() {
         &clients.crl_file,
         &[crl(&s.pki.ca, &[&clients.revoked_identity.cert], 30 * DAY)],
     );
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    send_signal(daemon.0.id(), "HUP");
     s.syslog
         .expect("SIGHUP: certificate, key and CA files reloaded");
     expect_revoked_refused_and_good_passing(&mut s, port, &clients);

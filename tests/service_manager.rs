@@ -415,13 +415,7 @@ fn the_shipped_daemon_unit_s_capabilities_suffice_to_drop_per_session_and_reload
         "the daemon does not run with only CAP_SETGID and CAP_SETUID:\n{status}"
     );
     write_identity(&pem, &issue("renewed", Some(&s.pki.ca), false));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(pid, "HUP");
     notify.until("RELOADING=1");
     notify.until("READY=1");
     let reloaded = s.syslog.expect("SIGHUP:");

@@ -844,11 +844,7 @@ fn a_reload_refuses_a_device_and_keeps_serving() {
     let _notifications = spawned.notifications;
     std::fs::remove_file(&cert).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &cert).unwrap();
-    let signalled = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    send_signal(daemon.0.id(), "HUP");
     let line = s.syslog.expect("SIGHUP: reload failed");
     assert!(
         line.contains(&format!("-cert: {} is not a regular file", cert.display())),

@@ -765,3 +765,21 @@ pub fn server_common_name(port: u16) -> String {
         .unwrap();
     entry.data().to_string().unwrap()
 }
+
+/// Sends signal `name` ("HUP", "TERM" ...) to the process `pid`, as an administrator's kill(1) does.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {name} {pid} failed");
+}
+
+/// A shell script `name` in `dir` running `body`, executable; returns its path.
+pub fn script(dir: &TempDir, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
