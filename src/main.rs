@@ -102,6 +102,14 @@ fn run(config: &mut Config, handover: &Handover) -> i32 {
         }
     };
     let inetd_mode = config.accept.is_none() && passed.is_empty();
+    if let Some(pass_phrase::PassSource::Descriptor(fd)) = config.tls.pass {
+        if handover.passed_fds.contains(&fd) {
+            log_error!(
+                "-pass fd:{fd}: descriptor {fd} is a socket the service manager passed, not a pass phrase"
+            );
+            return 1;
+        }
+    }
     if let Some(source) = &mut config.tls.pass {
         if let Err(reason) = pass_phrase::read_at_start_up(source, inetd_mode) {
             log_error!("{reason}");

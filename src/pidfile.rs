@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::log_warning;
+use crate::regular_file;
 
 /// A written pid file; dropping it in the process that wrote it removes it.
 pub struct PidFile {
@@ -43,10 +44,24 @@ impl Drop for PidFile {
         if std::process::id() != self.writer {
             return;
         }
-        if std::fs::read_to_string(&self.path).is_ok_and(|now| now == self.contents) {
+        if still_names(&self.path, &self.contents) {
             if let Err(error) = std::fs::remove_file(&self.path) {
                 log_warning!("-pidfile: cannot remove {}: {error}", self.path.display());
             }
         }
     }
+}
+
+/// Whether the file at `path` still holds exactly `contents`: read without blocking and only if it is a regular file,
+/// so that whatever was put at the path meanwhile (a FIFO, a device) never holds up the daemon's exit.
+fn still_names(path: &Path, contents: &str) -> bool {
+    use std::io::Read;
+    let Ok((file, _)) = regular_file::open(path) else {
+        return false;
+    };
+    let mut now = String::new();
+    // One byte more than expected is enough to tell a longer file apart.
+    file.take(contents.len() as u64 + 1)
+        .read_to_string(&mut now)
+        .is_ok_and(|_| now == contents)
 }

@@ -5,10 +5,15 @@
 //! as root when it was told not to.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::sys::{self, ChildEnd, Forked};
+
+/// How long the start-up trial of the drop may take.
+const TRIAL_LIMIT: Duration = Duration::from_secs(10);
 
 /// The identity to switch to, resolved while /etc/passwd is still reachable (before chroot).
 pub struct Identity {
@@ -118,6 +123,17 @@ impl Identity {
             Err(error) => return Err(format!("cannot try {}: fork: {error}", self.description)),
         };
         drop(child_end);
+        // The child only changes its root and ids; should one of those calls hang, start-up must not.
+        let deadline = Instant::now() + TRIAL_LIMIT;
+        if !sys::wait_until(report.as_raw_fd(), libc::POLLIN, deadline).unwrap_or(false) {
+            let _ = sys::signal_child(pid as u32, libc::SIGKILL);
+            let _ = sys::wait_for_child(pid);
+            return Err(format!(
+                "trying {} failed: the trial process did not finish within {} s",
+                self.description,
+                TRIAL_LIMIT.as_secs()
+            ));
+        }
         let mut reason = String::new();
         let _ = report.read_to_string(&mut reason);
         match sys::wait_for_child(pid) {

@@ -1046,12 +1046,7 @@ pub fn reap_one_child() -> Option<(libc::pid_t, ChildEnd)> {
     if pid <= 0 {
         return None;
     }
-    let end = if libc::WIFSIGNALED(status) {
-        ChildEnd::Killed(libc::WTERMSIG(status))
-    } else {
-        ChildEnd::Exited(libc::WEXITSTATUS(status))
-    };
-    Some((pid, end))
+    Some((pid, child_end(status)))
 }
 
 /// Waits for the child `pid` to end and reaps it.
@@ -1067,11 +1062,16 @@ pub fn wait_for_child(pid: libc::pid_t) -> io::Result<ChildEnd> {
             return Err(error);
         }
     }
-    Ok(if libc::WIFSIGNALED(status) {
+    Ok(child_end(status))
+}
+
+/// How a child ended, from its wait status.
+fn child_end(status: libc::c_int) -> ChildEnd {
+    if libc::WIFSIGNALED(status) {
         ChildEnd::Killed(libc::WTERMSIG(status))
     } else {
         ChildEnd::Exited(libc::WEXITSTATUS(status))
-    })
+    }
 }
 
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {

@@ -86,10 +86,13 @@ pub fn build_context(
         context.set_options(SslOptions::ALL);
     }
     // Forked children cannot share a server-side session cache; stateless tickets resume across all of them. The
-    // session id context is the same in every sslwrap process, so that a ticket sealed by one opens in another.
+    // session id context is the same in every sslwrap process with the same client verification, so that a ticket
+    // sealed by one opens in another.
     context.set_session_cache_mode(SslSessionCacheMode::OFF);
+    // Made with the context, so that forked session processes inherit the slot instead of each making it.
+    refused_certificate_slot();
     context
-        .set_session_id_context(b"sslwrap")
+        .set_session_id_context(&session_id_context(options))
         .map_err(|e| openssl_failure("session id context", &e))?;
     set_session_tickets(&mut context, options, usage)?;
     set_protocols(&mut context, options)?;
@@ -800,6 +803,18 @@ fn ephemeral_certificate() -> Result<(X509, PKey<Private>), ErrorStack> {
     builder.set_not_after(&not_after)?;
     builder.sign(&key, MessageDigest::sha256())?;
     Ok((builder.build(), key))
+}
+
+/// What a resumed session must have been verified under: OpenSSL resumes a session only in the context it was made
+/// in, and a resumed client shows no certificate again. With -ticketkey shared between configurations, a session of
+/// one without -Verify (or with another CA) must not resume in one that requires a certificate from this CA, so the
+/// context names the client verification settings, as nginx's ssl_session_id_context does.
+fn session_id_context(options: &TlsOptions) -> [u8; 32] {
+    let settings = format!(
+        "sslwrap verify={:?} CAfile={:?} CApath={:?} CRLfile={:?} crl_check={:?}",
+        options.verify, options.ca_file, options.ca_path, options.crl_file, options.crl_check
+    );
+    openssl::sha::sha256(settings.as_bytes())
 }
 
 /// `-verify N` asks for a client certificate and checks any that is sent; `-Verify N` also refuses clients without

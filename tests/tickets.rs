@@ -213,6 +213,49 @@ fn two_daemons_sharing_the_key_file_resume_each_others_sessions() {
     }
 }
 
+/// A session made where no client certificate is asked for must not resume, with the same keys, where one is: a
+/// resumed client shows no certificate, so it would pass the second daemon's verification unchecked.
+#[test]
+fn a_session_does_not_resume_under_other_client_verification_settings() {
+    let s = setup("tickets-verify");
+    let key = s.dir.path("ticket.key");
+    random_key_file(&key, 80);
+    let open = s.legacy_line(backend(greet_and_close), &["-ticketkey", path_text(&key)]);
+    let verifying = s.legacy_line(
+        backend(greet_and_close),
+        &[
+            "-ticketkey",
+            path_text(&key),
+            "-verify",
+            "1",
+            "-CAfile",
+            path_text(&s.pki.ca_pem),
+        ],
+    );
+    let open_host = spawn_daemon("127.0.0.1", &as_strs(&open), &[], &s.syslog);
+    let _open_host = KilledOnDrop(open_host.child);
+    let verifying_host = spawn_daemon("127.0.0.2", &as_strs(&verifying), &[], &s.syslog);
+    let _verifying_host = KilledOnDrop(verifying_host.child);
+    for version in ["-tls1_3", "-tls1_2"] {
+        let session = s.dir.path(&format!("session{version}"));
+        let first = connect(&s.dir, "127.0.0.1", open_host.port, version, None, &session);
+        assert!(first.new_session(), "{version}: {}", first.output);
+        let elsewhere = connect(
+            &s.dir,
+            "127.0.0.2",
+            verifying_host.port,
+            version,
+            Some(&session),
+            &s.dir.path("unused"),
+        );
+        assert!(
+            elsewhere.new_session(),
+            "{version}: resumed under -verify: {}",
+            elsewhere.output
+        );
+    }
+}
+
 /// A 48-byte key (AES-128) as the previous key beside an 80-byte one: nginx's two layouts both work.
 #[test]
 fn after_a_rotation_by_sighup_old_tickets_resume_and_get_a_ticket_under_the_new_key() {
@@ -244,11 +287,7 @@ fn after_a_rotation_by_sighup_old_tickets_resume_and_get_a_ticket_under_the_new_
     // What a cron job does: the current key becomes the previous one, a new one is made, the daemon reloads.
     std::fs::rename(&current, &previous).unwrap();
     random_key_file(&current, 80);
-    let status = Command::new("kill")
-        .args(["-s", "HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(pid, "HUP");
     s.syslog.expect("certificate, key and CA files reloaded");
     let new_key_name = std::fs::read(&current).unwrap()[..16].to_vec();
     for (version, session) in versions.iter().zip(&sealed_before) {
@@ -469,11 +508,7 @@ fn a_reload_with_a_key_file_of_the_wrong_size_fails_and_keeps_the_previous_keys(
     let session = s.dir.path("session");
     connect(&s.dir, "127.0.0.1", daemon.port, "-tls1_3", None, &session);
     random_key_file(&key, 47);
-    let status = Command::new("kill")
-        .args(["-s", "HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(pid, "HUP");
     s.syslog.expect(&format!(
         "reload failed, keeping the previous certificate: -ticketkey: {} is 47 bytes long",
         key.display()
