@@ -2,33 +2,10 @@
 //! only wires things up: read the command line, set up logging, build the TLS context (reading the key before any
 //! privilege is dropped), and hand over to inetd or daemon mode. It must stay thin.
 
-mod backend;
-mod certdir;
-mod client;
-mod daemon;
-mod exec;
-mod inetd;
-mod log;
-mod ocsp_staple;
-mod options;
-mod pass_phrase;
-mod pidfile;
-mod plaintext_phase;
-mod privs;
-mod proxy_header;
-mod reason;
-mod regular_file;
-mod relay;
-mod service_manager;
-mod session;
-mod starttls;
-mod sys;
-mod ticket_keys;
-mod tls;
-mod tls_facts;
-
-use options::{Command, Config, UsageError};
-use service_manager::Handover;
+use sslwrap::options::{self, Command, Config, UsageError};
+use sslwrap::service_manager::Handover;
+use sslwrap::{daemon, inetd, log, pass_phrase, privs, sys, tls};
+use sslwrap::{log_error, log_warning};
 
 fn main() {
     sys::restore_default_child_signal();
