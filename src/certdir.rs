@@ -1,12 +1,12 @@
 //! `-certdir DIR`: several host names on one port. The server name a client asks for (SNI) picks a certificate
 //! from DIR by file name: `DIR/NAME.pem` serves NAME, `DIR/_.DOMAIN.pem` serves every name one label below DOMAIN
-//! (`*.DOMAIN`); the key is in the same file or beside it in `NAME.key`. Each name gets a whole context built by
-//! tls.rs's `build_context` from the same options with only the certificate changed, so that protocols, ciphers,
-//! verification, tickets (the same -ticketkey keys, which the ticket callback finds on the switched context), ALPN
-//! and CRLs are the ones of the default context. A daemon loads every file once, at start-up and on SIGHUP; an
-//! inetd-started process opens only the file its client's name selects, so its cost does not grow with DIR. This
-//! file must never parse a certificate or key itself (OpenSSL does), and never fail a handshake: a name it cannot
-//! serve gets the -cert certificate.
+//! (`*.DOMAIN`); the key is in the same file or beside it in `NAME.key`, and the OCSP response to staple for it, if
+//! any, beside it in `NAME.ocsp`. Each name gets a whole context built by tls.rs from the same options with only the
+//! certificate and its response changed, so that protocols, ciphers, verification, tickets (the same -ticketkey
+//! keys, which the ticket callback finds on the switched context), ALPN and CRLs are the ones of the default context.
+//! A daemon loads every file once, at start-up and on SIGHUP; an inetd-started process opens only the files its
+//! client's name selects, so its cost does not grow with DIR. This file must never parse a certificate, key or OCSP
+//! response itself (OpenSSL does), and never fail a handshake: a name it cannot serve gets the -cert certificate.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,9 @@ use crate::{log_debug, log_warning};
 const CERTIFICATE_SUFFIX: &str = ".pem";
 /// A key file beside a certificate file: the same host name with this extension.
 const KEY_EXTENSION: &str = "key";
+/// An OCSP response file beside a certificate file (DER, as `openssl ocsp -respout` writes it): the same host name
+/// with this extension.
+const OCSP_EXTENSION: &str = "ocsp";
 /// A file name starting with this serves the wildcard `*.` of the rest (a `*` is awkward in a shell).
 const WILDCARD_FILE_PREFIX: &str = "_.";
 
@@ -194,8 +197,8 @@ fn load_or_warn(
     }
 }
 
-/// Builds the context of one certificate file with the default context's options, and checks that the certificate
-/// is made out for the name its file serves.
+/// Builds the context of one certificate file with the default context's options and the OCSP response beside it,
+/// if there is one, and checks that the certificate is made out for the name its file serves.
 fn load(
     certificate: &Path,
     served: &str,
@@ -204,6 +207,7 @@ fn load(
     usage: ContextUse,
 ) -> Result<SslContext, String> {
     let key = certificate.with_extension(KEY_EXTENSION);
+    let response = certificate.with_extension(OCSP_EXTENSION);
     let options = TlsOptions {
         cert: certificate.to_path_buf(),
         key: key.exists().then_some(key),
@@ -215,7 +219,12 @@ fn load(
         certdir: None,
         ..options.clone()
     };
-    let context = tls::build_context(&options, log_states, usage)?;
+    let ocsp = response.exists().then_some(tls::OcspFile {
+        path: &response,
+        option: "-certdir",
+        required: false,
+    });
+    let context = tls::build_context_stapling(&options, ocsp, log_states, usage)?;
     let Some(leaf) = context.certificate() else {
         return Err("no certificate in it".to_string());
     };

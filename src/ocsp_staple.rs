@@ -1,6 +1,6 @@
-//! `-ocsp FILE`: OCSP stapling from a response fetched by something else (`openssl ocsp -respout`, a certbot hook).
-//! tls.rs reads the file and finds the certificate's issuer; this module has OpenSSL judge the response against the
-//! -cert certificate once per context built (start-up, each SIGHUP reload in daemon mode, each process in inetd
+//! `-ocsp FILE` and the `NAME.ocsp` files of `-certdir`: OCSP stapling from a response fetched by something else
+//! (`openssl ocsp -respout`, a certbot hook). tls.rs reads the file and finds the certificate's issuer; this module
+//! has OpenSSL judge the response against the certificate of its context once per context built (start-up, each SIGHUP reload in daemon mode, each process in inetd
 //! mode) and installs the status callback that sends it to clients asking with status_request. At handshake time
 //! only the clock is compared with the response's nextUpdate: nothing is parsed per connection. It never fetches
 //! anything over the network, never decodes DER itself (OpenSSL does), and never fails a handshake: a response that
@@ -33,7 +33,7 @@ const CERT_ID_DIGESTS: [fn() -> MessageDigest; 3] = [
     MessageDigest::sha512,
 ];
 
-/// A response that holds for the -cert certificate: its bytes as read, sent as they are, and until when.
+/// A response that holds for its certificate: its bytes as read, sent as they are, and until when.
 pub struct Staple {
     der: Vec<u8>,
     /// The response's nextUpdate; None when it has none (RFC 6960: newer information is always available).
@@ -95,7 +95,7 @@ pub fn judge(
     };
     let Some(status) = ids.iter().find_map(|id| basic.find_status(id)) else {
         return Ok(Verdict::NotStapled(format!(
-            "it is for another certificate: it has no status for the -cert certificate (serial {})",
+            "it is for another certificate: it has no status for the certificate with serial {}",
             serial_text(leaf)
         )));
     };
@@ -192,18 +192,19 @@ fn serial_text(certificate: &X509Ref) -> String {
 /// from a parent that never makes one, so the note that it was told lives in memory they all share.
 pub fn staple_on_request(
     context: &mut SslContextBuilder,
+    option: &'static str,
     file: &Path,
     staple: Staple,
 ) -> Result<(), String> {
     let file: PathBuf = file.to_path_buf();
     let told_expired = sys::SharedFlag::new().map_err(|e| {
         format!(
-            "-ocsp: cannot map memory for {}: {}",
+            "{option}: cannot map memory for {}: {}",
             file.display(),
             crate::reason::io_reason(&e)
         )
     })?;
-    log_debug!("-ocsp: the response in {} is stapled", file.display());
+    log_debug!("{option}: the response in {} is stapled", file.display());
     context.set_status_callback(move |ssl| {
         let fresh = staple
             .next_update
@@ -211,8 +212,8 @@ pub fn staple_on_request(
         if !fresh {
             if !told_expired.set() {
                 log_warning!(
-                    "-ocsp: the response in {} is not stapled: it expired (its nextUpdate has passed); fetch a new \
-                     one and reload",
+                    "{option}: the response in {} is not stapled: it expired (its nextUpdate has passed); fetch a \
+                     new one and reload",
                     file.display()
                 );
             }
@@ -221,5 +222,5 @@ pub fn staple_on_request(
         ssl.set_ocsp_status(&staple.der)?;
         Ok(true)
     })
-    .map_err(|e| format!("-ocsp: {}", openssl_reason(&e)))
+    .map_err(|e| format!("{option}: {}", openssl_reason(&e)))
 }

@@ -63,9 +63,37 @@ pub enum ContextUse {
     Daemon,
 }
 
+/// An OCSP response file to staple for a context's certificate, and what a broken one means.
+#[derive(Debug, Clone, Copy)]
+pub struct OcspFile<'a> {
+    pub path: &'a Path,
+    /// The option it comes from, which starts every message about it: `-ocsp`, or `-certdir` for a response beside
+    /// a certificate of DIR.
+    pub option: &'static str,
+    /// -ocsp: a file that cannot be read or is no OCSP response stops the start. A -certdir response file does not:
+    /// its certificate is served without a staple and a warning names the file, as for a response that does not hold.
+    pub required: bool,
+}
+
 /// Builds the server context. Called once at start-up (and on SIGHUP in daemon mode).
 pub fn build_context(
     options: &TlsOptions,
+    log_states: bool,
+    usage: ContextUse,
+) -> Result<SslContext, String> {
+    let ocsp = options.ocsp.as_deref().map(|path| OcspFile {
+        path,
+        option: "-ocsp",
+        required: true,
+    });
+    build_context_stapling(options, ocsp, log_states, usage)
+}
+
+/// As [`build_context`], with `ocsp` instead of the -ocsp file: certdir.rs gives each certificate of DIR the
+/// response beside it.
+pub fn build_context_stapling(
+    options: &TlsOptions,
+    ocsp: Option<OcspFile>,
     log_states: bool,
     usage: ContextUse,
 ) -> Result<SslContext, String> {
@@ -103,7 +131,9 @@ pub fn build_context(
         log_debug!("-nocert: using an ephemeral self-signed certificate and anonymous suites");
     } else {
         let served = use_certificate_files(&mut context, options)?;
-        set_ocsp_staple(&mut context, options, &served)?;
+        if let Some(ocsp) = ocsp {
+            set_ocsp_staple(&mut context, options, &served, ocsp)?;
+        }
     }
     set_client_verification(&mut context, options)?;
     set_alpn(&mut context, &options.alpn)?;
@@ -509,19 +539,33 @@ fn use_certificate_files(
     Ok(ServedCertificate { leaf, chain })
 }
 
-/// `-ocsp FILE`: the DER OCSP response to staple for the -cert certificate, judged by ocsp_staple.rs against the
-/// issuer found in the -cert file's chain, else in -CAfile. A file that is no OCSP response is an error; a response
-/// that does not hold for the certificate (expired, another certificate's, revoked, badly signed) is a warning and
-/// is not stapled, so that a stale file left by a failed refresh never stops the service.
+/// `-ocsp FILE` (or a -certdir response file): the DER OCSP response to staple for the certificate, judged by
+/// ocsp_staple.rs against the issuer found in the certificate file's chain, else in -CAfile. A -ocsp file that is no
+/// OCSP response is an error; a response that does not hold for the certificate (expired, another certificate's,
+/// revoked, badly signed) is a warning and is not stapled, so that a stale file left by a failed refresh never stops
+/// the service.
 fn set_ocsp_staple(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
     served: &ServedCertificate,
+    ocsp: OcspFile,
 ) -> Result<(), String> {
-    let Some(file) = &options.ocsp else {
-        return Ok(());
+    let OcspFile {
+        path: file,
+        option,
+        required,
+    } = ocsp;
+    let not_usable = |message: String| match required {
+        true => Err(message),
+        false => {
+            log_warning!("{message}; its certificate is served without a stapled response");
+            Ok(())
+        }
     };
-    let der = read_file("-ocsp", file)?.bytes;
+    let der = match read_file(option, file) {
+        Ok(contents) => contents.bytes,
+        Err(message) => return not_usable(message),
+    };
     let mut candidates = served.chain.clone();
     if let Some(ca_file) = &options.ca_file {
         let pem = read_file("-CAfile", ca_file)?.bytes;
@@ -536,21 +580,23 @@ fn set_ocsp_staple(
     let issuer = candidates
         .iter()
         .find(|candidate| is_issued_by(&served.leaf, candidate));
-    let verdict = ocsp_staple::judge(&der, &served.leaf, issuer.map(|c| &**c), &candidates)
-        .map_err(|e| {
-            format!(
-                "-ocsp: {} is not a DER OCSP response (as openssl ocsp -respout writes): {}",
+    let verdict = match ocsp_staple::judge(&der, &served.leaf, issuer.map(|c| &**c), &candidates) {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            return not_usable(format!(
+                "{option}: {} is not a DER OCSP response (as openssl ocsp -respout writes): {}",
                 file.display(),
                 openssl_reason(&e)
-            )
-        })?;
+            ));
+        }
+    };
     match verdict {
         ocsp_staple::Verdict::Staple(staple) => {
-            ocsp_staple::staple_on_request(context, file, staple)
+            ocsp_staple::staple_on_request(context, option, file, staple)
         }
         ocsp_staple::Verdict::NotStapled(why) => {
             log_warning!(
-                "-ocsp: the response in {} is not stapled: {why}",
+                "{option}: the response in {} is not stapled: {why}",
                 file.display()
             );
             Ok(())

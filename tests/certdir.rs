@@ -11,48 +11,11 @@ mod support;
 use std::path::Path;
 
 use common::*;
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509, X509NameBuilder};
 use support::*;
 
 /// A self-signed certificate with `common_name` as its subject and `dns_names` in its subjectAltName.
 fn named_identity(common_name: &str, dns_names: &[&str]) -> Identity {
-    let key = issue("key donor", None, false).key;
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_nid(Nid::COMMONNAME, common_name)
-        .unwrap();
-    let name = name.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    builder
-        .set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    let mut san = SubjectAlternativeName::new();
-    for dns_name in dns_names {
-        san.dns(dns_name);
-    }
-    let san = san.build(&builder.x509v3_context(None, None)).unwrap();
-    builder.append_extension(san).unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
-    Identity {
-        cert: builder.build(),
-        key,
-    }
+    issue_for_dns_names(common_name, None, dns_names)
 }
 
 /// The -certdir of these tests: mail.example.org (certificate and key in one file), www.example.net (key beside it

@@ -3,7 +3,9 @@
 //! mode while they hold for the -cert certificate. An expired response, one for another certificate, one saying
 //! "revoked" and one signed by a stranger are not stapled, with a warning naming the file; a SIGHUP reload reads the
 //! file again; a daemon stops stapling once the response's nextUpdate passes, and says so once; a file that is no
-//! OCSP response is a start-up error naming it.
+//! OCSP response is a start-up error naming it. With `-certdir`, the response in `NAME.ocsp` beside `NAME.pem` is
+//! stapled for NAME's certificate only, from a daemon (re-read on SIGHUP) and from processes tcpserver starts (which
+//! read only the files of the name asked for); one that does not hold is not stapled, with a warning naming it.
 //! Responses dated in the past are made under `faketime`. Every wait is bounded.
 
 mod common;
@@ -138,6 +140,29 @@ fn s_client_status(port: u16) -> Ran {
         b"",
         "Verify return code",
     )
+}
+
+/// As s_client_status, asking for `server_name` (SNI); also checks that the certificate of that name came back.
+fn s_client_status_for(port: u16, server_name: &str) -> Ran {
+    let address = format!("127.0.0.1:{port}");
+    let ran = converse(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &address,
+            "-servername",
+            server_name,
+            "-status",
+        ],
+        b"",
+        "Verify return code",
+    );
+    assert!(
+        ran.stdout.contains(&format!("CN = {server_name}")),
+        "not the certificate of {server_name}: {ran:#?}"
+    );
+    ran
 }
 
 fn assert_stapled_good(ran: &Ran) {
@@ -351,4 +376,138 @@ fn a_daemon_stops_stapling_once_the_next_update_passes() {
         .filter(|line| line.contains("is not stapled"))
         .count();
     assert_eq!(warnings, 1, "{:#?}", s.syslog.lines);
+}
+
+/// A -certdir whose certificates the test CA issued: `stapled.example.org` with a good response beside it,
+/// `bare.example.org` with none, `expired.example.org` with an expired one and `mixed.example.org` with the stapled
+/// one's response. Returns the directory and the certificates, in that order.
+fn certdir_with_responses(s: &Setup) -> (PathBuf, Vec<X509>) {
+    let dir = s.dir.path("names");
+    std::fs::create_dir(&dir).unwrap();
+    let mut certificates = Vec::new();
+    for name in ["stapled", "bare", "expired", "mixed"] {
+        let host = format!("{name}.example.org");
+        let identity = issue_for_dns_names(&host, Some(&s.pki.ca), &[&host]);
+        write_identity(&dir.join(format!("{host}.pem")), &identity);
+        certificates.push(identity.cert);
+    }
+    let one_day = ["-ndays", "1"];
+    let stapled = &certificates[0];
+    make_response(
+        s,
+        stapled,
+        false,
+        None,
+        &one_day,
+        &dir.join("stapled.example.org.ocsp"),
+    );
+    make_response(
+        s,
+        stapled,
+        false,
+        None,
+        &one_day,
+        &dir.join("mixed.example.org.ocsp"),
+    );
+    let expired = dir.join("expired.example.org.ocsp");
+    make_response(s, &certificates[2], false, Some("-3d"), &one_day, &expired);
+    (dir, certificates)
+}
+
+/// The lines logged so far that say the response in `file` is not stapled.
+fn not_stapled_warnings(syslog: &mut Syslog, file: &Path) -> Vec<String> {
+    syslog
+        .settle()
+        .iter()
+        .filter(|line| line.contains(path(file)) && line.contains("is not stapled"))
+        .cloned()
+        .collect()
+}
+
+/// One warning, and only one, says the response in `file` is not stapled, and why.
+fn assert_warned_once(syslog: &mut Syslog, file: &Path, reason: &str) {
+    let warnings = not_stapled_warnings(syslog, file);
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains("-certdir: the response in")
+            && warnings[0].contains(reason),
+        "expected one warning about {} saying {reason:?}: {:#?}",
+        file.display(),
+        syslog.lines
+    );
+}
+
+#[test]
+fn a_daemon_staples_each_certdir_name_the_response_beside_its_certificate_and_rereads_it_on_sighup()
+{
+    let mut s = setup("ocsp-certdir-daemon");
+    let (dir, certificates) = certdir_with_responses(&s);
+    let line = s.legacy_line(
+        backend(echo),
+        &["-CAfile", path(&s.pki.ca_pem), "-certdir", path(&dir)],
+    );
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    assert_stapled_good(&s_client_status_for(daemon.port, "stapled.example.org"));
+    assert_not_stapled(&s_client_status_for(daemon.port, "bare.example.org"));
+    assert_not_stapled(&s_client_status(daemon.port));
+    let expired = dir.join("expired.example.org.ocsp");
+    assert_not_stapled(&s_client_status_for(daemon.port, "expired.example.org"));
+    assert_not_stapled(&s_client_status_for(daemon.port, "expired.example.org"));
+    assert_warned_once(&mut s.syslog, &expired, "it expired on");
+    let mixed = dir.join("mixed.example.org.ocsp");
+    assert_not_stapled(&s_client_status_for(daemon.port, "mixed.example.org"));
+    assert_warned_once(&mut s.syslog, &mixed, "it is for another certificate");
+
+    // What a refresh hook does: write the new response beside the old one, rename it over, signal the daemon.
+    let fresh = dir.join("expired.example.org.ocsp.new");
+    make_response(&s, &certificates[2], false, None, &["-ndays", "1"], &fresh);
+    std::fs::rename(&fresh, &expired).unwrap();
+    send_signal(daemon.pid(), "HUP");
+    s.syslog
+        .expect("SIGHUP: certificate, key and CA files reloaded");
+    assert_stapled_good(&s_client_status_for(daemon.port, "expired.example.org"));
+    assert_stapled_good(&s_client_status_for(daemon.port, "stapled.example.org"));
+}
+
+#[test]
+fn processes_tcpserver_starts_staple_the_response_of_the_certdir_name_asked_for_and_read_no_other()
+{
+    let mut s = setup("ocsp-certdir-tcpserver");
+    let (dir, _) = certdir_with_responses(&s);
+    let port = free_port("127.0.0.1");
+    let line = s.legacy_line(
+        backend(echo),
+        &["-CAfile", path(&s.pki.ca_pem), "-certdir", path(&dir)],
+    );
+    let mut command = std::process::Command::new("tcpserver");
+    command
+        .args([
+            "-q",
+            "-R",
+            "-H",
+            "-l",
+            "localhost",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .arg(env!("CARGO_BIN_EXE_sslwrap"))
+        .args(&line)
+        .env("SSLWRAP_SYSLOG_SOCKET", &s.syslog.path);
+    let mut tcpserver = Service::spawn("tcpserver", &mut command, &s.dir);
+    tcpserver.wait_listening(port);
+    assert_stapled_good(&s_client_status_for(port, "stapled.example.org"));
+    assert_not_stapled(&s_client_status_for(port, "bare.example.org"));
+    assert_not_stapled(&s_client_status(port));
+    let expired = dir.join("expired.example.org.ocsp");
+    let mixed = dir.join("mixed.example.org.ocsp");
+    // Each process opened only the files of the name its client asked for.
+    assert!(
+        not_stapled_warnings(&mut s.syslog, &expired).is_empty()
+            && not_stapled_warnings(&mut s.syslog, &mixed).is_empty(),
+        "{:#?}",
+        s.syslog.lines
+    );
+    assert_not_stapled(&s_client_status_for(port, "expired.example.org"));
+    s.syslog.expect("expired.example.org.ocsp is not stapled");
+    assert_warned_once(&mut s.syslog, &expired, "it expired on");
 }

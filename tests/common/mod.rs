@@ -147,12 +147,38 @@ pub fn issue(common_name: &str, issuer: Option<&Identity>, is_ca: bool) -> Ident
     issue_with_key(common_name, issuer, is_ca, new_key())
 }
 
-/// Issues a certificate for `common_name` and the given key, signed by `issuer` (self-signed when None).
+/// Issues a certificate for `common_name` and the given key, signed by `issuer` (self-signed when None); a server
+/// certificate is made out for localhost and 127.0.0.1.
 pub fn issue_with_key(
     common_name: &str,
     issuer: Option<&Identity>,
     is_ca: bool,
     key: PKey<Private>,
+) -> Identity {
+    let made_out_for = match is_ca {
+        true => None,
+        false => Some((&["localhost"][..], Some("127.0.0.1"))),
+    };
+    sign_certificate(common_name, issuer, key, made_out_for)
+}
+
+/// Issues a server certificate for `common_name` with a new ECDSA P-256 key, signed by `issuer` (self-signed when
+/// None), with exactly `dns_names` in its subjectAltName: the -certdir tests name their files after them.
+pub fn issue_for_dns_names(
+    common_name: &str,
+    issuer: Option<&Identity>,
+    dns_names: &[&str],
+) -> Identity {
+    sign_certificate(common_name, issuer, new_key(), Some((dns_names, None)))
+}
+
+/// A certificate with `key`: a CA when `made_out_for` is None, else a server certificate whose subjectAltName has
+/// those DNS names and that IP address.
+fn sign_certificate(
+    common_name: &str,
+    issuer: Option<&Identity>,
+    key: PKey<Private>,
+    made_out_for: Option<(&[&str], Option<&str>)>,
 ) -> Identity {
     let mut name = X509NameBuilder::new().unwrap();
     name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "sslwrap tests")
@@ -178,17 +204,21 @@ pub fn issue_with_key(
     builder
         .set_not_after(&Asn1Time::days_from_now(30).unwrap())
         .unwrap();
-    if is_ca {
-        builder
+    match made_out_for {
+        None => builder
             .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-    } else {
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .ip("127.0.0.1")
-            .build(&builder.x509v3_context(None, None))
-            .unwrap();
-        builder.append_extension(san).unwrap();
+            .unwrap(),
+        Some((dns_names, ip)) => {
+            let mut san = SubjectAlternativeName::new();
+            for dns_name in dns_names {
+                san.dns(dns_name);
+            }
+            if let Some(ip) = ip {
+                san.ip(ip);
+            }
+            let san = san.build(&builder.x509v3_context(None, None)).unwrap();
+            builder.append_extension(san).unwrap();
+        }
     }
     builder
         .sign(issuer.map_or(&key, |ca| &ca.key), MessageDigest::sha256())
