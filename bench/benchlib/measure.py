@@ -10,8 +10,9 @@ import subprocess
 import time
 
 from . import procs
-from .metrics import CELLS, cpu_handshake_key, handshake_key
+from .metrics import CELLS, cpu_handshake_key, handshake_key, resumed_key
 from .procs import BenchError
+from .setup import CertificateDirectory
 
 GIB = 1024 ** 3
 
@@ -20,7 +21,7 @@ class Settings:
     """Sizes and repetitions of one kind of run (full, quick or smoke)."""
 
     def __init__(self, mode, runs, handshake_seconds, clients, bulk_mib, rtt_count, idle_connections,
-                 memory_runs, inetd_connections, many_idle_connections, many_idle_seconds):
+                 memory_runs, inetd_connections, many_idle_connections, many_idle_seconds, certdir_names):
         self.mode = mode
         self.runs = runs
         self.handshake_seconds = handshake_seconds
@@ -32,6 +33,7 @@ class Settings:
         self.inetd_connections = inetd_connections
         self.many_idle_connections = many_idle_connections
         self.many_idle_seconds = many_idle_seconds
+        self.certdir_names = certdir_names
 
     def as_dict(self):
         return dict(vars(self))
@@ -40,13 +42,13 @@ class Settings:
 SETTINGS = {
     "full": Settings("full", runs=5, handshake_seconds=4.0, clients=8, bulk_mib=512, rtt_count=20000,
                      idle_connections=200, memory_runs=3, inetd_connections=200, many_idle_connections=2000,
-                     many_idle_seconds=60),
+                     many_idle_seconds=60, certdir_names=1000),
     "quick": Settings("quick", runs=3, handshake_seconds=1.5, clients=8, bulk_mib=64, rtt_count=3000,
                       idle_connections=200, memory_runs=1, inetd_connections=30, many_idle_connections=500,
-                      many_idle_seconds=5),
+                      many_idle_seconds=5, certdir_names=1000),
     "smoke": Settings("smoke", runs=1, handshake_seconds=0.5, clients=4, bulk_mib=32, rtt_count=300,
                       idle_connections=20, memory_runs=1, inetd_connections=4, many_idle_connections=40,
-                      many_idle_seconds=0),
+                      many_idle_seconds=0, certdir_names=20),
 }
 
 
@@ -326,9 +328,103 @@ def inetd_phase(bench):
         stop_all(endpoints)
 
 
+# --- issue 15: resumed handshakes with shared ticket keys, daemon and inetd mode ---------------------------------
+
+# The programs with a way to share session-ticket keys between processes (hitch has none).
+SHARED_TICKETS = ("sslwrap", "stunnel")
+
+
+def resumed_run(bench, endpoint, tls, cert):
+    """Resumed handshakes per second: loadgen's --resume counts a connection only if the server resumed it."""
+    settings = bench.settings
+    result = bench.loadgen("handshakes", [
+        "--connect", endpoint.address, "--clients", settings.clients, "--seconds", settings.handshake_seconds,
+        "--tls", tls, "--resume"], timeout=settings.handshake_seconds + 120)
+    if result["handshakes"] == 0 or result["errors"]:
+        raise BenchError(f"{result['handshakes']} resumed, {result['errors']} errors: {result['first_error']}")
+    bench.store.add(resumed_key(tls, cert), endpoint.kind, result["per_second"])
+
+
+def resumed_daemon_phase(bench):
+    kinds = [kind for kind in bench.kinds if kind in SHARED_TICKETS]
+    for cert in ("ECDSA", "RSA"):
+        endpoints = {kind: bench.launcher.daemon(kind, bench.backends["echo"], cert, shared_tickets=True)
+                     for kind in kinds}
+        try:
+            for tls in [t for t, c in CELLS if c == cert]:
+                for run, kind in alternating(kinds, bench.settings.runs):
+                    bench.attempt(f"resumed handshakes TLS {tls} {cert} {kind} run {run + 1}",
+                                  lambda: resumed_run(bench, endpoints[kind], tls, cert))
+        finally:
+            stop_all(endpoints)
+
+
+def inetd_resumed_run(bench, endpoint):
+    """Sequential resumed connections under tcpserver: each one a new process that must open the last ticket."""
+    count = bench.settings.inetd_connections
+    usage = Usage(endpoint)
+    result = bench.loadgen("handshakes", ["--connect", endpoint.address, "--clients", 1, "--count", count,
+                                          "--seconds", 300, "--resume"], timeout=400)
+    cpu, _ = usage.finish()
+    if result["handshakes"] != count or result["errors"]:
+        raise BenchError(f"{result['handshakes']} of {count} connections resumed, {result['errors']} errors: "
+                         f"{result['first_error']}")
+    bench.store.add("inetd_resumed_wall_ms", endpoint.kind, result["median_ms"])
+    # The first (full) handshake's process is in the CPU figure too: one in count + 1.
+    bench.store.add("inetd_resumed_cpu_ms", endpoint.kind, cpu / (count + 1) * 1e3)
+
+
+def resumed_inetd_phase(bench):
+    kinds = [kind for kind in bench.kinds if kind in SHARED_TICKETS]
+    endpoints = {kind: bench.launcher.inetd(kind, bench.backends["echo"], shared_tickets=True) for kind in kinds}
+    try:
+        for run, kind in alternating(kinds, bench.settings.runs):
+            bench.attempt(f"inetd resumed {kind} run {run + 1}", lambda: inetd_resumed_run(bench, endpoints[kind]))
+    finally:
+        stop_all(endpoints)
+
+
+def resumed_phase(bench):
+    resumed_daemon_phase(bench)
+    resumed_inetd_phase(bench)
+
+
+# --- issue 15: an inetd-mode connection with many names in -certdir ---------------------------------------------
+
+def certdir_run(bench, endpoint, server_name, key):
+    """Sequential connections asking for server_name; loadgen checks the certificate that came is made out for it."""
+    count = bench.settings.inetd_connections
+    result = bench.loadgen("handshakes", ["--connect", endpoint.address, "--clients", 1, "--count", count,
+                                          "--seconds", 300, "--servername", server_name], timeout=400)
+    if result["handshakes"] != count or result["errors"]:
+        raise BenchError(f"{result['handshakes']} of {count} connections, {result['errors']} errors: "
+                         f"{result['first_error']}")
+    bench.store.add(key, "sslwrap", result["median_ms"])
+
+
+def certdir_phase(bench):
+    """sslwrap under tcpserver with `-cert default -certdir DIR` of many names against `-cert` of the one name the
+    client asks for: what the number of files in DIR adds to a connection (issue 15: at most 10%)."""
+    if "sslwrap" not in bench.kinds:
+        return
+    names = CertificateDirectory(bench.workdir, bench.settings.certdir_names)
+    bench.store.note("certdir_names", bench.settings.certdir_names)
+    endpoints = {
+        "certdir_inetd_wall_ms": bench.launcher.inetd(
+            "sslwrap", bench.backends["echo"], sslwrap_options=["-cert", names.default_pem, "-certdir", names.dir]),
+        "certdir_single_wall_ms": bench.launcher.inetd(
+            "sslwrap", bench.backends["echo"], sslwrap_options=["-cert", names.asked_pem]),
+    }
+    try:
+        for run, key in alternating(list(endpoints), bench.settings.runs):
+            bench.attempt(f"{key} run {run + 1}", lambda: certdir_run(bench, endpoints[key], names.asked, key))
+    finally:
+        stop_all(endpoints)
+
+
 PHASE_NAMES = {"handshakes": handshake_and_latency_phase, "throughput": throughput_phase, "memory": memory_phase,
                "many_idle": many_idle_phase,
-               "inetd": inetd_phase}
+               "inetd": inetd_phase, "resumed": resumed_phase, "certdir": certdir_phase}
 PHASES = tuple(PHASE_NAMES.values())
 
 

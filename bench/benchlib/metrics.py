@@ -24,6 +24,10 @@ def cpu_handshake_key(tls, cert):
     return f"cpu_per_handshake_tls{tls.replace('.', '')}_{cert.lower()}"
 
 
+def resumed_key(tls, cert):
+    return f"resumed_tls{tls.replace('.', '')}_{cert.lower()}"
+
+
 def catalogue():
     """Every metric, in table order."""
     metrics = [Metric(handshake_key(t, c), f"handshakes/s TLS {t} {c}", "1/s", True) for t, c in CELLS]
@@ -46,6 +50,14 @@ def catalogue():
         Metric("many_idle_pss_per_connection_kib", "many idle connections: PSS per connection", "KiB", False),
         Metric("inetd_wall_ms", "inetd mode: wall per connection", "ms", False),
         Metric("inetd_cpu_ms", "inetd mode: CPU per connection", "ms", False),
+    ]
+    metrics += [Metric(resumed_key(t, c), f"resumed handshakes/s TLS {t} {c} (shared ticket keys)", "1/s", True)
+                for t, c in CELLS]
+    metrics += [
+        Metric("inetd_resumed_wall_ms", "inetd mode: wall per resumed connection (shared ticket keys)", "ms", False),
+        Metric("inetd_resumed_cpu_ms", "inetd mode: CPU per resumed connection (shared ticket keys)", "ms", False),
+        Metric("certdir_inetd_wall_ms", "inetd mode: wall per connection, -certdir of many names", "ms", False),
+        Metric("certdir_single_wall_ms", "inetd mode: wall per connection, that name's -cert alone", "ms", False),
     ]
     return metrics
 

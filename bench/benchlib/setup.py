@@ -109,6 +109,34 @@ def make_certificates(workdir):
     }
 
 
+class CertificateDirectory:
+    """A -certdir of `count` names hN.example.org, one certificate (with the key in its file) each, all with one
+    ECDSA key (the handshake's cost is the same for every name); `asked` is the name in the middle, `asked_pem` its
+    file, `default_pem` the -cert certificate for every other client."""
+
+    def __init__(self, workdir, count):
+        self.dir = os.path.join(workdir, "names")
+        os.mkdir(self.dir)
+        key = os.path.join(workdir, "certdir.key")
+        run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key],
+            timeout=60)
+        with open(key) as key_file:
+            self._key_pem = key_file.read()
+        self._key = key
+        for n in range(count):
+            self._certificate(f"h{n}.example.org", os.path.join(self.dir, f"h{n}.example.org.pem"))
+        self.default_pem = os.path.join(workdir, "certdir-default.pem")
+        self._certificate("default.example.org", self.default_pem)
+        self.asked = f"h{count // 2}.example.org"
+        self.asked_pem = os.path.join(self.dir, f"{self.asked}.pem")
+
+    def _certificate(self, name, path):
+        certificate = run(["openssl", "req", "-new", "-x509", "-key", self._key, "-subj", f"/CN={name}",
+                           "-addext", f"subjectAltName=DNS:{name}", "-days", "2"], timeout=60)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as pem:
+            pem.write(certificate + self._key_pem)
+
+
 def _first_line(argv, containing=""):
     """The first output line of a version command that contains the given text."""
     try:

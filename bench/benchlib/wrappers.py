@@ -3,12 +3,32 @@ daemons, socat as the plain-TCP relay ceiling, and sslwrap and stunnel in inetd 
 
 Each runs with its own defaults except where a default would make the comparison unfair: stunnel logs errors and
 warnings only (sslwrap's default; stunnel's own default logs two lines per connection), and hitch gets one worker
-per core (its default is one worker in all, where sslwrap and stunnel use every core).
+per core (its default is one worker in all, where sslwrap and stunnel use every core). For the resumption cells
+both get the same shared session-ticket keys from a file: sslwrap's `-ticketkey` (nginx's 80-byte format) and
+stunnel's `ticketKeySecret`/`ticketMacSecret` (the AES and HMAC keys of that file, in hex). stunnel 5.68 on OpenSSL
+3 needs no `options` line for tickets: NO_TICKET is off by default, and its TLS 1.3 tickets are the stateless ones
+OpenSSL makes with those keys.
 """
 
 import os
 
 from . import procs
+
+# nginx's ssl_session_ticket_key layout, which sslwrap's -ticketkey reads: key name, HMAC key, AES key.
+TICKET_NAME_BYTES, TICKET_SECRET_BYTES = 16, 32
+
+
+class TicketKeys:
+    """One random session-ticket key, as a -ticketkey file and as stunnel's two hex secrets."""
+
+    def __init__(self, workdir):
+        material = os.urandom(TICKET_NAME_BYTES + 2 * TICKET_SECRET_BYTES)
+        self.path = os.path.join(workdir, "ticket.key")
+        with open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as key_file:
+            key_file.write(material)
+        hmac_key = material[TICKET_NAME_BYTES:TICKET_NAME_BYTES + TICKET_SECRET_BYTES]
+        aes_key = material[TICKET_NAME_BYTES + TICKET_SECRET_BYTES:]
+        self.stunnel_lines = [f"ticketKeySecret = {aes_key.hex()}", f"ticketMacSecret = {hmac_key.hex()}"]
 
 DAEMONS = ("sslwrap", "stunnel", "hitch")
 INETD = ("sslwrap", "stunnel")
@@ -45,21 +65,24 @@ class Launcher:
         self.certificates = certificates
         self.cpus = cpus
         self.counter = 0
+        self.ticket_keys = TicketKeys(workdir)
 
     def _paths(self, kind, suffix):
         self.counter += 1
         stem = os.path.join(self.workdir, f"{kind}-{self.counter}")
         return stem + ".log", stem + suffix
 
-    def daemon(self, kind, backend_port, cert_name="ECDSA", extra=()):
+    def daemon(self, kind, backend_port, cert_name="ECDSA", extra=(), shared_tickets=False):
         """Starts one daemon of `kind` relaying to backend_port and waits until it listens; `extra` are more sslwrap
-        options."""
+        options; `shared_tickets` gives sslwrap and stunnel the shared session-ticket keys."""
         port = procs.free_port()
         log_path, config_path = self._paths(kind, ".conf")
         cert = self.certificates[cert_name]
+        extra = list(extra) + (["-ticketkey", self.ticket_keys.path] if shared_tickets else [])
+        stunnel_extra = self.ticket_keys.stunnel_lines if shared_tickets else []
         argv = {
-            "sslwrap": lambda: self._sslwrap_daemon(cert, backend_port, port) + list(extra),
-            "stunnel": lambda: self._stunnel_daemon(config_path, cert, backend_port, port),
+            "sslwrap": lambda: self._sslwrap_daemon(cert, backend_port, port) + extra,
+            "stunnel": lambda: self._stunnel_daemon(config_path, cert, backend_port, port, stunnel_extra),
             "hitch": lambda: self._hitch_daemon(config_path, cert, backend_port, port),
             "socat": lambda: self._socat_relay(backend_port, port),
         }[kind]()
@@ -67,15 +90,21 @@ class Launcher:
         procs.wait_listening(process, port, kind, log_path)
         return Endpoint(kind, process, port, log_path)
 
-    def inetd(self, kind, backend_port, cert_name="ECDSA"):
-        """Starts tcpserver running one `kind` process per connection (inetd mode, the connection on fds 0/1)."""
+    def inetd(self, kind, backend_port, cert_name="ECDSA", sslwrap_options=None, shared_tickets=False):
+        """Starts tcpserver running one `kind` process per connection (inetd mode, the connection on fds 0/1);
+        `sslwrap_options` replace sslwrap's `-cert` of `cert_name`; `shared_tickets` gives sslwrap and stunnel the
+        shared session-ticket keys."""
         port = procs.free_port()
         log_path, config_path = self._paths(f"{kind}-inetd", ".conf")
         cert = self.certificates[cert_name]
         if kind == "sslwrap":
-            command = [self.sslwrap_bin, "-cert", cert.pem, "-port", str(backend_port)]
+            options = sslwrap_options or ["-cert", cert.pem]
+            tickets = ["-ticketkey", self.ticket_keys.path] if shared_tickets else []
+            command = [self.sslwrap_bin] + options + tickets + ["-port", str(backend_port)]
         else:
-            command = ["stunnel4", self._stunnel_inetd_config(config_path, log_path, cert, backend_port)]
+            stunnel_extra = self.ticket_keys.stunnel_lines if shared_tickets else []
+            command = ["stunnel4", self._stunnel_inetd_config(config_path, log_path, cert, backend_port,
+                                                               stunnel_extra)]
         # -R -H: no ident or DNS look-ups, which would dominate a loopback connection's time.
         argv = ["tcpserver", "-R", "-H", "-l", "localhost", "-c", "64", "127.0.0.1", str(port)] + command
         process = procs.start(argv, log_path)
@@ -91,20 +120,20 @@ class Launcher:
             config.write("\n".join(lines) + "\n")
         return path
 
-    def _stunnel_daemon(self, config_path, cert, backend_port, port):
+    def _stunnel_daemon(self, config_path, cert, backend_port, port, extra):
         self._write(config_path, [
             "foreground = yes", "pid =", "syslog = no", "debug = 4",
             "[bench]", f"accept = 127.0.0.1:{port}", f"connect = 127.0.0.1:{backend_port}",
             f"cert = {cert.crt}", f"key = {cert.key}",
-        ])
+        ] + extra)
         return ["stunnel4", config_path]
 
-    def _stunnel_inetd_config(self, config_path, log_path, cert, backend_port):
+    def _stunnel_inetd_config(self, config_path, log_path, cert, backend_port, extra):
         # No service section and no accept: stunnel serves the connection on stdin/stdout.
         return self._write(config_path, [
             "pid =", "syslog = no", "debug = 4", f"output = {log_path}",
             f"connect = 127.0.0.1:{backend_port}", f"cert = {cert.crt}", f"key = {cert.key}",
-        ])
+        ] + extra)
 
     def _hitch_daemon(self, config_path, cert, backend_port, port):
         ocsp_dir = os.path.join(self.workdir, "hitch-ocsp")

@@ -1,6 +1,7 @@
 //! Client connections to the wrapper under test. TLS is configured so every wrapper does the same work per
 //! connection and the client does the least it can: one key-exchange group (X25519), one cipher, no session reuse
-//! (every handshake is a full one), and no chain verification of the throw-away certificates (the signature over
+//! unless a session is handed in (`connect` always makes a full handshake, `resume` offers the session it is given),
+//! and no chain verification of the throw-away certificates (the signature over
 //! the handshake is still checked, as OpenSSL always does). `--plain` gives bare TCP for the relay ceiling.
 
 use std::io::{self, Read, Write};
@@ -8,8 +9,8 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use openssl::ssl::{
-    ShutdownResult, Ssl, SslContext, SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode,
-    SslVersion,
+    ShutdownResult, Ssl, SslContext, SslMethod, SslSession, SslSessionCacheMode, SslStream,
+    SslVerifyMode, SslVersion,
 };
 
 use crate::args::Args;
@@ -21,6 +22,9 @@ const IO_LIMIT: Duration = Duration::from_secs(20);
 pub struct Client {
     address: SocketAddr,
     tls: Option<SslContext>,
+    /// `--servername NAME`: sent as SNI, and the certificate that comes back must name it (subjectAltName), so a
+    /// wrapper that served its default certificate instead is an error.
+    server_name: Option<String>,
 }
 
 /// One connection, encrypted or not.
@@ -30,7 +34,7 @@ pub enum Connection {
 }
 
 impl Client {
-    /// From `--connect HOST:PORT`, `--tls 1.3|1.2`, `--cipher aes128|chacha20` and `--plain`.
+    /// From `--connect HOST:PORT`, `--tls 1.3|1.2`, `--cipher aes128|chacha20`, `--servername NAME` and `--plain`.
     pub fn from_args(args: &Args) -> Result<Client, String> {
         let target = args.text("connect")?;
         let address = target
@@ -46,11 +50,26 @@ impl Client {
                 args.text_or("cipher", "aes128"),
             )?)
         };
-        Ok(Client { address, tls })
+        let server_name = args.text("servername").ok().map(str::to_string);
+        Ok(Client {
+            address,
+            tls,
+            server_name,
+        })
     }
 
     /// Connects and, unless plain, completes a fresh full handshake.
     pub fn connect(&self) -> Result<Connection, String> {
+        self.handshake(None)
+    }
+
+    /// Connects offering `session` (SSL_set_session); whether the server took it is the caller's to check with
+    /// [`Connection::resumed`]. Plain connections have nothing to resume.
+    pub fn resume(&self, session: &SslSession) -> Result<Connection, String> {
+        self.handshake(Some(session))
+    }
+
+    fn handshake(&self, session: Option<&SslSession>) -> Result<Connection, String> {
         let tcp = TcpStream::connect_timeout(&self.address, IO_LIMIT)
             .map_err(|e| format!("connect {}: {e}", self.address))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -61,10 +80,43 @@ impl Client {
         let Some(context) = &self.tls else {
             return Ok(Connection::Plain(tcp));
         };
-        // A new Ssl from the context carries no session, so nothing can be resumed.
-        let ssl = Ssl::new(context).map_err(|e| format!("TLS setup: {e}"))?;
+        // A new Ssl from the context carries no session, so nothing is resumed unless one is set here.
+        let mut ssl = Ssl::new(context).map_err(|e| format!("TLS setup: {e}"))?;
+        if let Some(session) = session {
+            // SAFETY: the session was made by a context of this same client configuration (same protocol version
+            // and cipher), which is what SSL_set_session requires of it.
+            unsafe { ssl.set_session(session) }.map_err(|e| format!("TLS session: {e}"))?;
+        }
+        if let Some(name) = &self.server_name {
+            ssl.set_hostname(name)
+                .map_err(|e| format!("--servername {name}: {e}"))?;
+        }
         let stream = ssl.connect(tcp).map_err(|e| format!("handshake: {e}"))?;
+        if let Some(name) = &self.server_name {
+            check_certificate_names(&stream, name)?;
+        }
         Ok(Connection::Tls(Box::new(stream)))
+    }
+}
+
+/// The server's certificate must have `name` among its subjectAltName DNS names.
+fn check_certificate_names(stream: &SslStream<TcpStream>, name: &str) -> Result<(), String> {
+    let names_it = stream
+        .ssl()
+        .peer_certificate()
+        .and_then(|certificate| certificate.subject_alt_names())
+        .is_some_and(|names| {
+            names.iter().any(|entry| {
+                entry
+                    .dnsname()
+                    .is_some_and(|dns| dns.eq_ignore_ascii_case(name))
+            })
+        });
+    match names_it {
+        true => Ok(()),
+        false => Err(format!(
+            "asked for {name}, got a certificate for another name"
+        )),
     }
 }
 
@@ -106,6 +158,23 @@ impl Connection {
     pub fn close(self) {
         if let Connection::Tls(mut stream) = self {
             let _: Result<ShutdownResult, _> = stream.shutdown();
+        }
+    }
+
+    /// SSL_session_reused: the server accepted the offered session (an abbreviated handshake).
+    pub fn resumed(&self) -> bool {
+        match self {
+            Connection::Plain(_) => false,
+            Connection::Tls(stream) => stream.ssl().session_reused(),
+        }
+    }
+
+    /// The session to offer next time (SSL_get1_session): in TLS 1.3 the newest ticket the server sent on this
+    /// connection, which arrives before any application data and so has been read once an echo came back.
+    pub fn session(&self) -> Option<SslSession> {
+        match self {
+            Connection::Plain(_) => None,
+            Connection::Tls(stream) => stream.ssl().session().map(|session| session.to_owned()),
         }
     }
 

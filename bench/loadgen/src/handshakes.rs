@@ -2,10 +2,19 @@
 //! byte and closing, over and over for `--seconds S`. Blocking threads rather than an event loop: each thread holds
 //! one connection, which is what "N concurrent clients" means, and the thread switch is cheap beside a handshake.
 //! The per-connection wall times give the inetd runs their number (one client, sequential connections).
+//!
+//! `--resume`: resumed handshakes instead. Each client thread first makes one full handshake (not counted) to get a
+//! session, then offers a session on every connection it counts: the one the previous connection left, which in TLS
+//! 1.3 is the fresh ticket the server sent on it (RFC 8446 C.4: a client uses a ticket once) and in TLS 1.2 the
+//! session (ticket) it resumed, or its renewal. A connection the server did not resume (SSL_session_reused) counts as
+//! an error, never as a handshake, so a wrapper that ignores tickets shows as errors, not as full handshakes measured
+//! under the wrong name.
 
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use openssl::ssl::SslSession;
 
 use crate::args::Args;
 use crate::client::{self, Client};
@@ -25,6 +34,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let seconds: f64 = args.number("seconds", 5.0)?;
     // --count bounds the number of connections instead of the time (inetd runs); 0 means "until the time is up".
     let count_limit: u64 = args.number("count", 0)?;
+    let resume = args.flag("resume");
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let cpu_before = report::cpu_seconds();
@@ -36,7 +46,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     };
     let tallies: Vec<Tally> = thread::scope(|scope| {
         let workers: Vec<_> = (0..clients.max(1))
-            .map(|_| scope.spawn(|| one_client(&client, deadline, &take_ticket)))
+            .map(|_| scope.spawn(|| one_client(&client, resume, deadline, &take_ticket)))
             .collect();
         workers
             .into_iter()
@@ -51,13 +61,29 @@ pub fn run(args: &Args) -> Result<(), String> {
 
 fn one_client(
     client: &Client,
+    resume: bool,
     deadline: Instant,
     take_ticket: &(dyn Fn() -> bool + Sync),
 ) -> Tally {
     let mut tally = Tally::default();
+    let mut session = None;
+    if resume {
+        match first_session(client) {
+            Ok(first) => session = Some(first),
+            Err(reason) => {
+                tally.errors += 1;
+                tally.first_error = Some(reason);
+                return tally;
+            }
+        }
+    }
     while Instant::now() < deadline && take_ticket() {
         let began = Instant::now();
-        match one_connection(client) {
+        let outcome = match &mut session {
+            Some(session) => resumed_connection(client, session),
+            None => one_connection(client),
+        };
+        match outcome {
             Ok(()) => tally.times.push(began.elapsed()),
             Err(reason) => {
                 tally.errors += 1;
@@ -73,6 +99,34 @@ fn one_client(
 fn one_connection(client: &Client) -> Result<(), String> {
     let mut connection = client.connect()?;
     client::echo_one_byte(&mut connection)?;
+    connection.close();
+    Ok(())
+}
+
+/// The full handshake that gives a client thread its first session to resume.
+fn first_session(client: &Client) -> Result<SslSession, String> {
+    let mut connection = client.connect()?;
+    client::echo_one_byte(&mut connection)?;
+    let session = connection
+        .session()
+        .ok_or("the first handshake left no session to resume")?;
+    connection.close();
+    Ok(session)
+}
+
+/// One connection offering `session`; on success `session` becomes the one this connection leaves behind.
+fn resumed_connection(client: &Client, session: &mut SslSession) -> Result<(), String> {
+    let mut connection = client.resume(session)?;
+    client::echo_one_byte(&mut connection)?;
+    if !connection.resumed() {
+        connection.close();
+        return Err(
+            "the server did not resume the session (a full handshake was made)".to_string(),
+        );
+    }
+    if let Some(next) = connection.session() {
+        *session = next;
+    }
     connection.close();
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! exits non-zero with a one-line reason on stderr when it could not measure.
 //!
 //!   serve       echo, sink and source backends on 127.0.0.1, ports printed as JSON, until stdin closes
-//!   handshakes  full handshakes per second with N concurrent clients
+//!   handshakes  full (or with --resume, resumed) handshakes per second with N concurrent clients
 //!   upload      one connection, N MiB to the sink, every byte checked by the sink
 //!   download    one connection, N MiB from the source, every byte checked here
 //!   latency     64-byte round trips on one connection through the echo backend
