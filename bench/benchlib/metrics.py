@@ -57,6 +57,8 @@ def catalogue():
         Metric("inetd_resumed_wall_ms", "inetd mode: wall per resumed connection (shared ticket keys)", "ms", False),
         Metric("inetd_resumed_cpu_ms", "inetd mode: CPU per resumed connection (shared ticket keys)", "ms", False),
         Metric("certdir_inetd_wall_ms", "inetd mode: wall per connection, -certdir of many names", "ms", False),
+        Metric("certdir_one_file_wall_ms", "inetd mode: wall per connection, -certdir of that name alone", "ms",
+               False),
         Metric("certdir_single_wall_ms", "inetd mode: wall per connection, that name's -cert alone", "ms", False),
     ]
     return metrics

@@ -112,7 +112,7 @@ def make_certificates(workdir):
 class CertificateDirectory:
     """A -certdir of `count` names hN.example.org, one certificate (with the key in its file) each, all with one
     ECDSA key (the handshake's cost is the same for every name); `asked` is the name in the middle, `asked_pem` its
-    file, `default_pem` the -cert certificate for every other client."""
+    file, `one_file_dir` a -certdir with only that file, `default_pem` the -cert certificate for every other client."""
 
     def __init__(self, workdir, count):
         self.dir = os.path.join(workdir, "names")
@@ -129,6 +129,9 @@ class CertificateDirectory:
         self._certificate("default.example.org", self.default_pem)
         self.asked = f"h{count // 2}.example.org"
         self.asked_pem = os.path.join(self.dir, f"{self.asked}.pem")
+        self.one_file_dir = os.path.join(workdir, "one-name")
+        os.mkdir(self.one_file_dir)
+        os.symlink(self.asked_pem, os.path.join(self.one_file_dir, f"{self.asked}.pem"))
 
     def _certificate(self, name, path):
         certificate = run(["openssl", "req", "-new", "-x509", "-key", self._key, "-subj", f"/CN={name}",
