@@ -126,16 +126,17 @@ pub fn build_context_stapling(
     set_protocols(&mut context, options)?;
     set_ciphers(&mut context, options)?;
     set_dh(&mut context, options)?;
+    let mut ca_file = CaFile::new(options.ca_file.as_deref());
     if options.nocert {
         use_ephemeral_certificate(&mut context)?;
         log_debug!("-nocert: using an ephemeral self-signed certificate and anonymous suites");
     } else {
         let served = use_certificate_files(&mut context, options)?;
         if let Some(ocsp) = ocsp {
-            set_ocsp_staple(&mut context, options, &served, ocsp)?;
+            set_ocsp_staple(&mut context, &mut ca_file, &served, ocsp)?;
         }
     }
-    set_client_verification(&mut context, options)?;
+    set_client_verification(&mut context, options, &mut ca_file)?;
     set_alpn(&mut context, &options.alpn)?;
     if let Some(dir) = &options.certdir {
         crate::certdir::choose_by_server_name(&mut context, dir, options, log_states, usage)?;
@@ -546,7 +547,7 @@ fn use_certificate_files(
 /// the service.
 fn set_ocsp_staple(
     context: &mut SslContextBuilder,
-    options: &TlsOptions,
+    ca_file: &mut CaFile,
     served: &ServedCertificate,
     ocsp: OcspFile,
 ) -> Result<(), String> {
@@ -567,16 +568,7 @@ fn set_ocsp_staple(
         Err(message) => return not_usable(message),
     };
     let mut candidates = served.chain.clone();
-    if let Some(ca_file) = &options.ca_file {
-        let pem = read_file("-CAfile", ca_file)?.bytes;
-        candidates.extend(read_certificates(&pem).map_err(|e| {
-            format!(
-                "-CAfile: cannot use the certificates in {}: {}",
-                ca_file.display(),
-                openssl_reason(&e)
-            )
-        })?);
-    }
+    candidates.extend_from_slice(ca_file.certificates()?);
     let issuer = candidates
         .iter()
         .find(|candidate| is_issued_by(&served.leaf, candidate));
@@ -868,6 +860,7 @@ fn session_id_context(options: &TlsOptions) -> [u8; 32] {
 fn set_client_verification(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
+    ca_file: &mut CaFile,
 ) -> Result<(), String> {
     let Some((depth, required)) = options.verify else {
         return Ok(());
@@ -878,8 +871,8 @@ fn set_client_verification(
     }
     context.set_verify_callback(mode, note_refused_certificate);
     context.set_verify_depth(depth);
-    if let Some(file) = &options.ca_file {
-        trust_ca_file(context, file)?;
+    if let Some(file) = ca_file.path {
+        trust_ca_file(context, file, ca_file.certificates()?)?;
     }
     if let Some(dir) = &options.ca_path {
         if !dir.is_dir() {
@@ -1154,19 +1147,52 @@ fn describe_alpn_offer(offered: &[u8]) -> String {
     text
 }
 
+/// The certificates of -CAfile, read at most once per context built, when the first part that needs them (the OCSP
+/// check looking for an issuer, client verification) asks.
+struct CaFile<'a> {
+    path: Option<&'a Path>,
+    certificates: Option<Vec<X509>>,
+}
+
+impl<'a> CaFile<'a> {
+    fn new(path: Option<&'a Path>) -> CaFile<'a> {
+        CaFile {
+            path,
+            certificates: None,
+        }
+    }
+
+    /// The file's certificates (none without -CAfile); an error names the file.
+    fn certificates(&mut self) -> Result<&[X509], String> {
+        let Some(path) = self.path else {
+            return Ok(&[]);
+        };
+        if self.certificates.is_none() {
+            let pem = read_file("-CAfile", path)?.bytes;
+            let certificates = read_certificates(&pem).map_err(|e| ca_file_failure(path, &e))?;
+            self.certificates = Some(certificates);
+        }
+        Ok(self.certificates.as_deref().unwrap_or_default())
+    }
+}
+
+fn ca_file_failure(file: &Path, error: &ErrorStack) -> String {
+    format!(
+        "-CAfile: cannot use the certificates in {}: {}",
+        file.display(),
+        openssl_reason(error)
+    )
+}
+
 /// -CAfile: its certificates become trust anchors, and their subject names, each once and in file order, the list
 /// of acceptable CAs sent to clients (what SSL_CTX_load_verify_locations and SSL_load_client_CA_file would make of
 /// it, but from bytes read with read_file's checks; CRLs and TRUSTED CERTIFICATE blocks in the file are not used).
-fn trust_ca_file(context: &mut SslContextBuilder, file: &Path) -> Result<(), String> {
-    let failure = |e: ErrorStack| {
-        format!(
-            "-CAfile: cannot use the certificates in {}: {}",
-            file.display(),
-            openssl_reason(&e)
-        )
-    };
-    let pem = read_file("-CAfile", file)?.bytes;
-    let certificates = read_certificates(&pem).map_err(failure)?;
+fn trust_ca_file(
+    context: &mut SslContextBuilder,
+    file: &Path,
+    certificates: &[X509],
+) -> Result<(), String> {
+    let failure = |e: ErrorStack| ca_file_failure(file, &e);
     if certificates.is_empty() {
         return Err(format!(
             "-CAfile: no certificate found in {}",
@@ -1186,7 +1212,7 @@ fn trust_ca_file(context: &mut SslContextBuilder, file: &Path) -> Result<(), Str
         }
         context
             .cert_store_mut()
-            .add_cert(certificate)
+            .add_cert(certificate.clone())
             .map_err(failure)?;
     }
     context.set_client_ca_list(names);
