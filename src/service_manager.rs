@@ -3,6 +3,7 @@
 //! messages of `Type=notify` (NOTIFY_SOCKET, sd_notify(3)). It takes the variables out of the environment at start,
 //! so no session and no `-exec` program ever inherits them, and it never lets a failed notification stop the daemon.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, RawFd};
@@ -86,7 +87,10 @@ impl Handover {
                         None
                     }
                 });
-        Notifier { socket }
+        Notifier {
+            socket,
+            told_dropped: Cell::new(false),
+        }
     }
 }
 
@@ -118,20 +122,34 @@ fn connect_notify_socket(path: &std::ffi::OsStr) -> Result<UnixDatagram, String>
 /// Sends sd_notify(3) messages, or nothing when sslwrap was not started with NOTIFY_SOCKET.
 pub struct Notifier {
     socket: Option<UnixDatagram>,
+    /// Whether a message that could not be sent has been logged as a warning already.
+    told_dropped: Cell<bool>,
 }
 
 impl Notifier {
     /// A notifier that sends nothing.
     pub fn none() -> Notifier {
-        Notifier { socket: None }
+        Notifier {
+            socket: None,
+            told_dropped: Cell::new(false),
+        }
     }
 
-    /// Sends one message of `NAME=value` lines. A service manager that went away is no reason to stop serving, so
-    /// a failure is only logged at debug level.
+    /// Sends one message of `NAME=value` lines. A service manager that went away or stopped reading is no reason
+    /// to stop serving: the first message that cannot be sent is a warning (the manager's view of sslwrap is now
+    /// out of date), every later one a debug line, so a manager that never reads again cannot flood the log.
     pub fn send(&self, message: &str) {
-        if let Some(socket) = &self.socket {
-            if let Err(error) = socket.send(message.as_bytes()) {
-                crate::log_debug!("NOTIFY_SOCKET: {error}");
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        if let Err(error) = socket.send(message.as_bytes()) {
+            if self.told_dropped.replace(true) {
+                crate::log_debug!("NOTIFY_SOCKET: message dropped: {error}");
+            } else {
+                crate::log_warning!(
+                    "NOTIFY_SOCKET: a message to the service manager was dropped ({error}); its status of sslwrap \
+                     may be out of date (later drops are logged at debug level)"
+                );
             }
         }
     }

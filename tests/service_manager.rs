@@ -1,7 +1,8 @@
 //! sslwrap under a service manager: socket activation with the real `systemd-socket-activate` (Accept=no: the daemon
 //! serves on the passed listening socket; Accept=yes: one inetd-mode process per connection), the variables never
 //! reaching `-exec` programs, `Type=notify` readiness messages to a real datagram listener (path and abstract
-//! names), and the start-up message when standard input is not a connection at all.
+//! names), one warning (not one per message) once the manager stops listening, and the start-up message when
+//! standard input is not a connection at all.
 
 mod common;
 
@@ -432,4 +433,46 @@ fn the_shipped_daemon_unit_s_capabilities_suffice_to_drop_per_session_and_reload
             .any(|line| line == "Uid:\t65534\t65534\t65534\t65534"),
         "{session}"
     );
+}
+
+#[test]
+fn a_service_manager_that_stopped_listening_gets_one_warning_not_one_per_message() {
+    let mut s = setup("notify-gone");
+    let line = s.legacy_line(backend(echo), &[]);
+    let SpawnedDaemon {
+        mut child,
+        notifications,
+        ..
+    } = spawn_daemon("127.0.0.1", &as_strs(&line), &[], &s.syslog);
+    // The manager's socket closes: every later READY/RELOADING/STATUS message finds no reader.
+    drop(notifications);
+    let reloaded = "SIGHUP: certificate, key and CA files reloaded";
+    for reloads in 1..=2 {
+        send_signal(child.id(), "HUP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s
+            .syslog
+            .settle()
+            .iter()
+            .filter(|l| l.contains(reloaded))
+            .count()
+            < reloads
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no reload {reloads}: {:#?}",
+                s.syslog.lines
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let warnings: Vec<&String> = s
+        .syslog
+        .settle()
+        .iter()
+        .filter(|line| line.contains("NOTIFY_SOCKET: a message to the service manager was dropped"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:#?}", s.syslog.lines);
+    send_signal(child.id(), "TERM");
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(20)).is_some());
 }
