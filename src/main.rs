@@ -2,6 +2,8 @@
 //! only wires things up: read the command line, set up logging, build the TLS context (reading the key before any
 //! privilege is dropped), and hand over to inetd or daemon mode. It must stay thin.
 
+use std::os::unix::ffi::OsStringExt;
+
 use sslwrap::options::{self, Command, Config, UsageError};
 use sslwrap::service_manager::Handover;
 use sslwrap::{daemon, inetd, log, pass_phrase, privs, sys, tls};
@@ -13,6 +15,10 @@ fn main() {
     // Kept as the bytes given: file names and -exec arguments need not be UTF-8.
     let words: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let parsed = options::parse(&words);
+    // A -pass pass:TEXT is in these copies of the command line too; the parsed options hold what is needed.
+    for word in words {
+        drop(sys::Secret::from(word.into_vec()));
+    }
     sys::close_inherited_descriptors(&descriptors_to_keep(&parsed, &handover));
     log::init();
     let status = match parsed {

@@ -8,6 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt::Display;
 use std::num::{IntErrorKind, ParseIntError};
 use std::ops::RangeInclusive;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -879,7 +880,13 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
     if draft.proxy.is_some() && draft.port.is_none() {
         errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
     }
-    let pass = match draft.pass.as_deref().map(PassSource::parse).transpose() {
+    let pass_word = draft.pass.take();
+    let parsed_pass = pass_word.as_deref().map(PassSource::parse).transpose();
+    // The word may be pass:TEXT, whose text the parsed source now holds; this copy of it is overwritten.
+    if let Some(word) = pass_word {
+        drop(crate::sys::Secret::from(word.into_vec()));
+    }
+    let pass = match parsed_pass {
         Ok(pass) => pass,
         Err(message) => {
             errors.push(message);
