@@ -41,6 +41,16 @@ use crate::{log_debug, log_warning, sys};
 /// that only a client offering nothing else gets one. aNULL suites exist only at security level 0.
 const NOCERT_CIPHERS: &str = "ALL:!eNULL:+aNULL:@SECLEVEL=0";
 
+/// The TLS 1.2 cipher list used unless the command line asks for something older (`-cipher`, `-nocert`, or only
+/// protocols before TLS 1.2): forward-secret key exchange (ECDHE, DHE) with an AEAD cipher (AES-GCM,
+/// ChaCha20-Poly1305) only, the set of Mozilla's "intermediate" configuration, strongest-first within each key
+/// type. No CBC suite (Lucky13 and its kin), no static RSA key exchange, nothing a scanner grades "average". TLS 1.3
+/// suites are not set here: OpenSSL's defaults are all AEAD and forward-secret already.
+const POLICY_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+                                  ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+                                  ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:\
+                                  DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
+
 /// The protocol versions sslwrap can ask OpenSSL for, oldest first.
 const ALL_TLS: [Protocol; 4] = [
     Protocol::Tls1,
@@ -78,7 +88,15 @@ pub fn build_context(
             | SslMode::ACCEPT_MOVING_WRITE_BUFFER
             | SslMode::RELEASE_BUFFERS,
     );
-    context.set_options(SslOptions::NO_COMPRESSION | SslOptions::IGNORE_UNEXPECTED_EOF);
+    // The server's cipher order decides (SSL_OP_CIPHER_SERVER_PREFERENCE), so a client offering a weaker suite first
+    // still gets the strongest one both sides have. A client's renegotiation request is answered with the
+    // no_renegotiation alert (SSL_OP_NO_RENEGOTIATION): it would only let a client make the server redo handshakes.
+    context.set_options(
+        SslOptions::NO_COMPRESSION
+            | SslOptions::IGNORE_UNEXPECTED_EOF
+            | SslOptions::CIPHER_SERVER_PREFERENCE
+            | SslOptions::NO_RENEGOTIATION,
+    );
     // Whole socket reads instead of a header read and a body read per record; the relay drains OpenSSL's buffer
     // before it ever polls the socket, so nothing read ahead is left waiting.
     context.set_read_ahead(true);
@@ -95,8 +113,8 @@ pub fn build_context(
         .set_session_id_context(&session_id_context(options))
         .map_err(|e| openssl_failure("session id context", &e))?;
     set_session_tickets(&mut context, options, usage)?;
-    set_protocols(&mut context, options)?;
-    set_ciphers(&mut context, options)?;
+    let protocols = set_protocols(&mut context, options)?;
+    set_ciphers(&mut context, options, protocols)?;
     set_dh(&mut context, options)?;
     if options.nocert {
         use_ephemeral_certificate(&mut context)?;
@@ -228,9 +246,24 @@ fn check_protocol_exists(protocol: Protocol) -> Result<(), String> {
     }
 }
 
-/// Sets the protocol range. Versions older than TLS 1.2 need security level 0 in OpenSSL 3 (their handshakes use
-/// MD5/SHA-1), so asking for them lowers the level and says so.
-fn set_protocols(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), String> {
+/// What the protocol options leave, for the choice of the TLS 1.2 cipher list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProtocolsLeft {
+    /// TLS 1.2 or newer is allowed at the security level OpenSSL has by default, which leaves older versions unusable
+    /// (their handshakes sign with MD5/SHA-1): the policy cipher list applies.
+    Current,
+    /// Only versions older than TLS 1.2 (`-ssl3`, `-tls1`, `-tls1_1`, or `-no_*` options leaving only those): the
+    /// security level is lowered to 0, and OpenSSL's default list stays, since the policy list has no suite these
+    /// versions can use.
+    LegacyOnly,
+}
+
+/// Sets the protocol range and says what it leaves. Versions older than TLS 1.2 need security level 0 in OpenSSL 3
+/// (their handshakes use MD5/SHA-1), so asking for them lowers the level and says so.
+fn set_protocols(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+) -> Result<ProtocolsLeft, String> {
     let choice = &options.protocols;
     let mut disable = SslOptions::empty();
     for protocol in &choice.disabled {
@@ -278,15 +311,23 @@ fn set_protocols(context: &mut SslContextBuilder, options: &TlsOptions) -> Resul
             "only legacy protocols are allowed ({}): security level lowered to 0; these protocols are insecure",
             names.join(" ")
         );
+        return Ok(ProtocolsLeft::LegacyOnly);
     }
-    Ok(())
+    Ok(ProtocolsLeft::Current)
 }
 
-fn set_ciphers(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), String> {
-    let list = match (&options.cipher, options.nocert) {
-        (Some(list), _) => Some(list.as_str()),
-        (None, true) => Some(NOCERT_CIPHERS),
-        (None, false) => None,
+/// The TLS 1.2 (and older) cipher list: `-cipher` as given; with `-nocert` the list with anonymous suites; with only
+/// legacy protocols OpenSSL's default; otherwise [`POLICY_CIPHERS`]. TLS 1.3 suites only change with -ciphersuites.
+fn set_ciphers(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+    protocols: ProtocolsLeft,
+) -> Result<(), String> {
+    let list = match (&options.cipher, options.nocert, protocols) {
+        (Some(list), _, _) => Some(list.as_str()),
+        (None, true, _) => Some(NOCERT_CIPHERS),
+        (None, false, ProtocolsLeft::LegacyOnly) => None,
+        (None, false, ProtocolsLeft::Current) => Some(POLICY_CIPHERS),
     };
     if let Some(list) = list {
         context.set_cipher_list(list).map_err(|e| {
