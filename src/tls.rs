@@ -1,8 +1,10 @@
 //! Builds the OpenSSL server context from the command line: protocol range, ciphers, certificate chain and key (or
 //! the `-nocert` ephemeral certificate and anonymous suites), client verification, the CA list and the ALPN choice
 //! (`-alpn`). Nothing else in sslwrap configures OpenSSL. Every failure is a message naming the file or option and
-//! the reason; the system OpenSSL defaults rule unless the command line asks for something older, which is then
-//! logged as a warning.
+//! the reason. The TLS policy is set here: the server's cipher order, no renegotiation, and forward-secret AEAD
+//! suites only for TLS 1.2; protocol versions and TLS 1.3 suites follow the system OpenSSL's defaults. It must never
+//! change what an explicit option asks for (`-cipher`, `-nocert`, the legacy protocol options); asking for something
+//! older is logged as a warning.
 
 use std::path::Path;
 use std::sync::OnceLock;
