@@ -45,8 +45,8 @@ const NOCERT_CIPHERS: &str = "ALL:!eNULL:+aNULL:@SECLEVEL=0";
 
 /// The TLS 1.2 cipher list used unless the command line asks for something older (`-cipher`, `-nocert`, or only
 /// protocols before TLS 1.2): forward-secret key exchange (ECDHE, DHE) with an AEAD cipher (AES-GCM,
-/// ChaCha20-Poly1305) only, the set of Mozilla's "intermediate" configuration, strongest-first within each key
-/// type. No CBC suite (Lucky13 and its kin), no static RSA key exchange, nothing a scanner grades "average". TLS 1.3
+/// ChaCha20-Poly1305) only, the set and order of Mozilla's "intermediate" configuration: ECDHE before DHE, and
+/// AES-128-GCM first, as safe as AES-256 and faster. No CBC suite (Lucky13 and its kin), no static RSA key exchange, nothing a scanner grades "average". TLS 1.3
 /// suites are not set here: OpenSSL's defaults are all AEAD and forward-secret already.
 const POLICY_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
                                   ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
