@@ -43,8 +43,8 @@ use crate::{log_debug, log_warning, sys};
 /// that only a client offering nothing else gets one. aNULL suites exist only at security level 0.
 const NOCERT_CIPHERS: &str = "ALL:!eNULL:+aNULL:@SECLEVEL=0";
 
-/// The TLS 1.2 cipher list used unless the command line asks for something older (`-cipher`, `-nocert`, or only
-/// protocols before TLS 1.2): forward-secret key exchange (ECDHE, DHE) with an AEAD cipher (AES-GCM,
+/// The TLS 1.2 cipher list used unless the command line asks for something else (`-cipher`, `-nocert`, or protocol
+/// options that leave no TLS 1.2): forward-secret key exchange (ECDHE, DHE) with an AEAD cipher (AES-GCM,
 /// ChaCha20-Poly1305) only, the set and order of Mozilla's "intermediate" configuration: ECDHE before DHE, and
 /// AES-128-GCM first, as safe as AES-256 and faster. No CBC suite (Lucky13 and its kin), no static RSA key exchange, nothing a scanner grades "average". TLS 1.3
 /// suites are not set here: OpenSSL's defaults are all AEAD and forward-secret already.
@@ -251,13 +251,13 @@ fn check_protocol_exists(protocol: Protocol) -> Result<(), String> {
 /// What the protocol options leave, for the choice of the TLS 1.2 cipher list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProtocolsLeft {
-    /// TLS 1.2 or newer is allowed at the security level OpenSSL has by default, which leaves older versions unusable
-    /// (their handshakes sign with MD5/SHA-1): the policy cipher list applies.
-    Current,
-    /// Only versions older than TLS 1.2 (`-ssl3`, `-tls1`, `-tls1_1`, or `-no_*` options leaving only those): the
-    /// security level is lowered to 0, and OpenSSL's default list stays, since the policy list has no suite these
-    /// versions can use.
-    LegacyOnly,
+    /// TLS 1.2 is allowed (older versions too, but unusable at the security level OpenSSL has by default, since their
+    /// handshakes sign with MD5/SHA-1): the policy cipher list applies.
+    WithTls1_2,
+    /// TLS 1.2 is not allowed (`-tls1_3`, `-no_tls1_2`, or only legacy versions): OpenSSL's default list stays, as
+    /// before. TLS 1.3 never uses it, the legacy versions have no suite in the policy list, and OpenSSL refuses every
+    /// handshake ("no ciphers available") when the lowest version allowed has no suite in the list.
+    WithoutTls1_2,
 }
 
 /// Sets the protocol range and says what it leaves. Versions older than TLS 1.2 need security level 0 in OpenSSL 3
@@ -313,13 +313,16 @@ fn set_protocols(
             "only legacy protocols are allowed ({}): security level lowered to 0; these protocols are insecure",
             names.join(" ")
         );
-        return Ok(ProtocolsLeft::LegacyOnly);
     }
-    Ok(ProtocolsLeft::Current)
+    if remaining.contains(&Protocol::Tls1_2) {
+        Ok(ProtocolsLeft::WithTls1_2)
+    } else {
+        Ok(ProtocolsLeft::WithoutTls1_2)
+    }
 }
 
-/// The TLS 1.2 (and older) cipher list: `-cipher` as given; with `-nocert` the list with anonymous suites; with only
-/// legacy protocols OpenSSL's default; otherwise [`POLICY_CIPHERS`]. TLS 1.3 suites only change with -ciphersuites.
+/// The TLS 1.2 (and older) cipher list: `-cipher` as given; with `-nocert` the list with anonymous suites; without
+/// TLS 1.2 OpenSSL's default; otherwise [`POLICY_CIPHERS`]. TLS 1.3 suites only change with -ciphersuites.
 fn set_ciphers(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
@@ -328,8 +331,8 @@ fn set_ciphers(
     let list = match (&options.cipher, options.nocert, protocols) {
         (Some(list), _, _) => Some(list.as_str()),
         (None, true, _) => Some(NOCERT_CIPHERS),
-        (None, false, ProtocolsLeft::LegacyOnly) => None,
-        (None, false, ProtocolsLeft::Current) => Some(POLICY_CIPHERS),
+        (None, false, ProtocolsLeft::WithoutTls1_2) => None,
+        (None, false, ProtocolsLeft::WithTls1_2) => Some(POLICY_CIPHERS),
     };
     if let Some(list) = list {
         context.set_cipher_list(list).map_err(|e| {
