@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The compat suite proper, started by ./run through ./in-namespace: installs sslwrap and its certificate as the
-documentation does, starts private backends, runs the seven scenarios of issue 5, and reports the tally.
+documentation does, starts private backends, runs the seven scenarios of issue 5 and the testssl.sh scan of issue 16,
+and reports the tally.
 
 It must never touch the host's installation: it installs nothing unless it is in a private mount namespace whose
 /usr/local and /etc are overlays (compat/isolation.py), and it checks, through a process that stayed in the host's
@@ -21,7 +22,7 @@ from compat.syslog import SyslogCollector
 
 REQUIRED_TOOLS = ["/usr/sbin/inetd", "/usr/sbin/tcpd", "/usr/bin/tcpserver", "/usr/sbin/dovecot",
                   "/usr/lib/dovecot/imap", "/usr/sbin/nginx", "/usr/bin/socat", "/usr/bin/curl", "/usr/bin/gnutls-cli",
-                  "/usr/bin/openssl", "/usr/bin/unshare"]
+                  "/usr/bin/openssl", "/usr/bin/unshare", "/usr/bin/testssl"]
 
 
 def interrupted(signum, _frame):
@@ -84,7 +85,8 @@ def set_up(report, procs, workdir, installation, syslog, netns):
 def run_scenarios(ctx):
     for scenario in (scenarios.scenario_install, scenarios.scenario_inetd, scenarios.scenario_xinetd, scenarios.scenario_tcpserver,
                      scenarios.scenario_socket_activation, scenarios.scenario_daemon,
-                     scenarios.scenario_other_tls_stacks, scenarios.scenario_legacy_clients):
+                     scenarios.scenario_other_tls_stacks, scenarios.scenario_legacy_clients,
+                     scenarios.scenario_testssl):
         scenario(ctx)
 
 

@@ -1,8 +1,10 @@
 //! Builds the OpenSSL server context from the command line: protocol range, ciphers, certificate chain and key (or
 //! the `-nocert` ephemeral certificate and anonymous suites), client verification, the CA list and the ALPN choice
 //! (`-alpn`). Nothing else in sslwrap configures OpenSSL. Every failure is a message naming the file or option and
-//! the reason; the system OpenSSL defaults rule unless the command line asks for something older, which is then
-//! logged as a warning.
+//! the reason. The TLS policy is set here: the server's cipher order, no renegotiation, and forward-secret AEAD
+//! suites only for TLS 1.2; protocol versions and TLS 1.3 suites follow the system OpenSSL's defaults. It must never
+//! change what an explicit option asks for (`-cipher`, `-nocert`, the legacy protocol options); asking for something
+//! older is logged as a warning.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -40,6 +42,16 @@ use crate::{log_debug, log_warning, sys};
 /// The cipher list used with `-nocert` unless `-cipher` says otherwise: the usual suites first, anonymous ones last so
 /// that only a client offering nothing else gets one. aNULL suites exist only at security level 0.
 const NOCERT_CIPHERS: &str = "ALL:!eNULL:+aNULL:@SECLEVEL=0";
+
+/// The TLS 1.2 cipher list used unless the command line asks for something else (`-cipher`, `-nocert`, or protocol
+/// options that leave no TLS 1.2): forward-secret key exchange (ECDHE, DHE) with an AEAD cipher (AES-GCM,
+/// ChaCha20-Poly1305) only, the set and order of Mozilla's "intermediate" configuration: ECDHE before DHE, and
+/// AES-128-GCM first, as safe as AES-256 and faster. No CBC suite (Lucky13 and its kin), no static RSA key exchange, nothing a scanner grades "average". TLS 1.3
+/// suites are not set here: OpenSSL's defaults are all AEAD and forward-secret already.
+const POLICY_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+                                  ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+                                  ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:\
+                                  DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
 
 /// The protocol versions sslwrap can ask OpenSSL for, oldest first.
 const ALL_TLS: [Protocol; 4] = [
@@ -106,7 +118,15 @@ pub fn build_context_stapling(
             | SslMode::ACCEPT_MOVING_WRITE_BUFFER
             | SslMode::RELEASE_BUFFERS,
     );
-    context.set_options(SslOptions::NO_COMPRESSION | SslOptions::IGNORE_UNEXPECTED_EOF);
+    // The server's cipher order decides (SSL_OP_CIPHER_SERVER_PREFERENCE), so a client offering a weaker suite first
+    // still gets the strongest one both sides have. A client's renegotiation request is answered with the
+    // no_renegotiation alert (SSL_OP_NO_RENEGOTIATION): it would only let a client make the server redo handshakes.
+    context.set_options(
+        SslOptions::NO_COMPRESSION
+            | SslOptions::IGNORE_UNEXPECTED_EOF
+            | SslOptions::CIPHER_SERVER_PREFERENCE
+            | SslOptions::NO_RENEGOTIATION,
+    );
     // Whole socket reads instead of a header read and a body read per record; the relay drains OpenSSL's buffer
     // before it ever polls the socket, so nothing read ahead is left waiting.
     context.set_read_ahead(true);
@@ -123,8 +143,8 @@ pub fn build_context_stapling(
         .set_session_id_context(&session_id_context(options))
         .map_err(|e| openssl_failure("session id context", &e))?;
     set_session_tickets(&mut context, options, usage)?;
-    set_protocols(&mut context, options)?;
-    set_ciphers(&mut context, options)?;
+    let protocols = set_protocols(&mut context, options)?;
+    set_ciphers(&mut context, options, protocols)?;
     set_dh(&mut context, options)?;
     let mut ca_file = CaFile::new(options.ca_file.as_deref());
     if options.nocert {
@@ -259,9 +279,24 @@ fn check_protocol_exists(protocol: Protocol) -> Result<(), String> {
     }
 }
 
-/// Sets the protocol range. Versions older than TLS 1.2 need security level 0 in OpenSSL 3 (their handshakes use
-/// MD5/SHA-1), so asking for them lowers the level and says so.
-fn set_protocols(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), String> {
+/// What the protocol options leave, for the choice of the TLS 1.2 cipher list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProtocolsLeft {
+    /// TLS 1.2 is allowed (older versions too, but unusable at the security level OpenSSL has by default, since their
+    /// handshakes sign with MD5/SHA-1): the policy cipher list applies.
+    WithTls1_2,
+    /// TLS 1.2 is not allowed (`-tls1_3`, `-no_tls1_2`, or only legacy versions): OpenSSL's default list stays, as
+    /// before. TLS 1.3 never uses it, the legacy versions have no suite in the policy list, and OpenSSL refuses every
+    /// handshake ("no ciphers available") when the lowest version allowed has no suite in the list.
+    WithoutTls1_2,
+}
+
+/// Sets the protocol range and says what it leaves. Versions older than TLS 1.2 need security level 0 in OpenSSL 3
+/// (their handshakes use MD5/SHA-1), so asking for them lowers the level and says so.
+fn set_protocols(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+) -> Result<ProtocolsLeft, String> {
     let choice = &options.protocols;
     let mut disable = SslOptions::empty();
     for protocol in &choice.disabled {
@@ -310,14 +345,25 @@ fn set_protocols(context: &mut SslContextBuilder, options: &TlsOptions) -> Resul
             names.join(" ")
         );
     }
-    Ok(())
+    if remaining.contains(&Protocol::Tls1_2) {
+        Ok(ProtocolsLeft::WithTls1_2)
+    } else {
+        Ok(ProtocolsLeft::WithoutTls1_2)
+    }
 }
 
-fn set_ciphers(context: &mut SslContextBuilder, options: &TlsOptions) -> Result<(), String> {
-    let list = match (&options.cipher, options.nocert) {
-        (Some(list), _) => Some(list.as_str()),
-        (None, true) => Some(NOCERT_CIPHERS),
-        (None, false) => None,
+/// The TLS 1.2 (and older) cipher list: `-cipher` as given; with `-nocert` the list with anonymous suites; without
+/// TLS 1.2 OpenSSL's default; otherwise [`POLICY_CIPHERS`]. TLS 1.3 suites only change with -ciphersuites.
+fn set_ciphers(
+    context: &mut SslContextBuilder,
+    options: &TlsOptions,
+    protocols: ProtocolsLeft,
+) -> Result<(), String> {
+    let list = match (&options.cipher, options.nocert, protocols) {
+        (Some(list), _, _) => Some(list.as_str()),
+        (None, true, _) => Some(NOCERT_CIPHERS),
+        (None, false, ProtocolsLeft::WithoutTls1_2) => None,
+        (None, false, ProtocolsLeft::WithTls1_2) => Some(POLICY_CIPHERS),
     };
     if let Some(list) = list {
         context.set_cipher_list(list).map_err(|e| {

@@ -118,6 +118,11 @@ def extra_words(line, words):
     return f"{line} {words}"
 
 
+def rate_limited(line, per_minute):
+    """The inetd.conf line with openbsd-inetd's limit of servers started a minute raised (nowait.N)."""
+    return re.sub(r"\bnowait\b", f"nowait.{per_minute}", line, count=1)
+
+
 def sslwrap_words(line):
     """The sslwrap command line inside an inetd line (argv from the program path on), for xinetd and friends."""
     return line[line.index(SSLWRAP):]

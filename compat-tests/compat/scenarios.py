@@ -1,4 +1,5 @@
-"""The seven scenarios of issue 5: the documented lines under each way of starting sslwrap, with real clients.
+"""The seven scenarios of issue 5 (the documented lines under each way of starting sslwrap, with real clients) and
+testssl.sh's scan of the documentation's default line (issue 16).
 
 Each check starts what it needs, lets a client do what a user would, asserts what the user would see, and stops what it
 started. A check's name says the scenario (its number), the superserver and the service.
@@ -8,7 +9,7 @@ import os
 import pwd
 import re
 
-from . import clients, host, lines, superservers
+from . import clients, host, lines, superservers, testssl
 from .procs import run, tail_text
 from .report import CheckFailed, Skipped, fail_unless
 
@@ -287,3 +288,22 @@ def legacy_accepted(ctx, port):
     warned = [line for line in ctx.syslog.since(mark) if LEGACY_WARNING.search(line)]
     fail_unless(warned, "the session worked but sslwrap logged no warning about the lowered security level")
     return detail + "; warning logged"
+
+
+# -- 8: testssl.sh against the documentation's default line -------------------------------------------------------------
+
+# openbsd-inetd starts at most 256 servers of one service a minute and then stops the service for ten minutes;
+# testssl.sh opens several hundred connections in that time.
+SCAN_RATE_LIMIT = 4000
+
+
+def scenario_testssl(ctx):
+    ctx.report.section("8 testssl.sh against the documented https inetd line: nothing to fault but the test set-up")
+    line = lines.rate_limited(lines.INETD_HTTPS, SCAN_RATE_LIMIT)
+    ctx.report.note(f"inetd's rate limit raised for this scan only: nowait.{SCAN_RATE_LIMIT} instead of nowait")
+    ctx.report.check("8-testssl-https-default-line",
+                     lambda: under_inetd(ctx, "8-testssl", line, 443, lambda port: scanned(ctx, port)))
+
+
+def scanned(ctx, port):
+    return testssl.judge(testssl.scan(f"{clients.HOST}:{port}", ctx.workdir, "https-default-line"))

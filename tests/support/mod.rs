@@ -691,6 +691,27 @@ pub fn converse(program: &str, args: &[&str], input: &[u8], done_when: &str) -> 
     finish(child, Duration::from_secs(15), &stdout, &stderr)
 }
 
+/// Like `converse`, for a dialogue: each step's input is written once the text the previous step waited for has shown
+/// on stdout or stderr (the first step's at once), and each wait ends when its text shows, the program exits, or
+/// the limit passes. Then stdin is closed and the program waited for, bounded.
+pub fn converse_in_steps(program: &str, args: &[&str], steps: &[(&[u8], &str)]) -> Ran {
+    let (mut child, stdout, stderr) = spawn_collecting(program, args, Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    for (input, wait_for) in steps {
+        let _ = stdin.write_all(input);
+        let deadline = Instant::now() + CLIENT_LIMIT;
+        while Instant::now() < deadline
+            && !text_of(&stdout).contains(wait_for)
+            && !text_of(&stderr).contains(wait_for)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(stdin);
+    finish(child, Duration::from_secs(15), &stdout, &stderr)
+}
+
 /// Runs a program without input to its end, bounded.
 pub fn run(program: &str, args: &[&str]) -> Ran {
     let (child, stdout, stderr) = spawn_collecting(program, args, Stdio::null());
