@@ -164,6 +164,8 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub chroot: Option<PathBuf>,
+    /// Session processes confine themselves with the seccomp filter (seccomp.rs); `-noseccomp` turns it off.
+    pub seccomp: bool,
     /// `-pidfile`: where the daemon parent writes its process ID (daemon mode).
     pub pidfile: Option<PathBuf>,
 }
@@ -219,6 +221,7 @@ struct Draft {
     user: Option<String>,
     group: Option<String>,
     chroot: Option<PathBuf>,
+    noseccomp: bool,
     pidfile: Option<PathBuf>,
     help: bool,
     version: bool,
@@ -582,6 +585,11 @@ const OPTIONS: &[OptionSpec] = &[
         Path("DIR", |d, dir| d.chroot = Some(dir)),
     ),
     row(
+        "noseccomp",
+        "do not confine session processes with a seccomp filter (for kernels without seccomp)",
+        Flag(|d| d.noseccomp = true),
+    ),
+    row(
         "fd",
         "use the open descriptor N as the plaintext side (inetd mode)",
         Text("N", |d, v| {
@@ -941,6 +949,7 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
         user: draft.user,
         group: draft.group,
         chroot: draft.chroot,
+        seccomp: !draft.noseccomp,
         pidfile: draft.pidfile,
     })
 }
