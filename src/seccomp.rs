@@ -338,4 +338,112 @@ mod tests {
             assert!(!why.is_empty(), "call {call} has no reason");
         }
     }
+
+    /// Which confined case a re-run of this test binary plays (see `the_real_filter_*`).
+    const CASE_VARIABLE: &str = "SSLWRAP_SECCOMP_TEST_CASE";
+
+    /// Runs the case in a fresh process (this test binary again, running only `confined_case`), so the filter never
+    /// touches the test runner; returns how it ended and what it printed before.
+    fn run_confined(case: &str) -> (std::process::ExitStatus, String) {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "seccomp::tests::confined_case",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CASE_VARIABLE, case)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
+    /// Only does something in the process `run_confined` starts: confines itself, shows that the relay's calls
+    /// work, then makes the case's forbidden call (which must kill it), or exits 0.
+    #[test]
+    fn confined_case() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixDatagram, UnixStream};
+        let Ok(case) = std::env::var(CASE_VARIABLE) else {
+            return;
+        };
+        let (mut near, mut far) = UnixStream::pair().unwrap();
+        let unconnected = UnixDatagram::unbound().unwrap();
+        let kind = if case == "exec-wait" {
+            SessionKind::Program
+        } else {
+            SessionKind::Socket
+        };
+        confine(kind).unwrap();
+        let say = |text: &str| {
+            let mut stdout = std::io::stdout();
+            stdout.write_all(text.as_bytes()).unwrap();
+            stdout.flush().unwrap();
+        };
+        near.write_all(b"relayed").unwrap();
+        let mut entry = [crate::sys::poll_entry(
+            std::os::fd::AsRawFd::as_raw_fd(&far),
+            crate::sys::POLLIN,
+        )];
+        assert_eq!(
+            crate::sys::poll(&mut entry, Some(std::time::Duration::from_secs(5))).unwrap(),
+            1
+        );
+        let mut received = [0u8; 7];
+        far.read_exact(&mut received).unwrap();
+        assert_eq!(&received, b"relayed");
+        near.shutdown(std::net::Shutdown::Write).unwrap();
+        let buffer = vec![7u8; 8 << 20];
+        drop(buffer);
+        say("relay calls worked\n");
+        match case.as_str() {
+            "open" => {
+                let _ = std::fs::File::open("/etc/hostname");
+            }
+            "connect" => {
+                let _ = unconnected.connect("/dev/log");
+            }
+            "execve" => {
+                use std::os::unix::process::CommandExt;
+                let _ = std::process::Command::new("/bin/true").exec();
+            }
+            "exec-wait" => {
+                // No child: wait4 answers ECHILD instead of killing the process.
+                let _ = crate::sys::reap_one_child();
+            }
+            _ => {}
+        }
+        say("still alive\n");
+        crate::sys::exit_now(0);
+    }
+
+    #[test]
+    fn the_real_filter_lets_the_relay_through_and_kills_on_open_connect_and_execve() {
+        use std::os::unix::process::ExitStatusExt;
+        let (status, printed) = run_confined("relay");
+        assert_eq!(status.code(), Some(0), "{status:?}: {printed}");
+        assert!(
+            printed.contains("relay calls worked\nstill alive\n"),
+            "{printed}"
+        );
+        let (status, printed) = run_confined("exec-wait");
+        assert_eq!(status.code(), Some(0), "{status:?}: {printed}");
+        for forbidden in ["open", "connect", "execve"] {
+            let (status, printed) = run_confined(forbidden);
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGSYS),
+                "{forbidden}: {status:?}: {printed}"
+            );
+            assert!(
+                printed.contains("relay calls worked\n"),
+                "{forbidden}: {printed}"
+            );
+            assert!(!printed.contains("still alive"), "{forbidden}: {printed}");
+        }
+    }
 }
