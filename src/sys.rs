@@ -1094,6 +1094,17 @@ pub fn seccomp_kill_process_available() -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces the process with the program at `path` (no arguments, the same environment) by execv(2) itself, with
+/// nothing before it: the seccomp tests must see execve, not the calls std makes before it. Returns only on failure.
+#[cfg(test)]
+pub fn execute_in_place(path: &CStr) -> io::Error {
+    let arguments = [path.as_ptr(), std::ptr::null()];
+    // SAFETY: `path` is a valid C string borrowed for the call, and `arguments` is a null-terminated array of valid
+    // C string pointers that outlives it; execv only returns on failure.
+    unsafe { libc::execv(path.as_ptr(), arguments.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 /// Confines every thread of the calling process with a classic BPF seccomp filter, for the rest of its life and that
 /// of any process it forks: first no_new_privs (which an unprivileged process needs for a filter, and which keeps a
 /// set-user-ID program it could run from gaining privileges), then the filter with TSYNC, so that a thread started
