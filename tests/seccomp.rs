@@ -286,3 +286,52 @@ fn a_session_killed_by_sigsys_is_logged_with_its_client_address() {
         "session from {address} killed by the seccomp filter (SIGSYS)"
     ));
 }
+
+#[test]
+fn a_confined_session_whose_syslog_daemon_restarted_drops_its_message_instead_of_reconnecting() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+    let s = setup("seccomp-syslog-restart");
+    let log_path = s.dir.path("restarting-syslog.sock");
+    let first_syslog = UnixDatagram::bind(&log_path).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let line = s.legacy_line(backend(echo), &["-timeout", "1"]);
+    let client = std::thread::spawn(move || {
+        let mut client = tls(port);
+        round_trip(&mut client, "then the syslog daemon restarts\n");
+        client
+    });
+    let (connection, _) = listener.accept().unwrap();
+    let connection = OwnedFd::from(connection);
+    let mut session = KilledOnDrop(
+        std::process::Command::new(BINARY)
+            .args(&line)
+            .env("SSLWRAP_SYSLOG_SOCKET", &log_path)
+            .stdin(Stdio::from(connection.try_clone().unwrap()))
+            .stdout(Stdio::from(connection.try_clone().unwrap()))
+            .stderr(Stdio::from(connection))
+            .spawn()
+            .unwrap(),
+    );
+    let _client = client.join().unwrap();
+    assert_eq!(status_field(session.0.id(), "Seccomp"), "2");
+    // The daemon goes away and a new one listens at the same path: the session's socket is now refused, and the
+    // reconnection an unconfined process would try is a socket(2) and a connect(2).
+    drop(first_syslog);
+    std::fs::remove_file(&log_path).unwrap();
+    let second_syslog = UnixDatagram::bind(&log_path).unwrap();
+    let status = wait_with_timeout(&mut session.0, Duration::from_secs(30)).expect("sslwrap hung");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the idle session ended with {status:?}"
+    );
+    second_syslog.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 2048];
+    assert!(
+        second_syslog.recv(&mut buffer).is_err(),
+        "the confined session reconnected"
+    );
+}
