@@ -330,7 +330,7 @@ def inetd_phase(bench):
 
 # (rounds, seconds per round) of the seccomp cell: the difference sought is about 1 % of a connection's CPU, so many
 # short alternating rounds, judged by the median of each round's paired ratio, beat a few long ones.
-SECCOMP_ROUNDS = {"full": (21, 1.5), "quick": (9, 1.0), "smoke": (1, 0.3)}
+SECCOMP_ROUNDS = {"full": (21, 1.5), "quick": (9, 1.0), "smoke": (1, 0.5)}
 
 
 def seccomp_run(bench, endpoint, label, seconds):
