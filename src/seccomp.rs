@@ -35,6 +35,7 @@ const SESSION_CALLS: &[Allowed] = &[
     (libc::SYS_getpid, "the pid in each syslog line"),
     (libc::SYS_rt_sigreturn, "return from a signal handler"),
     (libc::SYS_rt_sigprocmask, "glibc masks signals around thread and exit work"),
+    (libc::SYS_sigaltstack, "std takes its signal stack down at exit (inetd mode) and at a thread's end"),
     (libc::SYS_exit_group, "end of the session process"),
 ];
 
@@ -51,7 +52,6 @@ const EXEC_CALLS: &[Allowed] = &[
     (libc::SYS_gettid, "std starts the stderr thread"),
     (libc::SYS_sched_getaffinity, "glibc sizes the stderr thread's malloc arena"),
     (libc::SYS_mprotect, "malloc grows the stderr thread's arena"),
-    (libc::SYS_sigaltstack, "std takes the stderr thread's signal stack down at its end"),
     (libc::SYS_exit, "end of the stderr thread"),
     (libc::SYS_clock_nanosleep, "look for the program's exit without a pidfd"),
 ];
