@@ -120,6 +120,7 @@ struct Daemon<'a> {
 /// An accepted client waiting for its session process.
 struct WaitingClient {
     connection: OwnedFd,
+    peer: SocketAddr,
     source: Option<Source>,
     /// It waits no longer than a handshake may take.
     deadline: Instant,
@@ -153,10 +154,10 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// The session processes alive, each with the source it serves.
+/// The session processes alive, each with its client's address and the source it counts against.
 #[derive(Default)]
 struct Sessions {
-    by_pid: HashMap<libc::pid_t, Option<Source>>,
+    by_pid: HashMap<libc::pid_t, (SocketAddr, Option<Source>)>,
     per_source: HashMap<Source, usize>,
 }
 
@@ -169,23 +170,25 @@ impl Sessions {
         self.per_source.get(&source).copied().unwrap_or(0)
     }
 
-    fn started(&mut self, pid: libc::pid_t, source: Option<Source>) {
-        self.by_pid.insert(pid, source);
+    fn started(&mut self, pid: libc::pid_t, peer: SocketAddr, source: Option<Source>) {
+        self.by_pid.insert(pid, (peer, source));
         if let Some(source) = source {
             *self.per_source.entry(source).or_insert(0) += 1;
         }
     }
 
-    fn ended(&mut self, pid: libc::pid_t) {
-        let Some(Some(source)) = self.by_pid.remove(&pid) else {
-            return;
-        };
-        if let Some(count) = self.per_source.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_source.remove(&source);
+    /// Forgets an ended session; returns its client's address (None for a process that was no session).
+    fn ended(&mut self, pid: libc::pid_t) -> Option<SocketAddr> {
+        let (peer, source) = self.by_pid.remove(&pid)?;
+        if let Some(source) = source {
+            if let Some(count) = self.per_source.get_mut(&source) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_source.remove(&source);
+                }
             }
         }
+        Some(peer)
     }
 }
 
@@ -362,6 +365,7 @@ impl Daemon<'_> {
                     let _ = stream.set_nodelay(true);
                     let client = WaitingClient {
                         connection: OwnedFd::from(stream),
+                        peer,
                         source: Some(Source::of(peer.ip())),
                         deadline: Instant::now() + self.config.handshake_timeout,
                     };
@@ -460,7 +464,7 @@ impl Daemon<'_> {
         match sys::fork() {
             Ok(Forked::Child) => self.serve_in_child(client.connection),
             Ok(Forked::Parent(pid)) => {
-                self.sessions.started(pid, client.source);
+                self.sessions.started(pid, client.peer, client.source);
                 self.next_pause = FIRST_BACKOFF;
             }
             Err(error) => {
@@ -529,12 +533,19 @@ impl Daemon<'_> {
 
     fn reap_children(&mut self) {
         while let Some((pid, end)) = sys::reap_one_child() {
-            self.sessions.ended(pid);
+            let peer = self.sessions.ended(pid);
             match end {
                 ChildEnd::Exited(0) => {}
                 ChildEnd::Exited(code) => {
                     log_debug!("session process {pid} exited with status {code}")
                 }
+                // A confined session made a call outside its filter's table: a bug, or a client that took it over.
+                ChildEnd::Killed(libc::SIGSYS) => match peer {
+                    Some(peer) => log_error!(
+                        "session from {peer} killed by the seccomp filter (SIGSYS), process {pid}"
+                    ),
+                    None => log_error!("process {pid} killed by the seccomp filter (SIGSYS)"),
+                },
                 ChildEnd::Killed(signal) => {
                     log_warning!("session process {pid} was killed by signal {signal}")
                 }
@@ -652,13 +663,14 @@ mod tests {
     fn sessions_are_counted_per_source_until_reaped() {
         let mut sessions = Sessions::default();
         let here = Source::of("192.0.2.7".parse().unwrap());
-        sessions.started(10, Some(here));
-        sessions.started(11, Some(here));
-        sessions.started(12, None);
+        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        sessions.started(10, peer, Some(here));
+        sessions.started(11, peer, Some(here));
+        sessions.started(12, peer, None);
         assert_eq!((sessions.count(), sessions.count_from(here)), (3, 2));
-        sessions.ended(10);
+        assert_eq!(sessions.ended(10), Some(peer));
         sessions.ended(12);
-        sessions.ended(99);
+        assert_eq!(sessions.ended(99), None);
         assert_eq!((sessions.count(), sessions.count_from(here)), (1, 1));
         sessions.ended(11);
         assert_eq!(sessions.count_from(here), 0);

@@ -18,6 +18,7 @@ pub mod proxy_header;
 pub mod reason;
 pub mod regular_file;
 pub mod relay;
+pub mod seccomp;
 pub mod service_manager;
 pub mod session;
 pub mod starttls;

@@ -8,7 +8,8 @@
 //! once at start-up, so logging keeps working after a chroot, and it is replaced only when its receiver is really
 //! gone: a full queue drops the one message, never the socket. Neither a stalled syslog daemon nor an unread stderr
 //! pipe may ever stall sslwrap: a message waits at most 20 ms for room in a full syslog queue, and stderr is written
-//! without blocking.
+//! without blocking. Once a session process is confined by its seccomp filter ([`never_reconnect`]), logging only
+//! sends on the socket already open: a reconnection would be a socket(2) and a connect(2), which kill it.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,6 +47,8 @@ struct Logger {
     syslog_stuck_since: Option<std::time::Instant>,
     stderr: StderrSink,
     verbosity: Verbosity,
+    /// False once the process is confined: the syslog socket is then never replaced, whatever happens to it.
+    may_reconnect: bool,
 }
 
 /// How messages reach stderr. A pipe or terminal nobody reads must never stall the accept loop or a session, so a
@@ -119,8 +122,17 @@ pub fn init() {
         syslog_stuck_since: None,
         stderr: StderrSink::open(journal),
         verbosity: Verbosity::Normal,
+        may_reconnect: true,
     };
     *lock() = Some(logger);
+}
+
+/// From now on messages go only to the descriptors already open: called just before the seccomp filter is
+/// installed. A message that cannot be sent there is dropped.
+pub fn never_reconnect() {
+    if let Some(logger) = lock().as_mut() {
+        logger.may_reconnect = false;
+    }
 }
 
 /// Sets how much is logged, once the command line is read.
@@ -217,6 +229,9 @@ fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
     let priority = FACILITY_USER * 8 + severity as u8;
     let line = format!("<{priority}>sslwrap[{}]: {message}", std::process::id());
     let Some(socket) = logger.syslog.as_ref() else {
+        if !logger.may_reconnect {
+            return;
+        }
         logger.syslog = connect_syslog(&logger.syslog_path);
         if let Some(socket) = logger.syslog.as_ref() {
             let _ = socket.send(line.as_bytes());
@@ -227,7 +242,7 @@ fn send_to_syslog(logger: &mut Logger, severity: Severity, message: &str) {
         Ok(_) => {}
         // The receiver is gone (syslogd restarted, with a new socket at the same path): reconnect once, and keep
         // the old socket if that fails, as inside a chroot it must, since the path cannot be reached there.
-        Err(error) if is_receiver_gone(&error) => {
+        Err(error) if is_receiver_gone(&error) && logger.may_reconnect => {
             if let Some(fresh) = connect_syslog(&logger.syslog_path) {
                 let _ = fresh.send(line.as_bytes());
                 logger.syslog = Some(fresh);

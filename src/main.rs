@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStringExt;
 
 use sslwrap::options::{self, Command, Config, UsageError};
 use sslwrap::service_manager::Handover;
-use sslwrap::{daemon, inetd, log, pass_phrase, privs, sys, tls};
+use sslwrap::{daemon, inetd, log, pass_phrase, privs, seccomp, sys, tls};
 use sslwrap::{log_error, log_warning};
 
 fn main() {
@@ -77,6 +77,19 @@ fn report_usage_error(error: &UsageError) -> i32 {
 /// listening sockets a service manager passed (socket activation), otherwise in inetd mode on fds 0 and 1.
 fn run(config: &mut Config, handover: &Handover) -> i32 {
     log::set_verbosity(config.verbosity);
+    if config.seccomp {
+        if !seccomp::supported_architecture() {
+            // The legacy lines must keep working on every architecture sslwrap builds on; the filter's numbers are
+            // written and tested for x86_64 and aarch64 only.
+            log_warning!(
+                "no seccomp filter for this architecture: sessions run unconfined (-noseccomp says so on purpose)"
+            );
+            config.seccomp = false;
+        } else if let Err(reason) = seccomp::check_available() {
+            log_error!("{reason}");
+            return 1;
+        }
+    }
     let passed = match handover.listeners() {
         Ok(passed) => passed,
         Err(reason) => {

@@ -165,6 +165,8 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub chroot: Option<PathBuf>,
+    /// Session processes confine themselves with the seccomp filter (seccomp.rs); `-noseccomp` turns it off.
+    pub seccomp: bool,
     /// `-pidfile`: where the daemon parent writes its process ID (daemon mode).
     pub pidfile: Option<PathBuf>,
 }
@@ -220,6 +222,7 @@ struct Draft {
     user: Option<String>,
     group: Option<String>,
     chroot: Option<PathBuf>,
+    noseccomp: bool,
     pidfile: Option<PathBuf>,
     help: bool,
     version: bool,
@@ -581,6 +584,11 @@ const OPTIONS: &[OptionSpec] = &[
         "chroot",
         "chroot to DIR after loading keys",
         Path("DIR", |d, dir| d.chroot = Some(dir)),
+    ),
+    row(
+        "noseccomp",
+        "do not confine session processes with a seccomp filter (for kernels without seccomp)",
+        Flag(|d| d.noseccomp = true),
     ),
     row(
         "fd",
@@ -948,6 +956,7 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
         user: draft.user,
         group: draft.group,
         chroot: draft.chroot,
+        seccomp: !draft.noseccomp,
         pidfile: draft.pidfile,
     })
 }

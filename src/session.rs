@@ -1,7 +1,11 @@
 //! The life of one client connection, the same in inetd and daemon mode: the TLS handshake (bounded by the
 //! handshake deadline) or, with -starttls, the protocol's plaintext phase and then the handshake; then the plaintext
 //! side (backend.rs) and the relay; and exactly one log line for any failure. A normal end is logged only with
-//! -debug. It must never fall back to plaintext once STARTTLS was accepted.
+//! -debug. As soon as both sides are open the process confines itself with the seccomp filter (seccomp.rs) unless
+//! -noseccomp: a classic session after its handshake (its backend is connected only then), a STARTTLS session before
+//! its plaintext phase, so that phase and the handshake are confined too (unless the handshake reads files: -CApath,
+//! -certdir; then right after it). It must never fall back to plaintext once STARTTLS was accepted, and never read a
+//! byte of the relay unconfined when confinement was asked for.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +17,10 @@ use crate::options::Config;
 use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
 use crate::reason::{openssl_reason, tls_reason};
 use crate::relay::{self, Limits, RelayError, SessionFilter, Transfer};
+use crate::seccomp::{self, SessionKind};
 use crate::starttls::{AfterTls, StartTlsMode};
 use crate::tls_facts::TlsFacts;
-use crate::{log_debug, log_error, log_notice, sys, tls};
+use crate::{log, log_debug, log_error, log_notice, sys, tls};
 
 /// Exit status of a session process: 0 for a normal end, 1 for a failure (already logged).
 pub type SessionStatus = i32;
@@ -62,6 +67,11 @@ fn serve_tls_from_the_start(
             return 1;
         }
     };
+    if let Err(reason) = confine(config, &backend, peer) {
+        log_error!("{peer}: {reason}");
+        backend.finish();
+        return 1;
+    }
     let outcome = relay::relay_until_closed(&mut stream, &mut backend, None, relay_limits(config));
     backend.finish();
     report_end(peer, outcome)
@@ -91,6 +101,14 @@ fn serve_with_starttls(
             return 1;
         }
     };
+    let confined_after_handshake = handshake_reads_files(config);
+    if !confined_after_handshake {
+        if let Err(reason) = confine(config, &backend, peer) {
+            log_error!("{peer}: {reason}");
+            backend.finish();
+            return 1;
+        }
+    }
     let limits = PhaseLimits {
         deadline,
         total: config.handshake_timeout,
@@ -102,6 +120,13 @@ fn serve_with_starttls(
             return i32::from(failed);
         }
         PhaseEnd::PlainRelay => {
+            if confined_after_handshake {
+                if let Err(reason) = confine(config, &backend, peer) {
+                    log_error!("{peer}: {reason}");
+                    backend.finish();
+                    return 1;
+                }
+            }
             relay::relay_until_closed(&mut client, &mut backend, None, relay_limits(config))
         }
         PhaseEnd::BeginTls {
@@ -115,7 +140,14 @@ fn serve_with_starttls(
                 &backend_pending,
                 peer,
                 deadline,
-            ) {
+            )
+            .and_then(|upgraded| {
+                if confined_after_handshake {
+                    confine(config, &backend, peer)
+                        .map_err(|reason| format!("{peer}: {reason}"))?;
+                }
+                Ok(upgraded)
+            }) {
                 Ok((mut stream, mut filter)) => relay::relay_until_closed(
                     &mut stream,
                     &mut backend,
@@ -161,6 +193,35 @@ fn upgrade(
     plaintext_phase::write_all_within(&mut stream, &pending, deadline)
         .map_err(|reason| format!("{peer}: {reason}"))?;
     Ok((stream, filter))
+}
+
+/// Installs the seccomp filter for this session's kind of plaintext side, unless -noseccomp. From here on the
+/// process can only use the descriptors it holds; the error names the way out.
+fn confine(config: &Config, backend: &Backside, peer: &str) -> Result<(), String> {
+    if !config.seccomp {
+        return Ok(());
+    }
+    let kind = match backend {
+        Backside::Program { .. } => SessionKind::Program,
+        Backside::Tcp(_) | Backside::Descriptor(_) => SessionKind::Socket,
+    };
+    log::never_reconnect();
+    let started = sys::monotonic_microseconds();
+    seccomp::confine(kind).map_err(|error| {
+        format!("cannot install the seccomp filter: {error}; -noseccomp runs sessions unconfined")
+    })?;
+    // What the confinement costs a session, for whoever weighs it against -noseccomp.
+    log_debug!(
+        "{peer}: confined by the seccomp filter in {} us",
+        sys::monotonic_microseconds().saturating_sub(started)
+    );
+    Ok(())
+}
+
+/// Whether OpenSSL opens files during the handshake: -CApath certificates and CRLs are looked up when a client
+/// certificate is checked, and -certdir in inetd mode opens the file of the name the client asks for.
+fn handshake_reads_files(config: &Config) -> bool {
+    config.tls.ca_path.is_some() || config.tls.certdir.is_some()
 }
 
 /// ", ALPN h2" for the session line when a protocol was agreed, else nothing.

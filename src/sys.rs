@@ -3,9 +3,9 @@
 //! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
 //! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, the session ticket key
 //! callback, adding a CRL to a trust store, the time left until an OCSP nextUpdate, a flag shared with forked
-//! processes, socket options, the environment, the monotonic clock), and the two poll helpers built on them. Each
-//! wrapper is small, returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside
-//! this file may use `unsafe`.
+//! processes, socket options, the environment, the monotonic clock, no_new_privs and the seccomp filter), and the two
+//! poll helpers built on them. Each wrapper is small, returns `io::Result` where the call can fail, and states why
+//! its block is sound. Nothing outside this file may use `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -1071,6 +1071,70 @@ fn child_end(status: libc::c_int) -> ChildEnd {
         ChildEnd::Killed(libc::WTERMSIG(status))
     } else {
         ChildEnd::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Whether seccomp(2) can install a filter whose action kills the whole process: Ok, or the kernel's refusal (ENOSYS
+/// without seccomp(2), EOPNOTSUPP before Linux 4.14).
+pub fn seccomp_kill_process_available() -> io::Result<()> {
+    let action: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL only reads the u32 action through the pointer, which points at a local that
+    // outlives the call; it changes nothing.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Replaces the process with the program at `path` (no arguments, the same environment) by execv(2) itself, with
+/// nothing before it: the seccomp tests must see execve, not the calls std makes before it. Returns only on failure.
+#[cfg(test)]
+pub fn execute_in_place(path: &CStr) -> io::Error {
+    let arguments = [path.as_ptr(), std::ptr::null()];
+    // SAFETY: `path` is a valid C string borrowed for the call, and `arguments` is a null-terminated array of valid
+    // C string pointers that outlives it; execv only returns on failure.
+    unsafe { libc::execv(path.as_ptr(), arguments.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Confines every thread of the calling process with a classic BPF seccomp filter, for the rest of its life and that
+/// of any process it forks: first no_new_privs (which an unprivileged process needs for a filter, and which keeps a
+/// set-user-ID program it could run from gaining privileges), then the filter with TSYNC, so that a thread started
+/// earlier (the -exec program's stderr reader) is confined too.
+pub fn install_seccomp_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let length = libc::c_ushort::try_from(program.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let description = libc::sock_fprog {
+        len: length,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and only sets a flag of this process.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // SAFETY: the kernel copies `len` instructions from `filter`, which points into the borrowed slice of exactly
+    // that length, during the call; it never writes through the pointer (the cast to *mut is the C API's).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &description as *const libc::sock_fprog,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        // TSYNC names the thread that could not be synchronised instead of failing with an errno.
+        thread if thread > 0 => Err(io::Error::other(format!(
+            "thread {thread} could not be confined with the others"
+        ))),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

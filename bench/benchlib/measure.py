@@ -426,9 +426,52 @@ def certdir_phase(bench):
         stop_all(endpoints)
 
 
+# --- 7: what the seccomp filter costs a connection ---------------------------------------------------------------
+
+# (rounds, seconds per round) of the seccomp cell: the difference sought is about 1 % of a connection's CPU, so many
+# short alternating rounds, judged by the median of each round's paired ratio, beat a few long ones.
+SECCOMP_ROUNDS = {"full": (21, 1.5), "quick": (9, 1.0), "smoke": (1, 0.5)}
+
+
+def seccomp_run(bench, endpoint, label, seconds):
+    """CPU per connection (TLS 1.3 ECDSA handshake, one echoed byte, close) of one sslwrap daemon, in ms."""
+    usage = Usage(endpoint)
+    result = bench.loadgen("handshakes", [
+        "--connect", endpoint.address, "--clients", bench.settings.clients, "--seconds", seconds,
+        "--tls", "1.3"], timeout=seconds + 120)
+    cpu, _ = usage.finish()
+    done = result["handshakes"]
+    if done == 0 or result["errors"]:
+        raise BenchError(f"{done} connections, {result['errors']} errors: {result['first_error']}")
+    bench.store.add("seccomp_cpu_per_connection_ms", label, cpu / done * 1e3)
+    return cpu / done * 1e3
+
+
+def seccomp_phase(bench):
+    """sslwrap as it ships (every session process confined) against sslwrap -noseccomp, same binary, same backend,
+    alternating round by round; each pair of neighbouring rounds gives one ratio."""
+    if "sslwrap" not in bench.kinds:
+        return
+    rounds, seconds = SECCOMP_ROUNDS[bench.settings.mode]
+    endpoints = {
+        "confined": bench.launcher.daemon("sslwrap", bench.backends["echo"]),
+        "noseccomp": bench.launcher.daemon("sslwrap", bench.backends["echo"], extra=["-noseccomp"]),
+    }
+    try:
+        for run, label in alternating(["confined", "noseccomp"], rounds):
+            bench.attempt(f"seccomp cost {label} run {run + 1}",
+                          lambda: seccomp_run(bench, endpoints[label], label, seconds))
+    finally:
+        stop_all(endpoints)
+    samples = bench.store.samples.get("seccomp_cpu_per_connection_ms", {})
+    for confined, unconfined in zip(samples.get("confined", []), samples.get("noseccomp", [])):
+        bench.store.note("seccomp_paired_ratio", confined / unconfined)
+
+
 PHASE_NAMES = {"handshakes": handshake_and_latency_phase, "throughput": throughput_phase, "memory": memory_phase,
                "many_idle": many_idle_phase,
-               "inetd": inetd_phase, "resumed": resumed_phase, "certdir": certdir_phase}
+               "inetd": inetd_phase, "resumed": resumed_phase, "certdir": certdir_phase,
+               "seccomp": seccomp_phase}
 PHASES = tuple(PHASE_NAMES.values())
 
 

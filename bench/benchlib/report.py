@@ -35,9 +35,23 @@ def summarise(store, ceilings, settings, machine):
         "memory_detail": {key: value for key, value in store.notes.items() if key.startswith("memory_")},
         "load_average_at_phase_start": store.notes.get("load_average_at_phase_start", []),
     }
+    summary["seccomp_cost"] = _seccomp_cost(store)
     summary["handshake_cost_in_signatures"] = _handshake_cost_in_signatures(summary)
     summary["targets"] = evaluate_targets(summary)
     return summary
+
+
+def _seccomp_cost(store):
+    """What confining a session costs a connection: the medians with and without -noseccomp, and the median of the
+    paired ratios (each confined round against its neighbouring unconfined one), which drift cannot bias."""
+    confined = store.median("seccomp_cpu_per_connection_ms", "confined")
+    unconfined = store.median("seccomp_cpu_per_connection_ms", "noseccomp")
+    ratio = store.note_median("seccomp_paired_ratio")
+    if confined is None or unconfined is None or ratio is None:
+        return None
+    return {"cpu_per_connection_ms": confined, "cpu_per_connection_noseccomp_ms": unconfined,
+            "paired_ratio": ratio, "cost_percent": (ratio - 1) * 100,
+            "pairs": len(store.notes.get("seccomp_paired_ratio", []))}
 
 
 def _handshake_cost_in_signatures(summary):
@@ -130,6 +144,8 @@ def evaluate_targets(summary):
         _target("inetd wall per connection with a -certdir of many names <= 1.10x a -certdir of that name alone",
                 _ratio(summary, "certdir_inetd_wall_ms", "sslwrap", "sslwrap", "certdir_one_file_wall_ms"), 1.10,
                 False),
+        _target("seccomp filter: CPU per connection <= 1.02x sslwrap -noseccomp",
+                summary["seccomp_cost"]["paired_ratio"] if summary.get("seccomp_cost") else None, 1.02, False),
     ]
     return targets
 
@@ -149,6 +165,9 @@ def sanity_problems(summary, kinds):
                         or metric.key.startswith("child_private_dirty_"))
             if not (sane(value) or (marginal and value is not None and math.isfinite(value))):
                 problems.append(f"{metric.label} ({kind}): {value}")
+    seccomp = summary.get("seccomp_cost")
+    if not seccomp or not (sane(seccomp["cpu_per_connection_ms"]) and sane(seccomp["cpu_per_connection_noseccomp_ms"])):
+        problems.append(f"seccomp cost per connection: {seccomp}")
     for direction in ("upload", "download"):
         if not sane(_median(summary, f"{direction}_mib_s", "socat")):
             problems.append(f"socat relay {direction}: no rate")
@@ -213,6 +232,12 @@ def print_report(summary):
     print("\nCPU per handshake in signatures (openssl speed sign cost = 1):")
     for cell, values in summary["handshake_cost_in_signatures"].items():
         print(f"  {cell}: " + ", ".join(f"{kind} {value:.1f}" for kind, value in values.items()))
+    seccomp = summary.get("seccomp_cost")
+    if seccomp:
+        print(f"\nseccomp filter (TLS 1.3 ECDSA connections, {seccomp['pairs']} alternating pairs): CPU per connection "
+              f"{_number(seccomp['cpu_per_connection_ms'])} ms confined, "
+              f"{_number(seccomp['cpu_per_connection_noseccomp_ms'])} ms with -noseccomp; "
+              f"median paired ratio {seccomp['paired_ratio']:.4f} ({seccomp['cost_percent']:+.2f} %)")
     print("\nload client:")
     print("\n".join(f"  {key}: {_number(value) if isinstance(value, float) else value}"
                     for key, value in summary["load_client"].items()))
