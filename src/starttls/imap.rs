@@ -651,6 +651,33 @@ mod tests {
         );
     }
 
+    /// RFC 3501 puts one space after a tag; a backend that puts two has still completed the command the tag names
+    /// (the line's first word), so the next command goes on instead of waiting out the time limit. Only what the
+    /// client sends decides what is forwarded, so this leniency lets nothing else through (found by the fuzz target
+    /// starttls_imap, whose checker had been stricter than the engine).
+    #[test]
+    fn a_completion_with_two_spaces_after_the_tag_still_completes_the_command() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"_OK NOOP\r\nb NOOP\r\n"),
+                Feed::Backend(b"_OK  NOOP completed.\r\n"),
+                Feed::Backend(b"b OK done\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"_OK NOOP\r\n"),
+                to_client(b"_OK  NOOP completed.\r\n"),
+                to_backend(b"b NOOP\r\n"),
+                to_client(b"b OK done\r\n"),
+            ]
+        );
+    }
+
     #[test]
     fn capability_three_times_noop_and_id_then_starttls_works() {
         let mut feeds = vec![Feed::Backend(b"* OK ready\r\n")];
