@@ -22,9 +22,9 @@ pub enum Event {
     TotalLimit,
 }
 
-/// The most bytes the repeat records of one script may add: enough for several over-long lines and a flood, small
-/// enough that every run stays fast.
-const MAX_REPEATED_BYTES: usize = 256 * 1024;
+/// The most bytes the repeat records of one script may add: well beyond what an engine may hold (256 KiB), so that a
+/// flood limit set too high shows, and small enough that every run stays fast.
+const MAX_REPEATED_BYTES: usize = 1024 * 1024;
 
 /// The events of a script.
 pub fn read(data: &[u8]) -> Vec<Event> {
