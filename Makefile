@@ -17,7 +17,8 @@ TEST_PACKAGES  = python3 procps util-linux mandoc groff-base ucspi-tcp socat cur
 PACKAGE_LISTS  = $(wildcard compat-tests/packages tests/packages)
 SOURCES        = Cargo.toml Cargo.lock build.rs $(shell find src -name '*.rs' 2>/dev/null)
 
-.PHONY: all build install install-systemd uninstall check test lint compat demo bench bench-smoke deps clean
+.PHONY: all build install install-systemd uninstall check test lint compat demo bench bench-smoke deps clean \
+        fuzz fuzz-smoke fuzz-tools fuzz-corpus
 
 all: $(BIN)
 
@@ -45,15 +46,16 @@ uninstall:
 	rm -f $(SBINDIR)/sslwrap $(MAN8DIR)/sslwrap.8
 	for unit in $(UNITS); do rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$unit); done
 
-# Every test: unit and integration tests (real OpenSSL clients against the real binary), lint, and the
-# compatibility suite under real superservers and mail servers.
-check: deps lint test compat bench-smoke
+# Every test: unit and integration tests (real OpenSSL clients against the real binary), lint, the
+# compatibility suite under real superservers and mail servers, and a short run of every fuzz target.
+check: deps lint test compat bench-smoke fuzz-smoke
 
 test: build
 	$(CARGO) test --release --locked -- --test-threads=4
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	@out=$$(mandoc -Tlint -W warning man/sslwrap.8 2>&1); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
 	@out=$$(groff -ww -man -Tutf8 man/sslwrap.8 2>&1 >/dev/null); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
@@ -104,5 +106,30 @@ bench-smoke: build
 	$(CARGO) test --release --locked --quiet --manifest-path bench/loadgen/Cargo.toml
 	@if [ -x bench/run ]; then bench/run --smoke; else echo "bench-smoke: bench/run not present yet, skipped"; fi
 
+# Coverage-guided fuzzing (fuzz/, cargo-fuzz with libFuzzer on the stable toolchain): every target runs FUZZ_SECONDS
+# from the committed seeds; a crash fails and names the input (fuzz/artifacts/TARGET/). fuzz/RESULTS.md has the last
+# long run.
+CARGO_FUZZ_VERSION = 0.13.1
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 15
+
+fuzz: fuzz-tools
+	fuzz/run $(FUZZ_SECONDS)
+
+# Each target for FUZZ_SMOKE_SECONDS: keeps the targets building and their checks passing.
+fuzz-smoke: fuzz-tools
+	fuzz/run $(FUZZ_SMOKE_SECONDS)
+
+# cargo-fuzz, installed with cargo unless this version is there already.
+fuzz-tools:
+	@if $(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)'; then \
+	  echo "fuzz-tools: cargo-fuzz $(CARGO_FUZZ_VERSION) present"; \
+	else $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION); fi
+
+# Records the seed corpus again from real sessions (root; dovecot, aiosmtpd, curl, openssl: tests/packages).
+fuzz-corpus: build
+	fuzz/make-corpus
+
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts

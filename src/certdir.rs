@@ -113,13 +113,13 @@ impl NamedCertificates {
 }
 
 /// `*.example.org` for `mail.example.org`: a wildcard stands for exactly one label (RFC 6125, section 6.4.3).
-fn wildcard_above(name: &str) -> Option<String> {
+pub fn wildcard_above(name: &str) -> Option<String> {
     let (_, parent) = name.split_once('.')?;
     parent.contains('.').then(|| format!("*.{parent}"))
 }
 
 /// The certificate file that serves `served`: `NAME.pem`, or `_.DOMAIN.pem` for `*.DOMAIN`.
-fn file_name_for(served: &str) -> String {
+pub fn file_name_for(served: &str) -> String {
     match served.strip_prefix("*.") {
         Some(domain) => format!("{WILDCARD_FILE_PREFIX}{domain}{CERTIFICATE_SUFFIX}"),
         None => format!("{served}{CERTIFICATE_SUFFIX}"),
@@ -127,7 +127,7 @@ fn file_name_for(served: &str) -> String {
 }
 
 /// The name a certificate file serves (lower case), or None for a file the naming rule does not cover.
-fn served_by(file_name: &str) -> Option<String> {
+pub fn served_by(file_name: &str) -> Option<String> {
     let stem = file_name.strip_suffix(CERTIFICATE_SUFFIX)?;
     let (prefix, host) = match stem.strip_prefix(WILDCARD_FILE_PREFIX) {
         Some(domain) => ("*.", domain),

@@ -478,7 +478,15 @@ fn response_parts(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
 /// Where a response line's capability list lies: the untagged CAPABILITY response, or a `[CAPABILITY ...]` code after
 /// the status of OK, NO, BAD, PREAUTH or BYE. The range starts right after the word CAPABILITY.
 fn capability_list_span(line: &[u8]) -> Option<Range<usize>> {
+    // Without its trailing spaces, which response_parts drops too: every slice found below then ends where `text`
+    // ends, so its offset in the line is text.len() minus its length. (Measured against the whole line, a trailing
+    // space shifted the span: the code lost its closing bracket and words were cut.)
     let text = strip_eol(line);
+    let kept = text
+        .iter()
+        .rposition(|&byte| byte != b' ')
+        .map_or(0, |last| last + 1);
+    let text = &text[..kept];
     if let Some(list) = strip_prefix_ignore_case(text, "* CAPABILITY") {
         let start = text.len() - list.len();
         return (list.is_empty() || list[0] == b' ').then_some(start..text.len());
@@ -647,6 +655,93 @@ mod tests {
                 to_client(
                     b"* CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED\r\na1 OK [CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED] done\r\n"
                 ),
+            ]
+        );
+    }
+
+    /// RFC 3501 puts one space after a tag; a backend that puts two has still completed the command the tag names
+    /// (the line's first word), so the next command goes on instead of waiting out the time limit. Only what the
+    /// client sends decides what is forwarded, so this leniency lets nothing else through (found by the fuzz target
+    /// starttls_imap, whose checker had been stricter than the engine).
+    #[test]
+    fn a_completion_with_two_spaces_after_the_tag_still_completes_the_command() {
+        let steps = run_both(
+            "imap",
+            &[
+                Feed::Backend(b"* OK ready\r\n"),
+                Feed::Client(b"_OK NOOP\r\nb NOOP\r\n"),
+                Feed::Backend(b"_OK  NOOP completed.\r\n"),
+                Feed::Backend(b"b OK done\r\n"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"_OK NOOP\r\n"),
+                to_client(b"_OK  NOOP completed.\r\n"),
+                to_backend(b"b NOOP\r\n"),
+                to_client(b"b OK done\r\n"),
+            ]
+        );
+    }
+
+    /// Found by the fuzz target starttls_imap: a trailing space after a capability code shifted the rewritten span,
+    /// so the code lost its closing bracket (and STARTTLS and LOGINDISABLED fell outside it) before TLS, and after
+    /// TLS the backend's STARTTLS stayed in the list.
+    #[test]
+    fn a_capability_code_is_rewritten_in_place_whatever_spaces_end_the_line() {
+        for trailing in [&b" "[..], b"  ", b"   \t "] {
+            let greeting = [
+                &b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready"[..],
+                trailing,
+                b"\r\n",
+            ]
+            .concat();
+            let rewritten = [
+                &b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready"[..],
+                trailing,
+                b"\r\n",
+            ]
+            .concat();
+            assert_eq!(
+                run_both("imap", &[Feed::Backend(&greeting)]),
+                [to_client(&rewritten)]
+            );
+            let reply = [
+                &b"t OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] done"[..],
+                trailing,
+                b"\r\n",
+            ]
+            .concat();
+            let stripped = [
+                &b"t OK [CAPABILITY IMAP4rev1 IDLE] done"[..],
+                trailing,
+                b"\r\n",
+            ]
+            .concat();
+            assert_eq!(
+                filter_both(
+                    Proto::Imap,
+                    &[Feed::Client(b"t CAPABILITY\r\n"), Feed::Backend(&reply)]
+                ),
+                stripped
+            );
+        }
+        let untagged = b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN \r\n";
+        assert_eq!(
+            run_both(
+                "imap",
+                &[
+                    Feed::Backend(b"* OK ready\r\n"),
+                    Feed::Client(b"a CAPABILITY\r\n"),
+                    Feed::Backend(untagged)
+                ]
+            ),
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a CAPABILITY\r\n"),
+                to_client(b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED \r\n")
             ]
         );
     }

@@ -4,7 +4,7 @@
 
 /// The longest line, terminator included, that is ever held whole. A longer client line is a protocol error; a longer
 /// backend line is passed on in pieces without being held.
-pub(super) const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// How many bytes of a line's end are remembered: enough for the longest IMAP literal marker `{<20 digits>+}\r\n`.
 const ENDING_LEN: usize = 32;
@@ -68,12 +68,12 @@ pub(super) fn printable(line: &[u8]) -> String {
 
 /// The client's line was longer than [`MAX_LINE`].
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct LineTooLong;
+pub struct LineTooLong;
 
 /// Client bytes not yet acted on. Lines are taken one at a time, so the engine can stop right after a STARTTLS line
 /// and report what followed it.
 #[derive(Debug, Default)]
-pub(super) struct ClientInput {
+pub struct ClientInput {
     held: Vec<u8>,
     /// How far `held` is known to contain no LF, so byte-at-a-time input is not rescanned from the start.
     searched: usize,
@@ -82,14 +82,14 @@ pub(super) struct ClientInput {
 }
 
 impl ClientInput {
-    pub(super) fn push(&mut self, data: &[u8]) {
+    pub fn push(&mut self, data: &[u8]) {
         let skipped = self.skip.min(data.len() as u64) as usize;
         self.skip -= skipped as u64;
         self.held.extend_from_slice(&data[skipped..]);
     }
 
     /// The next whole line, terminator included; `None` until one has arrived.
-    pub(super) fn next_line(&mut self) -> Option<Result<Vec<u8>, LineTooLong>> {
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, LineTooLong>> {
         if self.skip > 0 {
             return None;
         }
@@ -112,18 +112,18 @@ impl ClientInput {
     }
 
     /// Drops the next `count` bytes, whether they are already held or still to come.
-    pub(super) fn skip(&mut self, count: u64) {
+    pub fn skip(&mut self, count: u64) {
         let now = count.min(self.held.len() as u64) as usize;
         self.held.drain(..now);
         self.searched = 0;
         self.skip = count - now as u64;
     }
 
-    pub(super) fn held_len(&self) -> usize {
+    pub fn held_len(&self) -> usize {
         self.held.len()
     }
 
-    pub(super) fn take_all(&mut self) -> Vec<u8> {
+    pub fn take_all(&mut self) -> Vec<u8> {
         self.searched = 0;
         std::mem::take(&mut self.held)
     }
@@ -131,7 +131,7 @@ impl ClientInput {
 
 /// One piece of a stream cut into lines.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Piece {
+pub enum Piece {
     /// A whole line of at most [`MAX_LINE`] bytes, terminator included.
     Line(Vec<u8>),
     /// The first [`MAX_LINE`] bytes of a longer line; the rest follows as `LongMore`.
@@ -141,7 +141,7 @@ pub(super) enum Piece {
 }
 
 impl Piece {
-    pub(super) fn ends_line(&self) -> bool {
+    pub fn ends_line(&self) -> bool {
         match self {
             Piece::Line(_) => true,
             Piece::LongStart(_) => false,
@@ -153,7 +153,7 @@ impl Piece {
 /// Cuts a byte stream into lines while holding at most [`MAX_LINE`] bytes: lines too long to hold pass through in
 /// pieces, with their last few bytes remembered so a marker at the end (an IMAP literal) is still seen.
 #[derive(Debug)]
-pub(super) struct LineSplitter {
+pub struct LineSplitter {
     partial: Vec<u8>,
     in_long_line: bool,
     ending: Vec<u8>,
@@ -174,7 +174,7 @@ impl Default for LineSplitter {
 impl LineSplitter {
     /// Takes bytes from the front of `input` until a piece is complete or the input runs out, and returns how many
     /// bytes it took (always at least one of a non-empty input) and the piece, if one is complete.
-    pub(super) fn next(&mut self, input: &[u8]) -> (usize, Option<Piece>) {
+    pub fn next(&mut self, input: &[u8]) -> (usize, Option<Piece>) {
         if self.at_line_start {
             self.ending.clear();
             self.at_line_start = false;
@@ -212,17 +212,17 @@ impl LineSplitter {
     }
 
     /// The last bytes of the line the latest piece ended (or is part of).
-    pub(super) fn line_ending(&self) -> &[u8] {
+    pub fn line_ending(&self) -> &[u8] {
         &self.ending
     }
 
     /// How many bytes of an unfinished line are held.
-    pub(super) fn held_len(&self) -> usize {
+    pub fn held_len(&self) -> usize {
         self.partial.len()
     }
 
     /// Bytes of an unfinished line that were taken but not yet handed out as a piece.
-    pub(super) fn take_held(&mut self) -> Vec<u8> {
+    pub fn take_held(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.partial)
     }
 
@@ -238,20 +238,20 @@ impl LineSplitter {
 /// The start of the client's first command line after TLS, which tells an after-TLS filter whether to filter the
 /// reply: only a bounded head is kept, whatever the line's length.
 #[derive(Debug, Default)]
-pub(super) struct FirstLine {
+pub struct FirstLine {
     head: Vec<u8>,
 }
 
 /// A finished first line: its first bytes without the terminator, and whether the whole line fitted in them.
-pub(super) struct FirstLineHead {
-    pub(super) text: Vec<u8>,
-    pub(super) whole: bool,
+pub struct FirstLineHead {
+    pub text: Vec<u8>,
+    pub whole: bool,
 }
 
 impl FirstLine {
     /// Takes client bytes (a caller stops calling once a head came back); `Some` once the line has ended, with at
     /// most `keep` bytes of it.
-    pub(super) fn take(&mut self, data: &[u8], keep: usize) -> Option<FirstLineHead> {
+    pub fn take(&mut self, data: &[u8], keep: usize) -> Option<FirstLineHead> {
         let (chunk, ends_line) = match data.iter().position(|&byte| byte == b'\n') {
             Some(newline) => (&data[..newline], true),
             None => (data, false),
@@ -269,7 +269,7 @@ impl FirstLine {
         Some(FirstLineHead { text, whole })
     }
 
-    pub(super) fn held_len(&self) -> usize {
+    pub fn held_len(&self) -> usize {
         self.head.len()
     }
 }

@@ -5,7 +5,8 @@
 //! client byte that followed an accepted STARTTLS/STLS line reach the backend or be acted on.
 
 mod imap;
-mod lines;
+// Public for the fuzz targets (fuzz/), which check the framing on its own.
+pub mod lines;
 mod pop3;
 mod smtp;
 

@@ -258,12 +258,18 @@ impl Filter {
     }
 }
 
+/// RFC 5321 section 4.2: the code, then SP or `-`, then the text. A line with anything else after its code has no
+/// text to read: otherwise `2506STARTTLS` would count as a STARTTLS keyword line and be taken out after TLS, and the
+/// client would read the line after it as a reply of its own (found by the fuzz target starttls_smtp).
 fn parse_reply_line(line: &[u8]) -> ReplyLine<'_> {
     let text = strip_eol(line);
     ReplyLine {
         code: &text[..text.len().min(3)],
         last: text.get(3) != Some(&b'-'),
-        text: text.get(4..).unwrap_or_default(),
+        text: match text.get(3) {
+            Some(b' ' | b'-') => &text[4..],
+            _ => &[],
+        },
     }
 }
 
@@ -289,6 +295,17 @@ mod tests {
 
     fn after_greeting(mode: &str, client: &[u8], backend: &[u8]) -> Vec<Step> {
         super::super::testing::after_greeting(mode, GREETING, client, backend)
+    }
+
+    #[test]
+    fn after_tls_a_line_without_sp_or_dash_after_its_code_is_no_keyword_line() {
+        let reply = b"250-mx.example\r\n250-8BITMIME\r\n2506STARTTLS\r\n250 HELP\r\n";
+        assert_eq!(filter_both(Proto::Smtp, &[Feed::Backend(reply)]), reply);
+        let reply = b"250-mx.example\r\n250-8BITMIME\r\n250 STARTTLS\r\n";
+        assert_eq!(
+            filter_both(Proto::Smtp, &[Feed::Backend(reply)]),
+            b"250-mx.example\r\n250 8BITMIME\r\n"
+        );
     }
 
     #[test]
