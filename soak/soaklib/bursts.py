@@ -113,43 +113,57 @@ def soak(target, settings, total, context, progress):
     rng = random.Random(16)
     slow = clients.SlowHandshakes(settings.handshake_timeout + 30)
     samples, violations = [], []
-    totals = {"connections": {}, "lines": {}, "expected": {}}
+    totals = {"connections": {}, "lines": {}, "expected": {}, "client_failures": 0}
     made, started, time_limited, number = 0, time.monotonic(), False, 0
     while made < total and not time_limited:
         number += 1
-        burst = Burst(target, plan(target.mix, min(settings.sample_every, total - made), rng), context, slow,
-                      settings.stop_at, number)
-        burst.run(settings.clients)
-        slow.wait_all()
-        wait_children_gone(target.watched.values())
-        made += burst.made
-        time_limited = burst.time_limited
-        sample = {"connections": made, "elapsed_s": round(time.monotonic() - started, 1),
-                  "processes": {label: read_process(pid) for label, pid in target.watched.items()},
-                  "lines": {}, "expected": {}}
-        found = list(burst.problems[:5])
-        if len(burst.problems) > 5:
-            found.append(f"... and {len(burst.problems) - 5} more client-side failures in this burst")
-        with slow.lock:
-            found += slow.failures
-            slow.failures.clear()
-        for label, sink in target.sinks.items():
-            ports = {k: burst.ports[k] for k in target.mix if target.sink_of_kind[k] == label}
-            counts, expected, wrong = judge.judge_lines(sink.lines_since_last(), ports, label)
-            sample["lines"].update(counts)
-            sample["expected"].update(expected)
-            found += wrong
-        for kind, ports in burst.ports.items():
-            totals["connections"][kind] = totals["connections"].get(kind, 0) + len(ports)
-        for key in ("lines", "expected"):
-            for kind, count in sample[key].items():
-                totals[key][kind] = totals[key].get(kind, 0) + count
-        found += judge.judge_sample(sample)
-        sample["violations"] = found
-        samples.append(sample)
-        violations += [f"burst ending at {made}: {v}" for v in found]
-        progress(sample)
+        try:
+            made, time_limited = _burst(target, settings, total, context, rng, slow, number, made, started,
+                                        samples, violations, totals, progress)
+        except (procs.BenchError, OSError) as error:
+            # A watched process gone, a sink that stopped answering: the run ends here, and says why.
+            violations.append(f"run aborted after {made} connections: {error}")
+            break
     run_violations, summary = judge.judge_run(samples, settings.rss_band_kib)
     return {"mode": target.mode, "planned": total, "reached": made, "time_limited": time_limited,
             "elapsed_s": round(time.monotonic() - started, 1), "samples": samples, "summary": summary,
             "totals": totals, "violations": violations + run_violations, "mix": target.mix}
+
+
+def _burst(target, settings, total, context, rng, slow, number, made, started, samples, violations, totals,
+           progress):
+    """One burst, its wait and its sample; returns the connections made so far and whether time ran out."""
+    burst = Burst(target, plan(target.mix, min(settings.sample_every, total - made), rng), context, slow,
+                  settings.stop_at, number)
+    burst.run(settings.clients)
+    slow.wait_all()
+    wait_children_gone(target.watched.values())
+    made += burst.made
+    time_limited = burst.time_limited
+    sample = {"connections": made, "elapsed_s": round(time.monotonic() - started, 1),
+              "processes": {label: read_process(pid) for label, pid in target.watched.items()},
+              "lines": {}, "expected": {}}
+    found = list(burst.problems[:5])
+    if len(burst.problems) > 5:
+        found.append(f"... and {len(burst.problems) - 5} more client-side failures in this burst")
+    with slow.lock:
+        found += slow.failures
+        totals["client_failures"] += len(burst.problems) + len(slow.failures)
+        slow.failures.clear()
+    for label, sink in target.sinks.items():
+        ports = {k: burst.ports[k] for k in target.mix if target.sink_of_kind[k] == label}
+        counts, expected, wrong = judge.judge_lines(sink.lines_since_last(), ports, label)
+        sample["lines"].update(counts)
+        sample["expected"].update(expected)
+        found += wrong
+    for kind, ports in burst.ports.items():
+        totals["connections"][kind] = totals["connections"].get(kind, 0) + len(ports)
+    for key in ("lines", "expected"):
+        for kind, count in sample[key].items():
+            totals[key][kind] = totals[key].get(kind, 0) + count
+    found += judge.judge_sample(sample)
+    sample["violations"] = found
+    samples.append(sample)
+    violations += [f"burst ending at {made}: {v}" for v in found]
+    progress(sample)
+    return made, time_limited

@@ -22,7 +22,9 @@ def _mode_section(record, settings_line):
                     "not by a failure")
     rate = record["reached"] / record["elapsed_s"] if record["elapsed_s"] else 0
     out += [f"- Connections: {reached}, in {record['elapsed_s']:,.0f} s ({rate:,.0f} per second), "
-            f"{len(record['samples'])} samples.", f"- {settings_line}", ""]
+            f"{len(record['samples'])} samples.",
+            f"- Connections whose client saw the daemon misbehave: {record['totals']['client_failures']:,}.",
+            f"- {settings_line}", ""]
     out += ["| kind | connections | syslog lines | expected |", "|---|---:|---:|---:|"]
     totals = record["totals"]
     for kind in record["mix"]:

@@ -60,7 +60,7 @@ def from_environment():
     return Settings(
         daemon_connections=_count("SOAK_N", 1_000_000),
         inetd_connections=_count("SOAK_INETD_N", 100_000),
-        clients=_count("SOAK_CLIENTS", 8),
+        clients=_count("SOAK_CLIENTS", 16),
         sample_every=_count("SOAK_SAMPLE_EVERY", 10_000, minimum=100),
         stop_at=parse_stop_at(stop_at) if stop_at else None,
         # One daemon serves every kind, so one timeout for all: 3 s, not 1 s, so that a loaded machine (load
