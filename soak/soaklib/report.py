@@ -14,12 +14,11 @@ KIND_NAMES = {
 }
 
 
-def _mode_section(record, settings_line):
+def _mode_section(record, settings_line, stop_reason):
     out = [f"## {record['mode']} mode", ""]
     reached = f"{record['reached']:,} of {record['planned']:,} planned connections"
     if record["time_limited"]:
-        reached += (" — **time-limited**: stopped at SOAK_STOP_AT (this run's session had a fixed end), "
-                    "not by a failure")
+        reached += (f" — **time-limited**: stopped at SOAK_STOP_AT ({stop_reason}), not by a failure")
     rate = record["reached"] / record["elapsed_s"] if record["elapsed_s"] else 0
     out += [f"- Connections: {reached}, in {record['elapsed_s']:,.0f} s ({rate:,.0f} per second), "
             f"{len(record['samples'])} samples.",
@@ -50,7 +49,8 @@ def results_markdown(records, machine, command, settings):
     out = ["# sslwrap soak results (issue 16)", "",
            f"Run of {machine['date']} on {machine['cpu']} ({machine['cpus']} CPUs, {machine['memory_gib']} GiB), "
            f"{machine['kernel']}; {machine['openssl']}; {machine['sslwrap']} ({machine['sslwrap_binary']}).",
-           f"Load average at the start: {machine['load']}; the machine was shared with other work.", "",
+           f"Source: commit {machine['revision']}. Load average at the start: {machine['load']} "
+           "(the machine was shared with other work).", "",
            f"Command: `{command}`", "",
            "Each burst is SOAK_SAMPLE_EVERY connections made by SOAK_CLIENTS parallel clients, then a wait until the "
            "watched process has no session process left, then a sample. Judged at every sample: zombies 0, session "
@@ -60,7 +60,7 @@ def results_markdown(records, machine, command, settings):
     for record in records:
         line = (f"Settings: SOAK_CLIENTS={settings.clients}, SOAK_SAMPLE_EVERY={settings.sample_every}, "
                 f"-handshake_timeout {settings.handshake_timeout}, RSS band {band} KiB.")
-        out += _mode_section(record, line)
+        out += _mode_section(record, line, machine.get("stop_reason") or "no reason given")
     out += ["![descriptors, RSS and session processes over connections](soak.svg)", ""]
     return "\n".join(out)
 
