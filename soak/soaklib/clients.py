@@ -8,7 +8,6 @@ lines their session must cause (EXPECTED_LINES). Nothing here samples processes 
 """
 
 import hashlib
-import random
 import selectors
 import socket
 import ssl

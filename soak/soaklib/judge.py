@@ -77,7 +77,8 @@ def judge_run(samples, rss_band_kib):
         rss = [r["rss_kib"] for r in readings]
         summary[label] = {
             "fds_min": min(fds), "fds_max": max(fds), "rss_first_kib": rss[0], "rss_min_kib": min(rss),
-            "rss_max_kib": max(rss), "rss_growth_kib": max(rss) - rss[0], "zombies_max": max(r["zombies"] for r in readings),
+            "rss_max_kib": max(rss), "rss_growth_kib": max(rss) - rss[0],
+            "zombies_max": max(r["zombies"] for r in readings),
             "children_after_bursts_max": max(r["children"] for r in readings),
         }
         if len(set(fds)) != 1:
