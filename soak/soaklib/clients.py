@@ -105,10 +105,14 @@ def client_reset(ports, context, rng):
 
 
 def garbage(ports, context, rng):
-    """A handshake record full of random bytes: the daemon must answer with a TLS alert and close."""
+    """A whole ClientHello message of random bytes: the daemon must answer with a TLS alert and close.
+
+    The headers are real and say the message is complete: a random handshake header could announce a longer
+    ClientHello, and the daemon would rightly wait for the rest until its handshake timeout (seen once in a
+    million connections)."""
     with _connect(ports["main"]) as raw:
         port = raw.getsockname()[1]
-        raw.sendall(b"\x16\x03\x01\x00\x40" + rng.randbytes(64))
+        raw.sendall(b"\x16\x03\x01\x00\x40" + b"\x01\x00\x00\x3c" + rng.randbytes(60))
         answer, _ = _read_to_any_end(raw)
     if answer[:1] != b"\x15":
         return port, f"garbage ClientHello got {answer[:8].hex() or 'no bytes'} instead of an alert record"

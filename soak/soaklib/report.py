@@ -41,7 +41,7 @@ def _mode_section(record, settings_line, stop_reason):
         out.append(f"- {violation}")
     if len(record["violations"]) > 40:
         out.append(f"- ... and {len(record['violations']) - 40} more")
-    return out
+    return out + [""]
 
 
 def results_markdown(records, machine, command, settings):
