@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,27 +14,7 @@ use openssl::rsa::Rsa;
 
 const MIB: usize = 1024 * 1024;
 
-/// A running `sslwrap ... -accept 127.0.0.1:PORT`, past its warm-up.
-struct Daemon {
-    child: Child,
-    port: u16,
-    _notifications: Notifications,
-}
-
 impl Daemon {
-    fn start(args: &[&str], syslog: &Syslog) -> Daemon {
-        let spawned = spawn_daemon("127.0.0.1", args, &[], syslog);
-        Daemon {
-            child: spawned.child,
-            port: spawned.port,
-            _notifications: spawned.notifications,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     fn signal(&self, name: &str) {
         send_signal(self.pid(), name);
     }
@@ -60,13 +39,6 @@ impl Daemon {
     fn stop(mut self) -> Option<std::process::ExitStatus> {
         self.signal("TERM");
         wait_with_timeout(&mut self.child, Duration::from_secs(10))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,7 +9,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,27 +16,7 @@ use support::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// sslwrap in daemon mode, killed and reaped by PID when the test ends.
-struct Daemon {
-    child: Child,
-    port: u16,
-    _notifications: Notifications,
-}
-
 impl Daemon {
-    fn start(args: &[&str], syslog: &Syslog) -> Daemon {
-        let spawned = spawn_daemon("127.0.0.1", args, &[], syslog);
-        Daemon {
-            child: spawned.child,
-            port: spawned.port,
-            _notifications: spawned.notifications,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The one session process, once it exists (bounded wait).
     fn session_pid(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -48,13 +27,6 @@ impl Daemon {
             assert!(Instant::now() < deadline, "no session process appeared");
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -346,6 +346,36 @@ pub fn spawn_daemon(host: &str, before: &[&str], after: &[&str], syslog: &Syslog
     }
 }
 
+/// sslwrap in daemon mode (`spawn_daemon` on 127.0.0.1), past its READY=1; killed and reaped by PID when dropped.
+/// Test files add the readings they need in `impl Daemon` blocks of their own.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    _notifications: Notifications,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], syslog: &Syslog) -> Daemon {
+        let spawned = spawn_daemon("127.0.0.1", args, &[], syslog);
+        Daemon {
+            child: spawned.child,
+            port: spawned.port,
+            _notifications: spawned.notifications,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A service manager's notification socket (NOTIFY_SOCKET): a thread receives every datagram at once, as systemd
 /// does, so the sender never finds the queue full. A test that starts a daemon with it waits for READY=1, sent once
 /// the listeners are open, instead of polling for the port.
