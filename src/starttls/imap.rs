@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use super::lines::{
     FirstLine, LineSplitter, Piece, has_smuggling_bytes, is_word, printable, split_word, strip_eol,
-    strip_prefix_ignore_case,
+    strip_prefix_ignore_case, trim_spaces,
 };
 use super::{Dialect, Farewells, Session};
 
@@ -468,9 +468,11 @@ fn literal_at_end(text: &[u8]) -> Option<Literal> {
     })
 }
 
-/// Tag, status word and the text after them.
+/// Tag, status word and the text after them, read as a lenient client reads them: spaces before the tag and runs of
+/// spaces between words do not count (RFC 3501 allows neither, but a client splitting on spaces still sees the words,
+/// so the engine must see the same ones).
 fn response_parts(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
-    let (tag, rest) = split_word(strip_eol(line));
+    let (tag, rest) = split_word(trim_spaces(strip_eol(line)));
     let (status, text) = split_word(rest);
     (tag, status, text)
 }
@@ -487,11 +489,17 @@ fn capability_list_span(line: &[u8]) -> Option<Range<usize>> {
         .rposition(|&byte| byte != b' ')
         .map_or(0, |last| last + 1);
     let text = &text[..kept];
-    if let Some(list) = strip_prefix_ignore_case(text, "* CAPABILITY") {
-        let start = text.len() - list.len();
-        return (list.is_empty() || list[0] == b' ').then_some(start..text.len());
+    // `status` and what follows it are suffixes of `text` (response_parts trims no byte at the end of it).
+    let (tag, status, after_status) = response_parts(text);
+    if tag == b"*" && is_word(status, "CAPABILITY") {
+        // Right after the word CAPABILITY, before the spaces response_parts skipped.
+        let before_list = &text[..text.len() - after_status.len()];
+        let start = before_list
+            .iter()
+            .rposition(|&byte| byte != b' ')
+            .map_or(0, |last| last + 1);
+        return Some(start..text.len());
     }
-    let (_, status, after_status) = response_parts(line);
     if !["OK", "NO", "BAD", "PREAUTH", "BYE"]
         .iter()
         .any(|known| is_word(status, known))
@@ -654,6 +662,28 @@ mod tests {
                 to_backend(b"a1 capability\r\n"),
                 to_client(
                     b"* CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED\r\na1 OK [CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED] done\r\n"
+                ),
+            ]
+        );
+    }
+
+    /// A capability response with a space before its `*`, or two after it, breaks RFC 3501, yet a client that splits
+    /// on spaces reads its list: it is rewritten like any other (found by the fuzz target starttls_imap; before, the
+    /// engine relayed such a line as text and its AUTH= mechanisms reached a plaintext client).
+    #[test]
+    fn a_capability_response_with_stray_spaces_is_rewritten_too() {
+        let steps = after_ready(
+            "imap",
+            b"a1 capability\r\n",
+            b" * CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n*  capability  IDLE AUTH=LOGIN\r\n * CAPABILITY\r\na1 OK done\r\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a1 capability\r\n"),
+                to_client(
+                    b" * CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\n*  capability IDLE STARTTLS LOGINDISABLED\r\n * CAPABILITY STARTTLS LOGINDISABLED\r\na1 OK done\r\n"
                 ),
             ]
         );
