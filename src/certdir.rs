@@ -1,22 +1,23 @@
 //! `-certdir DIR`: several host names on one port. The server name a client asks for (SNI) picks a certificate
 //! from DIR by file name: `DIR/NAME.pem` serves NAME, `DIR/_.DOMAIN.pem` serves every name one label below DOMAIN
 //! (`*.DOMAIN`); the key is in the same file or beside it in `NAME.key`, and the OCSP response to staple for it, if
-//! any, beside it in `NAME.ocsp`. Each name gets a whole context built by tls.rs from the same options with only the
-//! certificate and its response changed, so that protocols, ciphers, verification, tickets (the same -ticketkey
-//! keys, which the ticket callback finds on the switched context), ALPN and CRLs are the ones of the default context.
-//! A daemon loads every file once, at start-up and on SIGHUP; an inetd-started process opens only the files its
-//! client's name selects, so its cost does not grow with DIR. This file must never parse a certificate, key or OCSP
-//! response itself (OpenSSL does), and never fail a handshake: a name it cannot serve gets the -cert certificate.
+//! any, beside it in `NAME.ocsp`. Everything but the certificate, its key and its staple is the default context's
+//! (protocols, ciphers, verification, tickets, ALPN, CRLs). A daemon loads every file once, at start-up and on
+//! SIGHUP, each into a context of its own built by tls.rs from the same options, and switches a connection to it; an
+//! inetd-started process opens only the files its client's name selects and sets that one certificate on the
+//! connection itself, so its cost does not grow with DIR. This file must never parse a certificate, key or OCSP
+//! response itself (OpenSSL does), and never fail a handshake over a file of DIR: a name it cannot serve gets the
+//! -cert certificate.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use openssl::ssl::{NameType, SniError, SslContext, SslContextBuilder};
+use openssl::ssl::{NameType, SniError, SslContext, SslContextBuilder, SslRef};
 use openssl::x509::X509Ref;
 
 use crate::options::TlsOptions;
-use crate::reason::io_reason;
-use crate::tls::{self, ContextUse};
+use crate::reason::{io_reason, openssl_reason};
+use crate::tls::{self, ConnectionCertificate, ContextUse};
 use crate::tls_facts::is_host_name;
 use crate::{log_debug, log_warning};
 
@@ -30,52 +31,26 @@ const OCSP_EXTENSION: &str = "ocsp";
 /// A file name starting with this serves the wildcard `*.` of the rest (a `*` is awkward in a shell).
 const WILDCARD_FILE_PREFIX: &str = "_.";
 
-/// Where the certificate for a client's name comes from.
-enum NamedCertificates {
-    /// Daemon mode: every usable file of DIR, loaded at start-up (or reload), by the name it serves.
-    Loaded(HashMap<String, SslContext>),
-    /// inetd mode: the file is opened when a client asks for its name, with what building its context needs.
-    OnDemand {
-        dir: PathBuf,
-        options: Box<TlsOptions>,
-        log_states: bool,
-    },
-}
-
-/// Makes the default context switch to DIR's certificate for a client's name (SSL_CTX_set_tlsext_servername_callback,
-/// then SSL_set_SSL_CTX). Fails only when DIR itself cannot be read.
+/// Daemon mode: makes the default context switch to DIR's certificate for a client's name
+/// (SSL_CTX_set_tlsext_servername_callback, then SSL_set_SSL_CTX); every usable file of DIR is loaded now, into a
+/// context of its own, by the name it serves. Fails only when DIR itself cannot be read.
 pub fn choose_by_server_name(
     context: &mut SslContextBuilder,
     dir: &Path,
     options: &TlsOptions,
     log_states: bool,
-    usage: ContextUse,
 ) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("-certdir: cannot read {}: {}", dir.display(), io_reason(&e)))?;
-    let certificates = match usage {
-        ContextUse::Daemon => {
-            NamedCertificates::Loaded(load_all(dir, entries, options, log_states))
-        }
-        ContextUse::OneConnection => NamedCertificates::OnDemand {
-            dir: dir.to_path_buf(),
-            options: Box::new(options.clone()),
-            log_states,
-        },
-    };
+    let entries = read_dir(dir)?;
+    let by_name = load_all(dir, entries, options, log_states);
     context.set_servername_callback(move |ssl, _alert| {
-        let Some(name) = ssl
-            .servername(NameType::HOST_NAME)
-            .filter(|name| is_host_name(name))
-            .map(str::to_ascii_lowercase)
-        else {
-            return Ok(());
-        };
-        if let Some(chosen) = certificates.for_name(&name) {
+        let chosen = asked_name(ssl)
+            .and_then(|name| candidates(&name).find_map(|served| by_name.get(&served).cloned()));
+        if let Some(chosen) = chosen {
             if let Err(e) = ssl.set_ssl_context(&chosen) {
                 log_warning!(
-                    "-certdir: cannot switch to the certificate for {name}: {}",
-                    crate::reason::openssl_reason(&e)
+                    "-certdir: cannot switch to the certificate for {}: {}",
+                    asked_name(ssl).unwrap_or_default(),
+                    openssl_reason(&e)
                 );
             }
         }
@@ -84,32 +59,64 @@ pub fn choose_by_server_name(
     Ok(())
 }
 
-impl NamedCertificates {
-    /// The context for a client's (lower-case, valid) host name: its own file, else (also when its own file cannot
-    /// be used) the wildcard one label up.
-    fn for_name(&self, name: &str) -> Option<SslContext> {
-        let mut candidates = std::iter::once(name.to_string()).chain(wildcard_above(name));
-        match self {
-            NamedCertificates::Loaded(by_name) => {
-                candidates.find_map(|served| by_name.get(&served).cloned())
-            }
-            NamedCertificates::OnDemand {
-                dir,
-                options,
-                log_states,
-            } => candidates
+/// inetd mode: the context has no certificate; for the one connection of this process the servername callback sets
+/// the certificate on the connection itself: the file DIR has for the client's name, read then (so that the cost of
+/// a connection does not grow with DIR), or `default` (the -cert one, read at start-up like every key). Fails only
+/// when DIR itself cannot be read.
+pub fn choose_for_the_connection(
+    context: &mut SslContextBuilder,
+    dir: &Path,
+    options: &TlsOptions,
+    default: ConnectionCertificate,
+) -> Result<(), String> {
+    read_dir(dir)?;
+    let dir = dir.to_path_buf();
+    let options = options.clone();
+    context.set_servername_callback(move |ssl, alert| {
+        let chosen = asked_name(ssl).and_then(|name| {
+            candidates(&name)
                 .filter(|served| dir.join(file_name_for(served)).exists())
-                .find_map(|served| {
-                    load_or_warn(
-                        dir,
-                        &served,
-                        options,
-                        *log_states,
-                        ContextUse::OneConnection,
-                    )
-                }),
+                .find_map(|served| load_one_or_warn(&dir, &served, &options))
+        });
+        if let Some((file, certificate)) = &chosen {
+            match certificate.serve_on(ssl) {
+                Ok(()) => return Ok(()),
+                Err(e) => log_warning!(
+                    "-certdir: {} skipped: {}",
+                    file.display(),
+                    openssl_reason(&e)
+                ),
+            }
         }
-    }
+        default.serve_on(ssl).map_err(|e| {
+            log_warning!(
+                "-cert: cannot use {}: {}",
+                options.cert.display(),
+                openssl_reason(&e)
+            );
+            *alert = openssl::ssl::SslAlert::INTERNAL_ERROR;
+            SniError::ALERT_FATAL
+        })
+    });
+    Ok(())
+}
+
+fn read_dir(dir: &Path) -> Result<std::fs::ReadDir, String> {
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("-certdir: cannot read {}: {}", dir.display(), io_reason(&e)))
+}
+
+/// The (lower-case, valid) host name the client asked for, if any.
+fn asked_name(ssl: &SslRef) -> Option<String> {
+    ssl.servername(NameType::HOST_NAME)
+        .filter(|name| is_host_name(name))
+        .map(str::to_ascii_lowercase)
+}
+
+/// The names whose file may serve a client's name: its own, then the wildcard one label up (also when its own file
+/// cannot be used).
+fn candidates(name: &str) -> impl Iterator<Item = String> {
+    std::iter::once(name.to_string()).chain(wildcard_above(name))
 }
 
 /// `*.example.org` for `mail.example.org`: a wildcard stands for exactly one label (RFC 6125, section 6.4.3).
@@ -160,7 +167,22 @@ fn load_all(
             );
             continue;
         };
-        if let Some(context) = load_or_warn(dir, &served, options, log_states, ContextUse::Daemon) {
+        let certificate = dir.join(file_name_for(&served));
+        let files = NamedFiles::beside(&certificate, options);
+        let loaded = tls::build_context_stapling(
+            &files.options,
+            files.ocsp(),
+            log_states,
+            ContextUse::Daemon,
+        )
+        .and_then(|context| {
+            let leaf = context
+                .certificate()
+                .ok_or_else(|| "no certificate in it".to_string())?;
+            check_made_out_for(leaf, &served)?;
+            Ok(context)
+        });
+        if let Some(context) = kept_or_warned(&certificate, &served, loaded) {
             by_name.insert(served, context);
         }
     }
@@ -172,19 +194,26 @@ fn load_all(
     by_name
 }
 
-/// The context for one name's file, or None after a warning naming the file and the reason.
-fn load_or_warn(
+/// inetd mode: the certificate of the one file that serves `served`, or None after a warning naming the file.
+fn load_one_or_warn(
     dir: &Path,
     served: &str,
     options: &TlsOptions,
-    log_states: bool,
-    usage: ContextUse,
-) -> Option<SslContext> {
+) -> Option<(PathBuf, ConnectionCertificate)> {
     let certificate = dir.join(file_name_for(served));
-    match load(&certificate, served, options, log_states, usage) {
-        Ok(context) => {
+    let files = NamedFiles::beside(&certificate, options);
+    let loaded = ConnectionCertificate::load(&files.options, files.ocsp()).and_then(|loaded| {
+        check_made_out_for(loaded.leaf(), served)?;
+        Ok(loaded)
+    });
+    kept_or_warned(&certificate, served, loaded).map(|loaded| (certificate, loaded))
+}
+
+fn kept_or_warned<T>(certificate: &Path, served: &str, loaded: Result<T, String>) -> Option<T> {
+    match loaded {
+        Ok(loaded) => {
             log_debug!("-certdir: {} serves {served}", certificate.display());
-            Some(context)
+            Some(loaded)
         }
         Err(reason) => {
             log_warning!(
@@ -197,48 +226,56 @@ fn load_or_warn(
     }
 }
 
-/// Builds the context of one certificate file with the default context's options and the OCSP response beside it,
-/// if there is one, and checks that the certificate is made out for the name its file serves.
-fn load(
-    certificate: &Path,
-    served: &str,
-    options: &TlsOptions,
-    log_states: bool,
-    usage: ContextUse,
-) -> Result<SslContext, String> {
-    let key = certificate.with_extension(KEY_EXTENSION);
-    let response = certificate.with_extension(OCSP_EXTENSION);
-    let options = TlsOptions {
-        cert: certificate.to_path_buf(),
-        key: key.exists().then_some(key),
-        // -pass is for the -key file; its source may be spent already (fd:, stdin) or forgotten (inetd mode).
-        pass: None,
-        // -ocsp is a response for the -cert certificate only.
-        ocsp: None,
-        nocert: false,
-        certdir: None,
-        ..options.clone()
-    };
-    let ocsp = response.exists().then_some(tls::OcspFile {
-        path: &response,
-        option: "-certdir",
-        required: false,
-    });
-    let context = tls::build_context_stapling(&options, ocsp, log_states, usage)?;
-    let Some(leaf) = context.certificate() else {
-        return Err("no certificate in it".to_string());
-    };
-    let names = dns_names(leaf);
-    if !names.iter().any(|name| name.eq_ignore_ascii_case(served)) {
-        let found = match names.is_empty() {
-            true => "no DNS name".to_string(),
-            false => names.join(", "),
+/// A certificate file of DIR with what is beside it: the default context's options with only the certificate and
+/// key changed, and the OCSP response file, if there is one.
+struct NamedFiles {
+    options: TlsOptions,
+    response: Option<PathBuf>,
+}
+
+impl NamedFiles {
+    fn beside(certificate: &Path, options: &TlsOptions) -> NamedFiles {
+        let key = certificate.with_extension(KEY_EXTENSION);
+        let response = certificate.with_extension(OCSP_EXTENSION);
+        let options = TlsOptions {
+            cert: certificate.to_path_buf(),
+            key: key.exists().then_some(key),
+            // -pass is for the -key file; its source may be spent already (fd:, stdin) or forgotten (inetd mode).
+            pass: None,
+            // -ocsp is a response for the -cert certificate only.
+            ocsp: None,
+            nocert: false,
+            certdir: None,
+            ..options.clone()
         };
-        return Err(format!(
-            "its file name says {served}, but its certificate's subjectAltName has {found}"
-        ));
+        NamedFiles {
+            options,
+            response: response.exists().then_some(response),
+        }
     }
-    Ok(context)
+
+    fn ocsp(&self) -> Option<tls::OcspFile<'_>> {
+        self.response.as_deref().map(|path| tls::OcspFile {
+            path,
+            option: "-certdir",
+            required: false,
+        })
+    }
+}
+
+/// The certificate must be made out for the name its file serves, as clients check it.
+fn check_made_out_for(leaf: &X509Ref, served: &str) -> Result<(), String> {
+    let names = dns_names(leaf);
+    if names.iter().any(|name| name.eq_ignore_ascii_case(served)) {
+        return Ok(());
+    }
+    let found = match names.is_empty() {
+        true => "no DNS name".to_string(),
+        false => names.join(", "),
+    };
+    Err(format!(
+        "its file name says {served}, but its certificate's subjectAltName has {found}"
+    ))
 }
 
 /// The DNS names of a certificate's subjectAltName, as OpenSSL decodes them.

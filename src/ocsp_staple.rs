@@ -1,18 +1,21 @@
 //! `-ocsp FILE` and the `NAME.ocsp` files of `-certdir`: OCSP stapling from a response fetched by something else
 //! (`openssl ocsp -respout`, a certbot hook). tls.rs reads the file and finds the certificate's issuer; this module
-//! has OpenSSL judge the response against the certificate of its context once per context built (start-up, each SIGHUP reload in daemon mode, each process in inetd
-//! mode) and installs the status callback that sends it to clients asking with status_request. At handshake time
-//! only the clock is compared with the response's nextUpdate: nothing is parsed per connection. It never fetches
-//! anything over the network, never decodes DER itself (OpenSSL does), and never fails a handshake: a response that
-//! does not hold is not sent, and a warning says why.
+//! has OpenSSL judge the response against its certificate once per load (start-up, each SIGHUP reload in daemon
+//! mode, each process in inetd mode) and installs the status callback that sends it to clients asking with
+//! status_request: the context's one response, or in inetd mode with -certdir the one of the certificate chosen for
+//! the connection. At handshake time only the clock is compared with the response's nextUpdate: nothing is parsed
+//! per connection. It never fetches anything over the network, never decodes DER itself (OpenSSL does), and never
+//! fails a handshake: a response that does not hold is not sent, and a warning says why.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
 use openssl::hash::MessageDigest;
 use openssl::ocsp::{OcspCertId, OcspCertStatus, OcspFlag, OcspResponse, OcspResponseStatus};
-use openssl::ssl::SslContextBuilder;
+use openssl::ssl::{Ssl, SslContextBuilder, SslRef};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyFlags;
@@ -186,41 +189,90 @@ fn serial_text(certificate: &X509Ref) -> String {
         .unwrap_or_else(|_| "unreadable".to_string())
 }
 
-/// Installs the status callback (SSL_CTX_set_tlsext_status_cb), which OpenSSL calls for a client that sent
-/// status_request: the response is sent while its nextUpdate lies ahead. Once it has passed, nothing is sent, and
-/// the first client that finds it so brings one warning. A daemon's handshakes happen in session processes forked
-/// from a parent that never makes one, so the note that it was told lives in memory they all share.
-pub fn staple_on_request(
-    context: &mut SslContextBuilder,
+/// A staple to send, with what a warning about it names. Once its nextUpdate has passed nothing is sent, and the
+/// first client that finds it so brings one warning. A daemon's handshakes happen in session processes forked from a
+/// parent that never makes one, so the note that it was told lives in memory they all share.
+pub struct StapleToSend {
     option: &'static str,
-    file: &Path,
+    file: PathBuf,
     staple: Staple,
-) -> Result<(), String> {
-    let file: PathBuf = file.to_path_buf();
-    let told_expired = sys::SharedFlag::new().map_err(|e| {
-        format!(
-            "{option}: cannot map memory for {}: {}",
-            file.display(),
-            crate::reason::io_reason(&e)
-        )
-    })?;
-    log_debug!("{option}: the response in {} is stapled", file.display());
-    context.set_status_callback(move |ssl| {
-        let fresh = staple
+    told_expired: sys::SharedFlag,
+}
+
+impl StapleToSend {
+    pub fn new(option: &'static str, file: &Path, staple: Staple) -> Result<StapleToSend, String> {
+        let told_expired = sys::SharedFlag::new().map_err(|e| {
+            format!(
+                "{option}: cannot map memory for {}: {}",
+                file.display(),
+                crate::reason::io_reason(&e)
+            )
+        })?;
+        log_debug!("{option}: the response in {} is stapled", file.display());
+        Ok(StapleToSend {
+            option,
+            file: file.to_path_buf(),
+            staple,
+            told_expired,
+        })
+    }
+
+    /// What the status callback does for a client that sent status_request: true if the response was sent.
+    fn send(&self, ssl: &mut SslRef) -> Result<bool, ErrorStack> {
+        let fresh = self
+            .staple
             .next_update
             .is_none_or(|next_update| SystemTime::now() < next_update);
         if !fresh {
-            if !told_expired.set() {
+            if !self.told_expired.set() {
                 log_warning!(
-                    "{option}: the response in {} is not stapled: it expired (its nextUpdate has passed); fetch a \
-                     new one and reload",
-                    file.display()
+                    "{}: the response in {} is not stapled: it expired (its nextUpdate has passed); fetch a new one \
+                     and reload",
+                    self.option,
+                    self.file.display()
                 );
             }
             return Ok(false);
         }
-        ssl.set_ocsp_status(&staple.der)?;
+        ssl.set_ocsp_status(&self.staple.der)?;
         Ok(true)
-    })
-    .map_err(|e| format!("{option}: {}", openssl_reason(&e)))
+    }
+}
+
+/// Installs the status callback (SSL_CTX_set_tlsext_status_cb), which OpenSSL calls for a client that sent
+/// status_request, with the one response of the context's certificate.
+pub fn staple_on_request(
+    context: &mut SslContextBuilder,
+    staple: StapleToSend,
+) -> Result<(), String> {
+    let option = staple.option;
+    context
+        .set_status_callback(move |ssl| staple.send(ssl))
+        .map_err(|e| format!("{option}: {}", openssl_reason(&e)))
+}
+
+/// inetd mode with -certdir, where the certificate is chosen per connection and set on the connection itself: the
+/// status callback sends the staple [`staple_this_connection`] gave the connection, if any.
+pub fn staple_per_connection(context: &mut SslContextBuilder) -> Result<(), String> {
+    let slot = connection_staple_slot().map_err(|e| format!("-certdir: {}", openssl_reason(&e)))?;
+    context
+        .set_status_callback(move |ssl| match ssl.ex_data(slot).cloned() {
+            Some(staple) => staple.send(ssl),
+            None => Ok(false),
+        })
+        .map_err(|e| format!("-certdir: {}", openssl_reason(&e)))
+}
+
+/// The staple for the certificate chosen for this connection (see [`staple_per_connection`]).
+pub fn staple_this_connection(
+    ssl: &mut SslRef,
+    staple: Arc<StapleToSend>,
+) -> Result<(), ErrorStack> {
+    ssl.set_ex_data(connection_staple_slot()?, staple);
+    Ok(())
+}
+
+fn connection_staple_slot() -> Result<Index<Ssl, Arc<StapleToSend>>, ErrorStack> {
+    static SLOT: OnceLock<Result<Index<Ssl, Arc<StapleToSend>>, ErrorStack>> = OnceLock::new();
+    SLOT.get_or_init(Ssl::new_ex_index).clone()
 }

@@ -7,7 +7,7 @@
 //! older is logged as a warning.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -147,20 +147,32 @@ pub fn build_context_stapling(
     set_ciphers(&mut context, options, protocols)?;
     set_dh(&mut context, options)?;
     let mut ca_file = CaFile::new(options.ca_file.as_deref());
-    if options.nocert {
-        use_ephemeral_certificate(&mut context)?;
-        log_debug!("-nocert: using an ephemeral self-signed certificate and anonymous suites");
-    } else {
-        let served = use_certificate_files(&mut context, options)?;
-        if let Some(ocsp) = ocsp {
-            set_ocsp_staple(&mut context, &mut ca_file, &served, ocsp)?;
+    match (options.certdir.as_deref(), usage) {
+        // One connection: its one certificate is set on it, the -cert one or the one its name chooses.
+        (Some(dir), ContextUse::OneConnection) => {
+            let default = ConnectionCertificate::default_for(options, ocsp, &mut ca_file)?;
+            ocsp_staple::staple_per_connection(&mut context)?;
+            crate::certdir::choose_for_the_connection(&mut context, dir, options, default)?;
         }
+        (certdir, _) => {
+            if options.nocert {
+                use_ephemeral_certificate(&mut context)?;
+            } else {
+                let served = use_certificate_files(&mut context, options)?;
+                if let Some(ocsp) = ocsp {
+                    set_ocsp_staple(&mut context, &mut ca_file, &served, ocsp)?;
+                }
+            }
+            if let Some(dir) = certdir {
+                crate::certdir::choose_by_server_name(&mut context, dir, options, log_states)?;
+            }
+        }
+    }
+    if options.nocert {
+        log_debug!("-nocert: using an ephemeral self-signed certificate and anonymous suites");
     }
     set_client_verification(&mut context, options, &mut ca_file)?;
     set_alpn(&mut context, &options.alpn)?;
-    if let Some(dir) = &options.certdir {
-        crate::certdir::choose_by_server_name(&mut context, dir, options, log_states, usage)?;
-    }
     if log_states {
         sys::report_handshake_states(&mut context, log_handshake_state);
     }
@@ -516,18 +528,45 @@ fn read_certificates(pem: &[u8]) -> Result<Vec<X509>, ErrorStack> {
     Ok(certificates)
 }
 
-/// The certificate sent to clients and the chain sent after it, as read from the -cert file.
-struct ServedCertificate {
+/// The certificate sent to clients, the chain sent after it and its private key, as read from the -cert (and -key)
+/// file, known to belong together.
+pub struct ServedCertificate {
     leaf: X509,
     chain: Vec<X509>,
+    key: PKey<Private>,
 }
 
-/// Loads the certificate chain and the private key, checks they belong together, and warns when the key file can be
-/// read by others. An encrypted key needs `-pass`: an inetd-started process has nobody to ask for a pass phrase.
+/// Loads the certificate chain and the private key onto the context (see [`read_certificate_files`]).
 fn use_certificate_files(
     context: &mut SslContextBuilder,
     options: &TlsOptions,
 ) -> Result<ServedCertificate, String> {
+    let served = read_certificate_files(options)?;
+    let cert_path = options.cert.as_path();
+    let cannot_use = |what: &str, e: &ErrorStack| {
+        format!(
+            "-cert: cannot use the {what} in {}: {}",
+            cert_path.display(),
+            openssl_reason(e)
+        )
+    };
+    context
+        .set_certificate(&served.leaf)
+        .map_err(|e| cannot_use("certificate", &e))?;
+    for intermediate in served.chain.iter().cloned() {
+        context
+            .add_extra_chain_cert(intermediate)
+            .map_err(|e| cannot_use("chain", &e))?;
+    }
+    context
+        .set_private_key(&served.key)
+        .map_err(|e| cannot_use("private key", &e))?;
+    Ok(served)
+}
+
+/// Reads the certificate chain and the private key, checks they belong together, and warns when the key file can be
+/// read by others. An encrypted key needs `-pass`: an inetd-started process has nobody to ask for a pass phrase.
+fn read_certificate_files(options: &TlsOptions) -> Result<ServedCertificate, String> {
     let cert_path = options.cert.as_path();
     let cert_file = read_file("-cert", cert_path)?;
     let chain = read_certificates(&cert_file.bytes).map_err(|e| {
@@ -546,22 +585,6 @@ fn use_certificate_files(
     };
     let chain: Vec<X509> = chain.collect();
     warn_if_issuer_missing(cert_path, &leaf, &chain);
-    context.set_certificate(&leaf).map_err(|e| {
-        format!(
-            "-cert: cannot use the certificate in {}: {}",
-            cert_path.display(),
-            openssl_reason(&e)
-        )
-    })?;
-    for intermediate in chain.iter().cloned() {
-        context.add_extra_chain_cert(intermediate).map_err(|e| {
-            format!(
-                "-cert: cannot use the chain in {}: {}",
-                cert_path.display(),
-                openssl_reason(&e)
-            )
-        })?;
-    }
     // Without -key (or with -key naming the same file) the certificate file holds the key: it is read only once.
     let separate_key_file;
     let (key_option, key_path, key_file) = match options.key.as_deref() {
@@ -573,17 +596,88 @@ fn use_certificate_files(
         None => ("-cert", cert_path, &cert_file),
     };
     let key = load_private_key(key_option, key_path, &key_file.bytes, options.pass.as_ref())?;
-    let mismatch = || {
-        format!(
+    // What SSL_CTX_use_PrivateKey and SSL_use_PrivateKey check (X509_check_private_key).
+    let matches = leaf.public_key().is_ok_and(|public| public.public_eq(&key));
+    if !matches {
+        return Err(format!(
             "{key_option}: the private key in {} does not match the certificate in {}",
             key_path.display(),
             cert_path.display()
-        )
-    };
-    context.set_private_key(&key).map_err(|_| mismatch())?;
-    context.check_private_key().map_err(|_| mismatch())?;
+        ));
+    }
     warn_if_readable_by_others(key_option, "private key file", key_path, key_file.mode);
-    Ok(ServedCertificate { leaf, chain })
+    Ok(ServedCertificate { leaf, chain, key })
+}
+
+/// inetd mode with -certdir: a certificate, its key and its staple, served on the one connection that asked for its
+/// name (SSL_use_certificate and its kin on the SSL object) instead of on a context of its own, which would cost
+/// the process a second SSL_CTX (measured with `make bench`: what made -certdir dearer than -cert alone).
+pub struct ConnectionCertificate {
+    served: ServedCertificate,
+    staple: Option<Arc<ocsp_staple::StapleToSend>>,
+}
+
+impl ConnectionCertificate {
+    /// Reads the files of `options.cert` (and `options.key`) and judges the response in `ocsp`, as for a context.
+    pub fn load(
+        options: &TlsOptions,
+        ocsp: Option<OcspFile>,
+    ) -> Result<ConnectionCertificate, String> {
+        Self::load_with(options, ocsp, &mut CaFile::new(options.ca_file.as_deref()))
+    }
+
+    fn load_with(
+        options: &TlsOptions,
+        ocsp: Option<OcspFile>,
+        ca_file: &mut CaFile,
+    ) -> Result<ConnectionCertificate, String> {
+        let served = read_certificate_files(options)?;
+        let staple = match ocsp {
+            Some(ocsp) => judge_staple(ca_file, &served, ocsp)?.map(Arc::new),
+            None => None,
+        };
+        Ok(ConnectionCertificate { served, staple })
+    }
+
+    /// What a client gets when DIR has nothing for its name: the -cert certificate, or the -nocert one.
+    fn default_for(
+        options: &TlsOptions,
+        ocsp: Option<OcspFile>,
+        ca_file: &mut CaFile,
+    ) -> Result<ConnectionCertificate, String> {
+        if !options.nocert {
+            return Self::load_with(options, ocsp, ca_file);
+        }
+        let (leaf, key) =
+            ephemeral_certificate().map_err(|e| openssl_failure("-nocert certificate", &e))?;
+        let served = ServedCertificate {
+            leaf,
+            chain: Vec::new(),
+            key,
+        };
+        Ok(ConnectionCertificate {
+            served,
+            staple: None,
+        })
+    }
+
+    pub fn leaf(&self) -> &X509Ref {
+        &self.served.leaf
+    }
+
+    /// Serves this certificate on `ssl`, whose context has none. Nothing is set when the leaf itself is refused
+    /// (the security level's "ee key too small"), so that the caller can still serve another.
+    pub fn serve_on(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        ssl.set_certificate(&self.served.leaf)?;
+        ssl.set_private_key(&self.served.key)?;
+        for intermediate in self.served.chain.iter().cloned() {
+            ssl.add_chain_cert(intermediate)?;
+        }
+        if let Some(staple) = &self.staple {
+            ocsp_staple::staple_this_connection(ssl, Arc::clone(staple))?;
+        }
+        Ok(())
+    }
 }
 
 /// `-ocsp FILE` (or a -certdir response file): the DER OCSP response to staple for the certificate, judged by
@@ -597,6 +691,18 @@ fn set_ocsp_staple(
     served: &ServedCertificate,
     ocsp: OcspFile,
 ) -> Result<(), String> {
+    match judge_staple(ca_file, served, ocsp)? {
+        Some(staple) => ocsp_staple::staple_on_request(context, staple),
+        None => Ok(()),
+    }
+}
+
+/// The response of an -ocsp or -certdir file to staple for `served`, if it holds (see [`set_ocsp_staple`]).
+fn judge_staple(
+    ca_file: &mut CaFile,
+    served: &ServedCertificate,
+    ocsp: OcspFile,
+) -> Result<Option<ocsp_staple::StapleToSend>, String> {
     let OcspFile {
         path: file,
         option,
@@ -606,7 +712,7 @@ fn set_ocsp_staple(
         true => Err(message),
         false => {
             log_warning!("{message}; its certificate is served without a stapled response");
-            Ok(())
+            Ok(None)
         }
     };
     let der = match read_file(option, file) {
@@ -630,14 +736,14 @@ fn set_ocsp_staple(
     };
     match verdict {
         ocsp_staple::Verdict::Staple(staple) => {
-            ocsp_staple::staple_on_request(context, option, file, staple)
+            ocsp_staple::StapleToSend::new(option, file, staple).map(Some)
         }
         ocsp_staple::Verdict::NotStapled(why) => {
             log_warning!(
                 "{option}: the response in {} is not stapled: {why}",
                 file.display()
             );
-            Ok(())
+            Ok(None)
         }
     }
 }
