@@ -792,9 +792,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// takes the next word whatever it looks like (`-cert -nocert`). Once `-exec PROG` is read, a word that is no option
 /// is an argument of PROG, and `--` hands every later word to PROG. The first bad word ends the walk: after it, which
 /// word is a value is no longer known.
-fn read_words(words: &[OsString]) -> Result<Draft, UsageError> {
+fn read_words(all_words: &[OsString]) -> Result<Draft, UsageError> {
     let mut draft = Draft::default();
-    let mut words = words.iter().peekable();
+    let mut words = all_words.iter().peekable();
     while let Some(word) = words.next() {
         if word == "--" {
             if draft.exec.is_none() {
@@ -813,6 +813,18 @@ fn read_words(words: &[OsString]) -> Result<Draft, UsageError> {
                 draft.help |= word == "--help";
                 draft.version |= word == "--version";
                 continue;
+            }
+            // A word right after a -pass that an earlier option took as its value (`-chroot -pass pass:TEXT`) is
+            // no option, but it may well be the pass phrase: it is not repeated into the log.
+            let follows_pass = all_words
+                .windows(2)
+                .any(|pair| std::ptr::eq(&pair[1], word) && pair[0] == "-pass");
+            if follows_pass {
+                return Err(
+                    "unknown option: the word after -pass (not shown, since it may be a pass phrase)"
+                        .to_string()
+                        .into(),
+                );
             }
             return Err(UsageError {
                 messages: vec![format!("unknown option {}", word.to_string_lossy())],
@@ -1248,6 +1260,11 @@ mod tests {
     #[test]
     fn unknown_word_is_reported_as_typed() {
         assert_eq!(error("-port 1 -bogus"), vec!["unknown option -bogus"]);
+        // -chroot takes "-pass" as its directory; the word after it is no option, and maybe the pass phrase.
+        assert_eq!(
+            error("-port 1 -chroot -pass pass:hunter2 -cert x"),
+            vec!["unknown option: the word after -pass (not shown, since it may be a pass phrase)"]
+        );
         assert_eq!(error("stray -port 1"), vec!["unknown option stray"]);
         assert_eq!(error("-port 1 --cert x"), vec!["unknown option --cert"]);
     }
