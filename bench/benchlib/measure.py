@@ -122,6 +122,7 @@ class Usage:
 def handshake_run(bench, endpoint, tls, cert):
     settings = bench.settings
     usage = Usage(endpoint)
+    counters = procs.own_counters(endpoint.process.pid) if endpoint.kind == "sslwrap" else None
     result = bench.loadgen("handshakes", [
         "--connect", endpoint.address, "--clients", settings.clients, "--seconds", settings.handshake_seconds,
         "--tls", tls], timeout=settings.handshake_seconds + 120)
@@ -131,8 +132,23 @@ def handshake_run(bench, endpoint, tls, cert):
         raise BenchError(f"{done} handshakes, {result['errors']} errors: {result['first_error']}")
     bench.store.add(handshake_key(tls, cert), endpoint.kind, result["per_second"])
     bench.store.add(cpu_handshake_key(tls, cert), endpoint.kind, cpu / done * 1e3)
+    if counters:
+        note_fork_price(bench, endpoint, counters, done, tls, cert)
     bench.store.note(f"client_cpu_per_handshake_ms_{cert.lower()}", result["client_cpu_s"] / done * 1e3)
     bench.store.note("machine_busy_during_handshakes", busy)
+
+
+def note_fork_price(bench, endpoint, before, connections, tls, cert):
+    """The price of a process per connection, from the daemon's /proc counters over one handshake run (issue 17):
+    the parent's own CPU per connection (accept, fork, reap; nothing of TLS happens there), and per session process
+    the minor page faults (copy-on-write of the parent's pages and first touches) and the system CPU it used (exit,
+    those faults, and its handshake's and relay's system calls)."""
+    after = procs.own_counters(endpoint.process.pid)
+    per_connection = {key: (after[key] - before[key]) / connections for key in after}
+    cell = f"tls{tls.replace('.', '')}_{cert.lower()}"
+    bench.store.add(f"fork_parent_us_{cell}", "sslwrap", per_connection["own_cpu_s"] * 1e6)
+    bench.store.add(f"fork_child_faults_{cell}", "sslwrap", per_connection["children_minor_faults"])
+    bench.store.add(f"fork_child_system_us_{cell}", "sslwrap", per_connection["children_system_s"] * 1e6)
 
 
 # --- 3: round-trip latency --------------------------------------------------------------------------------------

@@ -32,6 +32,16 @@ def catalogue():
     """Every metric, in table order."""
     metrics = [Metric(handshake_key(t, c), f"handshakes/s TLS {t} {c}", "1/s", True) for t, c in CELLS]
     metrics += [Metric(cpu_handshake_key(t, c), f"CPU per handshake TLS {t} {c}", "ms", False) for t, c in CELLS]
+    for t, c in CELLS:
+        cell = f"tls{t.replace('.', '')}_{c.lower()}"
+        metrics += [
+            Metric(f"fork_parent_us_{cell}", f"fork price TLS {t} {c}: parent CPU per connection (accept, fork, reap)",
+                   "us", False),
+            Metric(f"fork_child_faults_{cell}", f"fork price TLS {t} {c}: minor page faults per session process",
+                   "faults", False),
+            Metric(f"fork_child_system_us_{cell}", f"fork price TLS {t} {c}: system CPU per session process", "us",
+                   False),
+        ]
     metrics += [
         Metric("upload_mib_s", "throughput upload (1 conn)", "MiB/s", True),
         Metric("download_mib_s", "throughput download (1 conn)", "MiB/s", True),

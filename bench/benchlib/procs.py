@@ -167,6 +167,20 @@ def tree_cpu_seconds(pid):
     return ticks / CLOCK_TICK
 
 
+def own_counters(pid):
+    """The process's own CPU seconds (utime + stime, not its children's), and its reaped children's minor page
+    faults, user and system CPU seconds (cminflt, cutime, cstime): what a fork-per-connection parent and the session
+    processes it reaped used, apart."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = _stat_fields(stat.read())
+    return {
+        "own_cpu_s": (int(fields[11]) + int(fields[12])) / CLOCK_TICK,
+        "children_minor_faults": int(fields[8]),
+        "children_user_s": int(fields[13]) / CLOCK_TICK,
+        "children_system_s": int(fields[14]) / CLOCK_TICK,
+    }
+
+
 def thread_count(pid):
     try:
         with open(f"/proc/{pid}/status") as status:

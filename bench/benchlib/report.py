@@ -6,7 +6,7 @@ import math
 import os
 import subprocess
 
-from .metrics import CELLS, catalogue, cpu_handshake_key, handshake_key
+from .metrics import CELLS, catalogue, cpu_handshake_key, handshake_key, resumed_key
 from .measure import sane
 
 PROGRAMS = ("sslwrap", "stunnel", "hitch", "socat")
@@ -107,37 +107,40 @@ def _ratio(summary, key, kind="sslwrap", reference="stunnel", reference_key=None
 
 
 def evaluate_targets(summary):
-    """The issue's targets for sslwrap, each as measured value against its limit (ratios unless stated)."""
-    ceilings = summary["ceilings"]
+    """The targets for sslwrap (issue 17, restated from issue 7's; issue 15's and 16's cells, issue 18's memory), each
+    as measured value against its limit (ratios unless stated). Full TLS 1.2 handshakes have no target: the table
+    gives them with the fork price beside them. Retired with issue 17: CPU per handshake within 1.25x the signing cost
+    (no wrapper comes within 20x of it with OpenSSL 3) and throughput within 0.7x of the plain-relay ceiling (on two
+    cores the load client shares the CPU)."""
     targets = []
     for tls, cert in CELLS:
-        targets.append(_target(f"handshakes/s TLS {tls} {cert} >= 1.0x stunnel",
-                               _ratio(summary, handshake_key(tls, cert)), 1.0, True))
+        if tls == "1.3":
+            targets.append(_target(f"handshakes/s TLS {tls} {cert} >= 1.0x stunnel",
+                                   _ratio(summary, handshake_key(tls, cert)), 1.0, True))
     for tls, cert in CELLS:
-        sign_ms = ceilings.get("ecdsap256_sign_us" if cert == "ECDSA" else "rsa2048_sign_us", 0) / 1e3
-        cpu = _median(summary, cpu_handshake_key(tls, cert), "sslwrap")
-        targets.append(_target(f"CPU per handshake TLS {tls} {cert} <= 1.25x openssl speed signing cost "
-                               f"(x sign cost)", cpu / sign_ms if cpu and sign_ms else None, 1.25, False))
+        targets.append(_target(f"resumed handshakes/s TLS {tls} {cert} >= 1.0x stunnel",
+                               _ratio(summary, resumed_key(tls, cert)), 1.0, True))
     for direction in ("upload", "download"):
         key = f"{direction}_mib_s"
-        ceiling = min(filter(None, [_median(summary, key, "socat"), ceilings.get("aes128gcm_mib_s")]), default=None)
-        value = _median(summary, key, "sslwrap")
         targets += [
-            _target(f"throughput {direction} >= 1.2x stunnel", _ratio(summary, key), 1.2, True),
-            _target(f"throughput {direction} >= 0.7x ceiling (min of socat relay, AES-128-GCM speed)",
-                    value / ceiling if value and ceiling else None, 0.7, True),
-            _target(f"throughput {direction} >= hitch (x hitch)", _ratio(summary, key, reference="hitch"), 1.0, True),
+            _target(f"throughput {direction} >= 1.0x stunnel", _ratio(summary, key), 1.0, True),
+            _target(f"throughput {direction} >= 0.95x hitch (x hitch)", _ratio(summary, key, reference="hitch"), 0.95,
+                    True),
+            _target(f"CPU per GiB {direction} <= 1.0x stunnel", _ratio(summary, f"cpu_per_gib_{direction}"), 1.0,
+                    False),
         ]
     targets += [
         _target("round trip median <= 1.0x stunnel", _ratio(summary, "rtt_median_us"), 1.0, False),
-        _target("round trip p99 <= 1.0x stunnel", _ratio(summary, "rtt_p99_us"), 1.0, False),
-        _target("PSS per idle connection <= 1.0x stunnel", _ratio(summary, "pss_per_connection_kib"), 1.0, False),
         _target("PSS per idle connection <= 160 KiB (KiB)", _median(summary, "pss_per_connection_kib", "sslwrap"),
                 160, False),
         _target("PSS per idle connection <= 130 KiB, stretch (KiB)",
                 _median(summary, "pss_per_connection_kib", "sslwrap"), 130, False),
-        _target("inetd wall time per connection <= 0.5x stunnel", _ratio(summary, "inetd_wall_ms"), 0.5, False),
-        _target("inetd CPU time per connection <= 0.5x stunnel", _ratio(summary, "inetd_cpu_ms"), 0.5, False),
+        _target("inetd wall time per connection <= 0.6x stunnel", _ratio(summary, "inetd_wall_ms"), 0.6, False),
+        _target("inetd CPU time per connection <= 0.6x stunnel", _ratio(summary, "inetd_cpu_ms"), 0.6, False),
+        _target("inetd wall time per resumed connection <= 0.6x stunnel", _ratio(summary, "inetd_resumed_wall_ms"),
+                0.6, False),
+        _target("inetd CPU time per resumed connection <= 0.6x stunnel", _ratio(summary, "inetd_resumed_cpu_ms"),
+                0.6, False),
         _target("inetd wall per connection with a -certdir of many names <= 1.10x its -cert alone (issue 15)",
                 _ratio(summary, "certdir_inetd_wall_ms", "sslwrap", "sslwrap", "certdir_single_wall_ms"), 1.10,
                 False),
@@ -314,9 +317,9 @@ then offers on every connection the session the previous one left (in TLS 1.3 th
 connection the server did not resume counts as a failure; sslwrap has `-ticketkey`, stunnel the same keys as
 `ticketKeySecret`/`ticketMacSecret`, in daemon and in inetd mode. The -certdir rows: sslwrap under tcpserver with
 `-certdir` of {settings['certdir_names']} names (the client asks for the middle one) against that name's `-cert`
-alone and against a `-certdir` of that one file, runs alternating. Throughput, latency, memory and inetd runs use the ECDSA certificate and TLS 1.3. CPU figures are /proc deltas of the program's whole process tree.
+alone and against a `-certdir` of that one file, runs alternating. The fork price rows come from the sslwrap daemon's own /proc counters over its handshake runs: the parent's CPU per connection (accept, fork, reap), and per session process its minor page faults and system CPU (exit, the faults, its own system calls); the one session process rows below them say what its private memory is. Throughput, latency, memory and inetd runs use the ECDSA certificate and TLS 1.3. CPU figures are /proc deltas of the program's whole process tree.
 
-## Targets (issue 7), for sslwrap
+## Targets (restated by issue 17), for sslwrap
 
 {_markdown_table(["target", "measured", "", "miss"], target_rows)}
 
@@ -326,7 +329,7 @@ alone and against a `-certdir` of that one file, runs alternating. Throughput, l
 
 {_markdown_table(["ceiling", "value"], ceiling_rows)}
 
-CPU per handshake in units of that signing cost (the target is 1.25 or less):
+CPU per handshake in units of that signing cost (a retired target was 1.25 or less; kept as a reading):
 
 {_markdown_table(["cell", "sslwrap", "stunnel", "hitch"], signature_rows)}
 
