@@ -14,6 +14,8 @@ pub struct ClientIo {
     reader: File,
     /// None when the reader's descriptor is also used for writing.
     writer: Option<File>,
+    /// Bytes read from the client so far: a connection that closes before sending one is a health check.
+    received: u64,
 }
 
 /// Where the client connection comes from and goes to, when it is a TCP socket.
@@ -38,6 +40,7 @@ impl ClientIo {
         Ok(ClientIo {
             reader: File::from(socket),
             writer: None,
+            received: 0,
         })
     }
 
@@ -48,11 +51,17 @@ impl ClientIo {
         Ok(ClientIo {
             reader: File::from(read),
             writer: Some(File::from(write)),
+            received: 0,
         })
     }
 
     pub fn read_fd(&self) -> RawFd {
         self.reader.as_raw_fd()
+    }
+
+    /// How many bytes have been read from the client (a PROXY header, plaintext, TLS records).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     pub fn write_fd(&self) -> RawFd {
@@ -97,7 +106,9 @@ impl ClientIo {
 
 impl Read for ClientIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
+        let count = self.reader.read(buf)?;
+        self.received += count as u64;
+        Ok(count)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The sslwrap library: every module of the wrapper, so that the binary (src/main.rs, which only wires them up)
 //! and the fuzz targets (fuzz/) link the same code. It holds no logic of its own and must never grow any.
 
+pub mod accept_proxy;
 pub mod backend;
 pub mod certdir;
 pub mod client;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::accept_proxy::{self, AcceptProxy, Network};
 use crate::pass_phrase::PassSource;
 use crate::proxy_header::ProxyVersion;
 use crate::starttls::StartTlsMode;
@@ -162,6 +163,8 @@ pub struct Config {
     pub starttls: Option<StartTlsMode>,
     /// `-proxy [v1|v2]`: send a PROXY protocol header of this version to the TCP backend.
     pub proxy: Option<ProxyVersion>,
+    /// `-accept_proxy` (and `-accept_proxy_from`): every client connection starts with a PROXY header.
+    pub accept_proxy: Option<AcceptProxy>,
     pub user: Option<String>,
     pub group: Option<String>,
     pub chroot: Option<PathBuf>,
@@ -219,6 +222,8 @@ struct Draft {
     handshake_timeout: Option<Duration>,
     starttls: Option<StartTlsMode>,
     proxy: Option<ProxyVersion>,
+    accept_proxy: bool,
+    accept_proxy_from: Option<Vec<Network>>,
     user: Option<String>,
     group: Option<String>,
     chroot: Option<PathBuf>,
@@ -553,6 +558,20 @@ const OPTIONS: &[OptionSpec] = &[
         "send a PROXY protocol header to the backend (default v2)",
         OptionalWord("v1|v2", &["v1", "v2"], |d, version| {
             d.proxy = Some(version.map_or(Ok(ProxyVersion::V2), str::parse)?);
+            Ok(())
+        }),
+    ),
+    row(
+        "accept_proxy",
+        "every client connection starts with a PROXY protocol header (v1 or v2) from a load balancer; the client's \
+         address is the one it carries",
+        Flag(|d| d.accept_proxy = true),
+    ),
+    row(
+        "accept_proxy_from",
+        "with -accept_proxy: only these peers may send the header; others are refused",
+        Text("ADDR[/BITS][,...]", |d, v| {
+            d.accept_proxy_from = Some(accept_proxy::parse_networks(v)?);
             Ok(())
         }),
     ),
@@ -900,6 +919,9 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
     if draft.proxy.is_some() && draft.port.is_none() {
         errors.push("option -proxy needs a TCP backend (-port), not -exec or -fd; -exec gets the facts in its environment".to_string());
     }
+    if draft.accept_proxy_from.is_some() && !draft.accept_proxy {
+        errors.push("option -accept_proxy_from needs -accept_proxy".to_string());
+    }
     let pass_word = draft.pass.take();
     let parsed_pass = pass_word.as_deref().map(PassSource::parse).transpose();
     // The word may be pass:TEXT, whose text the parsed source now holds; this copy of it is overwritten.
@@ -965,6 +987,9 @@ fn validate(mut draft: Draft) -> Result<Config, UsageError> {
         handshake_timeout: draft.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         starttls: draft.starttls,
         proxy: draft.proxy,
+        accept_proxy: draft.accept_proxy.then_some(AcceptProxy {
+            from: draft.accept_proxy_from,
+        }),
         user: draft.user,
         group: draft.group,
         chroot: draft.chroot,
@@ -1559,6 +1584,27 @@ mod tests {
                 program: "/bin/echo".into(),
                 args: vec![]
             }
+        );
+    }
+
+    #[test]
+    fn accept_proxy_takes_an_optional_list_of_senders() {
+        assert_eq!(config("-port 1").accept_proxy, None);
+        let any = config("-port 1 -accept_proxy").accept_proxy.unwrap();
+        assert_eq!(any.from, None);
+        let listed = config("-port 1 -accept_proxy -accept_proxy_from 10.0.0.0/8,::1")
+            .accept_proxy
+            .unwrap();
+        assert!(listed.allows("10.1.2.3:5".parse().ok()));
+        assert!(listed.allows("[::1]:5".parse().ok()));
+        assert!(!listed.allows("192.0.2.1:5".parse().ok()));
+        assert_eq!(
+            error("-port 1 -accept_proxy_from 10.0.0.1"),
+            vec!["option -accept_proxy_from needs -accept_proxy"]
+        );
+        assert_eq!(
+            error("-port 1 -accept_proxy -accept_proxy_from 10.0.0.1/40"),
+            vec!["-accept_proxy_from: '10.0.0.1/40': the prefix length must be 0 to 32"]
         );
     }
 

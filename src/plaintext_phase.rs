@@ -2,7 +2,8 @@
 //! commands allowed before TLS through the protocol engine in `starttls/`, and stops exactly at the switch. Nothing
 //! read from the client after an accepted STARTTLS is ever forwarded (the engine drops it, so does this file, and
 //! every such byte is counted in one warning), the engine's OK is the last plaintext byte the client gets, and every
-//! wait is bounded: the whole time before TLS by the caller's deadline, an idle phase by its own limit.
+//! wait is bounded: the whole time before TLS by the caller's deadline, an idle phase by its own limit. A client that
+//! goes away (closes or resets) without having sent a byte is a load balancer's health check: logged at -debug only.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ struct Phase<'a, P: Plaintext> {
     /// Client bytes dropped after the STARTTLS line: the engine's count plus what was read here after the switch.
     discarded: usize,
     peer: &'a str,
+    /// The client closed or reset the connection.
+    client_gone: bool,
 }
 
 /// Speaks the protocol's plaintext start with the client until the switch, a plain relay, or the end.
@@ -75,9 +78,17 @@ pub fn run<P: Plaintext>(
         backend_done: false,
         discarded: 0,
         peer,
+        client_gone: false,
     };
+    let received_before = phase.client.received();
     let end = match phase.run_until_switch(limits) {
         Ok(end) => end,
+        Err(reason) if phase.client_gone && phase.client.received() == received_before => {
+            log_debug!(
+                "{peer}: {mode} before TLS: {reason}, without sending a byte (a health check?)"
+            );
+            PhaseEnd::Closed { failed: false }
+        }
         Err(reason) => {
             log_error!("{peer}: {mode} before TLS: {reason}");
             PhaseEnd::Closed { failed: true }
@@ -163,8 +174,15 @@ impl<P: Plaintext> Phase<'_, P> {
                 Ok(count > 0)
             }
             Io::Blocked(_) => Ok(false),
-            Io::Eof => Err("client closed the connection".to_string()),
-            Io::Failed(reason) | Io::Gone(reason) => Err(format!("client: {reason}")),
+            Io::Eof => {
+                self.client_gone = true;
+                Err("client closed the connection".to_string())
+            }
+            Io::Gone(reason) => {
+                self.client_gone = true;
+                Err(format!("client: {reason}"))
+            }
+            Io::Failed(reason) => Err(format!("client: {reason}")),
         }
     }
 
@@ -231,7 +249,11 @@ impl<P: Plaintext> Phase<'_, P> {
                 self.prelude.client_eof()
             }
             Io::Blocked(_) => return Ok(false),
-            Io::Failed(reason) | Io::Gone(reason) => return Err(format!("client: {reason}")),
+            Io::Gone(reason) => {
+                self.client_gone = true;
+                return Err(format!("client: {reason}"));
+            }
+            Io::Failed(reason) => return Err(format!("client: {reason}")),
         };
         self.apply(steps);
         Ok(true)

@@ -1,11 +1,13 @@
-//! Builds the PROXY protocol header (HAProxy's v1 text line or v2 binary block) that sslwrap
-//! sends to a TCP backend before any other byte, so the backend learns the real client address
-//! and, with v2, the facts of the client's TLS session.
+//! The PROXY protocol (HAProxy's v1 text line or v2 binary block), both ways: builds the header sslwrap sends to a
+//! TCP backend before any other byte (`-proxy`), so the backend learns the real client address and, with v2, the
+//! facts of the client's TLS session; and parses the header a load balancer sends sslwrap (`-accept_proxy`, read
+//! from the socket by accept_proxy.rs).
 //!
-//! Pure: addresses and TLS facts in, bytes out. It must never do I/O, never panic, never
-//! produce a header larger than receivers accept, never cut a value short (an optional TLV that
-//! does not fit is left out whole: a truncated name could be somebody else's name), and never
-//! pass on a client certificate CN that was not verified.
+//! Pure: addresses and TLS facts in, bytes out, and bytes in, addresses out. It must never do I/O, never panic,
+//! never produce a header larger than receivers accept, never cut a value short (an optional TLV that
+//! does not fit is left out whole: a truncated name could be somebody else's name), never
+//! pass on a client certificate CN that was not verified, and never ask for a byte beyond the end of the header it
+//! is reading (the TLS handshake or the STARTTLS dialogue follows it on the same connection).
 //!
 //! Decisions, each explained where it is implemented:
 //! - IPv4-mapped IPv6 addresses, as a dual-stack `[::]` listener reports IPv4 clients, are sent
@@ -328,6 +330,233 @@ fn verify_result(facts: &TlsFacts) -> u32 {
 fn client_cert_verified(facts: &TlsFacts) -> bool {
     facts.client_cert_presented && facts.verified_client.is_some()
 }
+
+/// What a received header says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// The PROXY command over TCP: the client and the address it connected to.
+    Client {
+        source: SocketAddr,
+        destination: SocketAddr,
+    },
+    /// v2 LOCAL: the sender's own connection (HAProxy's health checks); the connection's real addresses apply.
+    Local,
+    /// v1 UNKNOWN, or v2 with a family no socket address states (AF_UNSPEC, AF_UNIX): the real addresses apply, as
+    /// the specification tells receivers.
+    Unknown,
+}
+
+/// A complete, valid header at the start of the received bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedHeader {
+    pub version: ProxyVersion,
+    pub carried: Carried,
+    /// How many bytes the header takes; the connection's own bytes start right after it.
+    pub length: usize,
+}
+
+/// What the bytes received so far are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// The start of a header, or too little to tell: read until this many bytes are held in all, and no more, since
+    /// no valid header ends before that.
+    NeedAtLeast(usize),
+    Header(ReceivedHeader),
+    /// Not a header, or a malformed one; the reason names what is wrong.
+    Invalid(String),
+}
+
+/// The longest v1 line, CRLF included: the specification's bound for receivers.
+pub const V1_MAX_LEN: usize = 107;
+/// The longest v2 header accepted, fixed part included. The format allows 16 + 65535 bytes, but what real senders
+/// put there is small: the addresses (at most 216 bytes, for AF_UNIX) and a few TLVs (HAProxy's unique id is at
+/// most 128 bytes, a server name at most 255, its SSL TLV a few dozen; cloud balancers add one short id). Even a
+/// sender using all of them stays well under 2 KiB, and one page is a bound a session can hold without thought.
+pub const MAX_RECEIVED_V2_LEN: usize = 4096;
+/// The shortest header of either format: "PROXY UNKNOWN\r\n" (15 bytes; a v2 header has at least 16).
+const MIN_HEADER_LEN: usize = 15;
+const V1_PREFIX: &[u8] = b"PROXY ";
+const V2_COMMAND_LOCAL: u8 = 0x0;
+const V2_COMMAND_PROXY: u8 = 0x1;
+const V2_FAMILY_UNSPEC: u8 = 0x0;
+const V2_FAMILY_INET: u8 = 0x1;
+const V2_FAMILY_INET6: u8 = 0x2;
+const V2_FAMILY_UNIX: u8 = 0x3;
+const V2_TRANSPORT_STREAM: u8 = 0x1;
+
+/// Reads a PROXY header at the start of `bytes` (which may hold more: only the header's own bytes are looked at).
+pub fn parse_header(bytes: &[u8]) -> Parsed {
+    let start = &bytes[..bytes.len().min(V2_SIGNATURE.len())];
+    if V1_PREFIX.starts_with(&start[..start.len().min(V1_PREFIX.len())]) {
+        parse_v1(bytes)
+    } else if V2_SIGNATURE.starts_with(start) {
+        parse_v2(bytes)
+    } else if bytes.first() == Some(&0x16) {
+        Parsed::Invalid("no PROXY header: the connection starts with a TLS handshake".to_string())
+    } else {
+        Parsed::Invalid("no PROXY header: the connection starts with other bytes".to_string())
+    }
+}
+
+fn parse_v1(bytes: &[u8]) -> Parsed {
+    if bytes.len() < MIN_HEADER_LEN {
+        return Parsed::NeedAtLeast(MIN_HEADER_LEN);
+    }
+    let window = &bytes[..bytes.len().min(V1_MAX_LEN)];
+    let Some(newline) = window.iter().position(|&byte| byte == b'\n') else {
+        return if window.len() == V1_MAX_LEN {
+            Parsed::Invalid(format!("PROXY v1 line longer than {V1_MAX_LEN} bytes"))
+        } else {
+            Parsed::NeedAtLeast(window.len() + 1)
+        };
+    };
+    let line = &window[..=newline];
+    let Some(text) = line
+        .strip_suffix(b"\r\n")
+        .and_then(|text| text.strip_prefix(V1_PREFIX))
+    else {
+        return Parsed::Invalid("PROXY v1 line does not end in CRLF".to_string());
+    };
+    match v1_fields(text) {
+        Ok(carried) => Parsed::Header(ReceivedHeader {
+            version: ProxyVersion::V1,
+            carried,
+            length: line.len(),
+        }),
+        Err(reason) => Parsed::Invalid(format!("PROXY v1 line: {reason}")),
+    }
+}
+
+/// "TCP4|TCP6 source destination sport dport", or "UNKNOWN" followed by anything.
+fn v1_fields(text: &[u8]) -> Result<Carried, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not ASCII text".to_string())?;
+    if text == "UNKNOWN" || text.starts_with("UNKNOWN ") {
+        return Ok(Carried::Unknown);
+    }
+    let fields: Vec<&str> = text.split(' ').collect();
+    let [protocol, source, destination, source_port, destination_port] = fields[..] else {
+        return Err(format!("expected 5 fields, got {}", fields.len()));
+    };
+    let (source, destination): (IpAddr, IpAddr) = match protocol {
+        "TCP4" => (
+            v1_address::<Ipv4Addr>(source)?.into(),
+            v1_address::<Ipv4Addr>(destination)?.into(),
+        ),
+        "TCP6" => (
+            v1_address::<Ipv6Addr>(source)?.into(),
+            v1_address::<Ipv6Addr>(destination)?.into(),
+        ),
+        other => return Err(format!("unknown protocol '{other}'")),
+    };
+    Ok(Carried::Client {
+        source: SocketAddr::new(source, v1_port(source_port)?),
+        destination: SocketAddr::new(destination, v1_port(destination_port)?),
+    })
+}
+
+fn v1_address<A: FromStr>(text: &str) -> Result<A, String> {
+    text.parse()
+        .map_err(|_| format!("bad address '{}'", text.escape_debug()))
+}
+
+/// Decimal digits only: `u16`'s own parser would take "+443".
+fn v1_port(text: &str) -> Result<u16, String> {
+    let bad = || format!("bad port '{}'", text.escape_debug());
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(bad());
+    }
+    text.parse().map_err(|_| bad())
+}
+
+fn parse_v2(bytes: &[u8]) -> Parsed {
+    if bytes.len() < V2_FIXED_PART_LEN {
+        return Parsed::NeedAtLeast(V2_FIXED_PART_LEN);
+    }
+    let (version, command) = (bytes[12] >> 4, bytes[12] & 0x0F);
+    if version != 2 {
+        return Parsed::Invalid(format!("PROXY v2 header with version {version}"));
+    }
+    let length = V2_FIXED_PART_LEN + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+    if length > MAX_RECEIVED_V2_LEN {
+        return Parsed::Invalid(format!(
+            "PROXY v2 header of {length} bytes, more than the {MAX_RECEIVED_V2_LEN} accepted"
+        ));
+    }
+    if bytes.len() < length {
+        return Parsed::NeedAtLeast(length);
+    }
+    let carried = match command {
+        // The specification: a LOCAL header's addresses are to be ignored, whatever they hold.
+        V2_COMMAND_LOCAL => Ok(Carried::Local),
+        V2_COMMAND_PROXY => v2_addresses(bytes[13], &bytes[V2_FIXED_PART_LEN..length]),
+        other => Err(format!("unknown command {other:#x}")),
+    };
+    match carried {
+        Ok(carried) => Parsed::Header(ReceivedHeader {
+            version: ProxyVersion::V2,
+            carried,
+            length,
+        }),
+        Err(reason) => Parsed::Invalid(format!("PROXY v2 header: {reason}")),
+    }
+}
+
+/// The address block of a PROXY command, then its TLVs, which are checked to fit and otherwise skipped.
+fn v2_addresses(family_and_transport: u8, block: &[u8]) -> Result<Carried, String> {
+    let (family, transport) = (family_and_transport >> 4, family_and_transport & 0x0F);
+    let address_len = match family {
+        V2_FAMILY_UNSPEC | V2_FAMILY_UNIX => return Ok(Carried::Unknown),
+        V2_FAMILY_INET => 12,
+        V2_FAMILY_INET6 => 36,
+        other => return Err(format!("unknown address family {other:#x}")),
+    };
+    if transport != V2_TRANSPORT_STREAM {
+        return Err(format!("transport {transport:#x} is not TCP"));
+    }
+    if block.len() < address_len {
+        return Err(format!(
+            "{} address bytes, {address_len} needed",
+            block.len()
+        ));
+    }
+    check_tlvs(&block[address_len..])?;
+    let half = (address_len - 4) / 2;
+    let ports = &block[address_len - 4..address_len];
+    let ip = |bytes: &[u8]| -> IpAddr {
+        match <[u8; 4]>::try_from(bytes) {
+            Ok(v4) => Ipv4Addr::from(v4).into(),
+            Err(_) => {
+                let mut v6 = [0u8; 16];
+                v6.copy_from_slice(bytes);
+                Ipv6Addr::from(v6).into()
+            }
+        }
+    };
+    Ok(Carried::Client {
+        source: SocketAddr::new(ip(&block[..half]), u16::from_be_bytes([ports[0], ports[1]])),
+        destination: SocketAddr::new(
+            ip(&block[half..2 * half]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        ),
+    })
+}
+
+/// Every TLV must fit in the header: one that runs past its end shows a sender that cannot be trusted to have
+/// written the rest right.
+fn check_tlvs(mut tlvs: &[u8]) -> Result<(), String> {
+    while !tlvs.is_empty() {
+        if tlvs.len() < 3 {
+            return Err("truncated TLV".to_string());
+        }
+        let value_len = usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]]));
+        if tlvs.len() < 3 + value_len {
+            return Err(format!("TLV {:#04x} runs past the header", tlvs[0]));
+        }
+        tlvs = &tlvs[3 + value_len..];
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,5 +1042,329 @@ mod tests {
         assert_eq!((ssl.client, ssl.verify), (0x07, 0));
         assert!(ssl.sub_tlvs.is_empty());
         assert_eq!(header.len(), 16 + 36 + 3 + 1 + 4);
+    }
+
+    fn client(source: &str, destination: &str) -> Carried {
+        Carried::Client {
+            source: addr(source),
+            destination: addr(destination),
+        }
+    }
+
+    fn header(version: ProxyVersion, carried: Carried, length: usize) -> Parsed {
+        Parsed::Header(ReceivedHeader {
+            version,
+            carried,
+            length,
+        })
+    }
+
+    fn invalid(bytes: &[u8]) -> String {
+        match parse_header(bytes) {
+            Parsed::Invalid(reason) => reason,
+            other => panic!("{:?} parsed as {other:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn parses_the_specification_v1_examples() {
+        let line = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n";
+        assert_eq!(
+            parse_header(line),
+            header(
+                ProxyVersion::V1,
+                client("192.168.0.1:56324", "192.168.0.11:443"),
+                line.len()
+            )
+        );
+        let line = b"PROXY TCP6 ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
+        assert!(invalid(line).contains("bad address 'ffff:f...f:ffff'"));
+        let line = b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+        let full = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        assert_eq!(
+            parse_header(line),
+            header(ProxyVersion::V1, client(full, full), 104)
+        );
+        assert_eq!(
+            parse_header(b"PROXY UNKNOWN\r\n"),
+            header(ProxyVersion::V1, Carried::Unknown, 15)
+        );
+        let line = b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n";
+        assert_eq!(
+            parse_header(line),
+            header(ProxyVersion::V1, Carried::Unknown, line.len())
+        );
+    }
+
+    #[test]
+    fn a_v1_header_ends_at_its_crlf_and_what_follows_is_left_alone() {
+        let mut bytes = b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 993\r\n".to_vec();
+        let length = bytes.len();
+        bytes.extend_from_slice(&[0x16, 0x03, 0x01, b'\n']);
+        assert_eq!(
+            parse_header(&bytes),
+            header(
+                ProxyVersion::V1,
+                client("192.0.2.7:1234", "192.0.2.1:993"),
+                length
+            )
+        );
+    }
+
+    #[test]
+    fn a_v1_line_is_read_a_byte_at_a_time_past_its_shortest_form() {
+        let line = b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 993\r\n";
+        assert_eq!(parse_header(b""), Parsed::NeedAtLeast(15));
+        assert_eq!(parse_header(b"PRO"), Parsed::NeedAtLeast(15));
+        for have in 15..line.len() {
+            assert_eq!(parse_header(&line[..have]), Parsed::NeedAtLeast(have + 1));
+        }
+    }
+
+    #[test]
+    fn bad_v1_lines_are_refused_with_the_reason() {
+        let long = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 100]].concat();
+        assert_eq!(invalid(&long), "PROXY v1 line longer than 107 bytes");
+        let mut longest = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 91]].concat();
+        longest.extend_from_slice(b"\r\n");
+        assert_eq!(longest.len(), 107);
+        assert_eq!(
+            parse_header(&longest),
+            header(ProxyVersion::V1, Carried::Unknown, 107)
+        );
+        for (line, reason) in [
+            (
+                &b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 993\n"[..],
+                "does not end in CRLF",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.7 192.0.2.1 1234\r\n",
+                "expected 5 fields, got 4",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.7  192.0.2.1 1234 993\r\n",
+                "expected 5 fields, got 6",
+            ),
+            (
+                b"PROXY TCP5 192.0.2.7 192.0.2.1 1234 993\r\n",
+                "unknown protocol 'TCP5'",
+            ),
+            (
+                b"PROXY TCP4 2001:db8::1 192.0.2.1 1234 993\r\n",
+                "bad address '2001:db8::1'",
+            ),
+            (
+                b"PROXY TCP6 192.0.2.7 2001:db8::1 1234 993\r\n",
+                "bad address '192.0.2.7'",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.07 192.0.2.1 1234 993\r\n",
+                "bad address '192.0.2.07'",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.7 192.0.2.1 +1234 993\r\n",
+                "bad port '+1234'",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 65536\r\n",
+                "bad port '65536'",
+            ),
+            (
+                b"PROXY TCP4 192.0.2.7 192.0.2.1 1234 \xff\r\n",
+                "not ASCII text",
+            ),
+            (
+                b"PROXY  TCP4 192.0.2.7 192.0.2.1 1234 993\r\n",
+                "expected 5 fields, got 6",
+            ),
+        ] {
+            let got = invalid(line);
+            assert!(got.contains(reason), "{got}");
+        }
+        assert_eq!(
+            invalid(b"proxy TCP4 192.0.2.7 192.0.2.1 1234 993\r\n"),
+            "no PROXY header: the connection starts with other bytes"
+        );
+        assert_eq!(
+            invalid(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            "no PROXY header: the connection starts with a TLS handshake"
+        );
+    }
+
+    #[test]
+    fn parses_v2_tcp_over_ipv4_byte_for_byte() {
+        let mut bytes = SIGNATURE_AND_PROXY.to_vec();
+        bytes.extend_from_slice(&[
+            0x11, 0x00, 0x0C, // TCP over IPv4, 12 bytes follow
+            0xC0, 0xA8, 0x00, 0x01, // 192.168.0.1
+            0xC0, 0xA8, 0x00, 0x0B, // 192.168.0.11
+            0xDC, 0x04, // 56324
+            0x01, 0xBB, // 443
+        ]);
+        assert_eq!(
+            parse_header(&bytes),
+            header(
+                ProxyVersion::V2,
+                client("192.168.0.1:56324", "192.168.0.11:443"),
+                28
+            )
+        );
+        for have in 1..16 {
+            assert_eq!(
+                parse_header(&bytes[..have]),
+                Parsed::NeedAtLeast(16),
+                "{have}"
+            );
+        }
+        for have in 16..28 {
+            assert_eq!(parse_header(&bytes[..have]), Parsed::NeedAtLeast(28));
+        }
+    }
+
+    #[test]
+    fn parses_v2_tcp_over_ipv6_byte_for_byte() {
+        let mut bytes = SIGNATURE_AND_PROXY.to_vec();
+        bytes.extend_from_slice(&[0x21, 0x00, 0x24]);
+        bytes.extend_from_slice(&[
+            0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ]);
+        bytes.extend_from_slice(&[0; 15]);
+        bytes.push(0x01);
+        bytes.extend_from_slice(&[0xC7, 0x38, 0x03, 0xE1]);
+        assert_eq!(
+            parse_header(&bytes),
+            header(
+                ProxyVersion::V2,
+                client("[2001:db8::1]:51000", "[::1]:993"),
+                52
+            )
+        );
+    }
+
+    #[test]
+    fn v2_local_unspec_and_unix_use_the_real_addresses() {
+        // HAProxy's health check: LOCAL, AF_UNSPEC, no address block.
+        let local = [&V2_SIGNATURE[..], &[0x20, 0x00, 0x00, 0x00]].concat();
+        assert_eq!(
+            parse_header(&local),
+            header(ProxyVersion::V2, Carried::Local, 16)
+        );
+        // LOCAL with addresses: they are ignored.
+        let mut local_with_addresses = [&V2_SIGNATURE[..], &[0x20, 0x11, 0x00, 0x0C]].concat();
+        local_with_addresses.extend_from_slice(&[192, 0, 2, 7, 192, 0, 2, 1, 0, 1, 0, 2]);
+        assert_eq!(
+            parse_header(&local_with_addresses),
+            header(ProxyVersion::V2, Carried::Local, 28)
+        );
+        let unspec = [&SIGNATURE_AND_PROXY[..], &[0x00, 0x00, 0x00]].concat();
+        assert_eq!(
+            parse_header(&unspec),
+            header(ProxyVersion::V2, Carried::Unknown, 16)
+        );
+        let mut unix = [&SIGNATURE_AND_PROXY[..], &[0x31, 0x00, 0xD8]].concat();
+        unix.extend_from_slice(&[b'/'; 216]);
+        assert_eq!(
+            parse_header(&unix),
+            header(ProxyVersion::V2, Carried::Unknown, 232)
+        );
+    }
+
+    #[test]
+    fn v2_tlvs_are_skipped_and_what_follows_is_left_alone() {
+        let mut bytes = [&SIGNATURE_AND_PROXY[..], &[0x11, 0x00, 0x1A]].concat();
+        bytes.extend_from_slice(&[192, 0, 2, 7, 192, 0, 2, 1, 0x04, 0xD2, 0x03, 0xE1]);
+        bytes.extend_from_slice(&[0x04, 0x00, 0x03, 0, 0, 0]); // PP2_TYPE_NOOP, 3 bytes
+        bytes.extend_from_slice(&[0xE0, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o']); // a custom type
+        let length = bytes.len();
+        assert_eq!(length, 16 + 26);
+        bytes.extend_from_slice(&[0x16, 0x03, 0x01]);
+        assert_eq!(
+            parse_header(&bytes),
+            header(
+                ProxyVersion::V2,
+                client("192.0.2.7:1234", "192.0.2.1:993"),
+                length
+            )
+        );
+    }
+
+    #[test]
+    fn bad_v2_headers_are_refused_with_the_reason() {
+        let with = |version_command: u8, family: u8, block: &[u8]| {
+            let mut bytes = V2_SIGNATURE.to_vec();
+            bytes.extend_from_slice(&[version_command, family]);
+            bytes.extend_from_slice(&(block.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(block);
+            bytes
+        };
+        let v4 = [192, 0, 2, 7, 192, 0, 2, 1, 0x04, 0xD2, 0x03, 0xE1];
+        for (bytes, reason) in [
+            (with(0x11, 0x11, &v4), "version 1"),
+            (with(0x22, 0x11, &v4), "unknown command 0x2"),
+            (with(0x21, 0x12, &v4), "transport 0x2 is not TCP"),
+            (with(0x21, 0x41, &v4), "unknown address family 0x4"),
+            (with(0x21, 0x11, &v4[..11]), "11 address bytes, 12 needed"),
+            (with(0x21, 0x21, &v4), "12 address bytes, 36 needed"),
+            (
+                with(0x21, 0x11, &[&v4[..], &[0x04, 0x00]].concat()),
+                "truncated TLV",
+            ),
+            (
+                with(0x21, 0x11, &[&v4[..], &[0x04, 0x00, 0x02, 0]].concat()),
+                "TLV 0x04 runs past the header",
+            ),
+        ] {
+            let got = invalid(&bytes);
+            assert!(got.contains(reason), "{got}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_v2_header_is_refused_before_its_body_is_read() {
+        let mut bytes = [&SIGNATURE_AND_PROXY[..], &[0x11]].concat();
+        bytes.extend_from_slice(&((MAX_RECEIVED_V2_LEN - 16) as u16).to_be_bytes());
+        assert_eq!(
+            parse_header(&bytes),
+            Parsed::NeedAtLeast(MAX_RECEIVED_V2_LEN)
+        );
+        let mut bytes = [&SIGNATURE_AND_PROXY[..], &[0x11]].concat();
+        bytes.extend_from_slice(&((MAX_RECEIVED_V2_LEN - 15) as u16).to_be_bytes());
+        assert_eq!(
+            invalid(&bytes),
+            "PROXY v2 header of 4097 bytes, more than the 4096 accepted"
+        );
+        let mut bytes = [&SIGNATURE_AND_PROXY[..], &[0x11]].concat();
+        bytes.extend_from_slice(&[0xFF, 0xFF]);
+        assert!(invalid(&bytes).contains("65551 bytes"));
+    }
+
+    #[test]
+    fn every_built_header_parses_back_to_its_addresses() {
+        for (source, destination) in [
+            ("192.0.2.7:1234", "192.0.2.1:993"),
+            ("[2001:db8::7]:50000", "[2001:db8::1]:993"),
+            ("[::ffff:127.0.0.5]:40000", "[::1]:143"),
+        ] {
+            for version in [ProxyVersion::V1, ProxyVersion::V2] {
+                let facts = verified_client("alice");
+                let built = proxy_header(version, addr(source), addr(destination), Some(&facts));
+                let Parsed::Header(parsed) = parse_header(&built) else {
+                    panic!("{version:?} {source}: {:?}", parse_header(&built));
+                };
+                assert_eq!(parsed.length, built.len());
+                assert_eq!(parsed.version, version);
+                let Carried::Client {
+                    source: got_source,
+                    destination: got_destination,
+                } = parsed.carried
+                else {
+                    panic!("{parsed:?}");
+                };
+                // A mixed pair travels as IPv6 with the IPv4 end mapped: the same address.
+                let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+                assert_eq!(canonical(got_source), canonical(addr(source)));
+                assert_eq!(canonical(got_destination), canonical(addr(destination)));
+            }
+        }
     }
 }

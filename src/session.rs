@@ -1,7 +1,8 @@
 //! The life of one client connection, the same in inetd and daemon mode: the TLS handshake (bounded by the
-//! handshake deadline) or, with -starttls, the protocol's plaintext phase and then the handshake; then the plaintext
-//! side (backend.rs) and the relay; and exactly one log line for any failure. A normal end is logged only with
-//! -debug. As soon as both sides are open the process confines itself with the seccomp filter (seccomp.rs) unless
+//! handshake deadline) or, with -starttls, the protocol's plaintext phase and then the handshake, both after the
+//! PROXY header with -accept_proxy (accept_proxy.rs); then the plaintext side (backend.rs) and the relay; and exactly
+//! one log line for any failure. A normal end is logged only with -debug, and so is a connection that closes without
+//! sending a byte (after its PROXY header, if any): that is a load balancer's health check, not a failure. As soon as both sides are open the process confines itself with the seccomp filter (seccomp.rs) unless
 //! -noseccomp: a classic session after its handshake (its backend is connected only then), a STARTTLS session before
 //! its plaintext phase, so that phase and the handshake are confined too (unless the handshake reads files: -CApath,
 //! -certdir; then right after it). It must never fall back to plaintext once STARTTLS was accepted, and never read a
@@ -11,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslContext, SslStream};
 
+use crate::accept_proxy::{self, Refusal};
 use crate::backend::{Backside, TlsState};
 use crate::client::{ClientAddresses, ClientIo};
 use crate::options::Config;
 use crate::plaintext_phase::{self, PhaseEnd, PhaseLimits};
+use crate::proxy_header::{Carried, ProxyVersion, ReceivedHeader};
 use crate::reason::{openssl_reason, tls_reason};
 use crate::relay::{self, Limits, RelayError, SessionFilter, Transfer};
 use crate::seccomp::{self, SessionKind};
@@ -25,14 +28,72 @@ use crate::{log, log_debug, log_error, log_notice, sys, tls};
 /// Exit status of a session process: 0 for a normal end, 1 for a failure (already logged).
 pub type SessionStatus = i32;
 
-/// Serves one client to the end.
-pub fn serve(config: &Config, context: &SslContext, client: ClientIo) -> SessionStatus {
-    let addresses = client.addresses();
+/// Serves one client to the end. One deadline covers everything before TLS is up: the PROXY header, the plaintext
+/// phase and the handshake.
+pub fn serve(config: &Config, context: &SslContext, mut client: ClientIo) -> SessionStatus {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut addresses = client.addresses();
+    if let Some(accept) = &config.accept_proxy {
+        addresses = match accept_proxy::receive(&mut client, &addresses, accept, deadline) {
+            Ok((header, carried)) => {
+                log_debug!("{}: {}", addresses.peer_text(), header_note(&header));
+                carried
+            }
+            Err(refusal) => return report_refusal(config, &addresses, refusal),
+        };
+    }
     let peer = addresses.peer_text();
     match config.starttls {
-        None => serve_tls_from_the_start(config, context, client, &addresses, &peer),
-        Some(mode) => serve_with_starttls(config, context, client, mode, &addresses, &peer),
+        None => serve_tls_from_the_start(config, context, client, &addresses, &peer, deadline),
+        Some(mode) => {
+            serve_with_starttls(config, context, client, mode, &addresses, &peer, deadline)
+        }
     }
+}
+
+/// What a received header said, for the -debug line.
+fn header_note(header: &ReceivedHeader) -> String {
+    let version = match header.version {
+        ProxyVersion::V1 => "v1",
+        ProxyVersion::V2 => "v2",
+    };
+    match header.carried {
+        Carried::Client {
+            source,
+            destination,
+        } => format!("PROXY {version} header: client {source}, to {destination}"),
+        Carried::Local => {
+            format!("PROXY {version} LOCAL header: the connection's own addresses apply")
+        }
+        Carried::Unknown => {
+            format!(
+                "PROXY {version} header without addresses: the connection's own addresses apply"
+            )
+        }
+    }
+}
+
+/// One log line for a connection dropped before or at its PROXY header, naming the real peer; none above -debug
+/// for a health check.
+fn report_refusal(config: &Config, real: &ClientAddresses, refusal: Refusal) -> SessionStatus {
+    let peer = real.peer_text();
+    match refusal {
+        Refusal::ClosedSilently => {
+            log_debug!("{peer}: closed without sending a byte (a health check?)");
+            return 0;
+        }
+        Refusal::NotAllowed => log_error!(
+            "{peer}: refused: -accept_proxy_from does not allow this peer to send a PROXY header"
+        ),
+        Refusal::TimedOut => log_error!(
+            "{peer}: no PROXY header within {} s; connection dropped",
+            config.handshake_timeout.as_secs()
+        ),
+        Refusal::Invalid(reason) => {
+            log_error!("{peer}: no valid PROXY header ({reason}); connection dropped")
+        }
+    }
+    1
 }
 
 /// The classic sslwrap session: handshake first, then the plaintext side, then the relay.
@@ -42,12 +103,16 @@ fn serve_tls_from_the_start(
     client: ClientIo,
     addresses: &ClientAddresses,
     peer: &str,
+    deadline: Instant,
 ) -> SessionStatus {
-    let deadline = Instant::now() + config.handshake_timeout;
     let mut stream = match accept_tls(context, client, deadline, config.handshake_timeout) {
         Ok(stream) => stream,
-        Err(reason) => {
-            log_error!("TLS handshake with {peer} failed: {reason}");
+        Err(failure) if failure.silent_close => {
+            log_debug!("{peer}: closed without sending a byte (a health check?)");
+            return 0;
+        }
+        Err(failure) => {
+            log_error!("TLS handshake with {peer} failed: {}", failure.reason);
             return 1;
         }
     };
@@ -85,10 +150,10 @@ fn serve_with_starttls(
     mode: StartTlsMode,
     addresses: &ClientAddresses,
     peer: &str,
+    // One limit for everything before TLS (PROXY header, backend connection, greeting, plaintext phase, handshake),
+    // so a client trickling bytes cannot keep the session, and its backend connection, open.
+    deadline: Instant,
 ) -> SessionStatus {
-    // One limit for everything before TLS (backend connection, greeting, plaintext phase, handshake), so a client
-    // trickling bytes cannot keep the session, and its backend connection, open.
-    let deadline = Instant::now() + config.handshake_timeout;
     let tls = if mode.required {
         TlsState::RequiredLater
     } else {
@@ -178,8 +243,13 @@ fn upgrade(
     peer: &str,
     deadline: Instant,
 ) -> Result<(SslStream<ClientIo>, AfterTls), String> {
-    let mut stream = accept_tls(context, client, deadline, config.handshake_timeout)
-        .map_err(|reason| format!("TLS handshake with {peer} after STARTTLS failed: {reason}"))?;
+    let mut stream =
+        accept_tls(context, client, deadline, config.handshake_timeout).map_err(|failure| {
+            format!(
+                "TLS handshake with {peer} after STARTTLS failed: {}",
+                failure.reason
+            )
+        })?;
     let facts = TlsFacts::of(stream.ssl());
     log_debug!(
         "{peer}: STARTTLS done, {} {} established{}",
@@ -289,13 +359,30 @@ pub fn close_cleanly(stream: &mut SslStream<ClientIo>) {
     }
 }
 
+/// Why a handshake did not complete.
+pub struct HandshakeFailure {
+    pub reason: String,
+    /// The client closed or reset the connection before sending a byte of it: a load balancer's health check.
+    pub silent_close: bool,
+}
+
+impl From<String> for HandshakeFailure {
+    fn from(reason: String) -> HandshakeFailure {
+        HandshakeFailure {
+            reason,
+            silent_close: false,
+        }
+    }
+}
+
 /// Runs the server side of the handshake on a non-blocking client, waiting with poll until the deadline.
 pub fn accept_tls(
     context: &SslContext,
     client: ClientIo,
     deadline: Instant,
     limit: Duration,
-) -> Result<SslStream<ClientIo>, String> {
+) -> Result<SslStream<ClientIo>, HandshakeFailure> {
+    let received_before = client.received();
     let ssl = tls::new_session(context).map_err(|e| openssl_reason(&e))?;
     let mut stream = SslStream::new(ssl, client).map_err(|e| openssl_reason(&e))?;
     loop {
@@ -306,12 +393,18 @@ pub fn accept_tls(
         let (fd, events) = match error.code() {
             ErrorCode::WANT_READ => (stream.get_ref().read_fd(), sys::POLLIN),
             ErrorCode::WANT_WRITE => (stream.get_ref().write_fd(), sys::POLLOUT),
-            _ => return Err(handshake_failure_reason(&stream, &error)),
+            // Without a byte from the client OpenSSL has nothing to fail on but the connection's end.
+            _ => {
+                return Err(HandshakeFailure {
+                    reason: handshake_failure_reason(&stream, &error),
+                    silent_close: stream.get_ref().received() == received_before,
+                });
+            }
         };
         match sys::wait_until(fd, events, deadline) {
             Ok(true) => {}
-            Ok(false) => return Err(format!("not completed within {} s", limit.as_secs())),
-            Err(e) => return Err(format!("poll failed: {e}")),
+            Ok(false) => return Err(format!("not completed within {} s", limit.as_secs()).into()),
+            Err(e) => return Err(format!("poll failed: {e}").into()),
         }
     }
 }
