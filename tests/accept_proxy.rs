@@ -256,6 +256,9 @@ fn only_peers_in_accept_proxy_from_may_send_a_header() {
             "-accept_proxy",
             "-accept_proxy_from",
             "192.0.2.0/24,2001:db8::/32",
+            // A refusal that failed would otherwise wait the default minute for a handshake.
+            "-handshake_timeout",
+            "5",
         ],
     );
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&refusing), &s.syslog);
