@@ -470,3 +470,41 @@ fn a_connection_reset_before_its_header_is_no_error() {
         Check::Reset,
     );
 }
+
+static STARTTLS_HEADERS: Mutex<Option<mpsc::Sender<String>>> = Mutex::new(None);
+
+/// An SMTP backend that reports the PROXY v1 line in front of the session, then greets and reads to the end.
+fn capture_then_greet(stream: TcpStream) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    let _ = reader.read_until(b'\n', &mut line);
+    let sender = STARTTLS_HEADERS.lock().unwrap().clone().unwrap();
+    let _ = sender.send(String::from_utf8_lossy(&line).into_owned());
+    smtp_greeting(reader.into_inner());
+}
+
+#[test]
+fn with_starttls_the_header_is_read_before_the_greeting_and_its_client_sent_on() {
+    let (sender, receiver) = mpsc::channel();
+    *STARTTLS_HEADERS.lock().unwrap() = Some(sender);
+    let s = setup("ap-starttls");
+    let line = s.legacy_line(
+        backend(capture_then_greet),
+        &["-accept_proxy", "-starttls", "smtp", "-proxy", "v1"],
+    );
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    let mut stream = tcp(daemon.port);
+    stream.write_all(V1_HEADER).unwrap();
+    let mut greeting = [0u8; 64];
+    let count = stream.read(&mut greeting).unwrap();
+    assert!(
+        greeting[..count].starts_with(b"220 backend ESMTP"),
+        "{:?}",
+        String::from_utf8_lossy(&greeting[..count])
+    );
+    let sent_on = receiver
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no header reached the backend");
+    assert_eq!(sent_on, "PROXY TCP4 203.0.113.9 198.51.100.1 40000 993\r\n");
+}
