@@ -2,10 +2,11 @@
 //! handshake deadline) or, with -starttls, the protocol's plaintext phase and then the handshake, both after the
 //! PROXY header with -accept_proxy (accept_proxy.rs); then the plaintext side (backend.rs) and the relay; and exactly
 //! one log line for any failure. A normal end is logged only with -debug, and so is a connection that closes without
-//! sending a byte (after its PROXY header, if any): that is a load balancer's health check, not a failure. As soon as both sides are open the process confines itself with the seccomp filter (seccomp.rs) unless
-//! -noseccomp: a classic session after its handshake (its backend is connected only then), a STARTTLS session before
-//! its plaintext phase, so that phase and the handshake are confined too (unless the handshake reads files: -CApath,
-//! -certdir; then right after it). It must never fall back to plaintext once STARTTLS was accepted, and never read a
+//! sending a byte (after its PROXY header, if any): that is a load balancer's health check, not a failure. As soon
+//! as both sides are open the process confines itself with the seccomp filter (seccomp.rs) unless -noseccomp: a
+//! classic session after its handshake (its backend is connected only then), a STARTTLS session before its plaintext
+//! phase, so that phase and the handshake are confined too (unless the handshake reads files: -CApath, -certdir;
+//! then right after it). It must never fall back to plaintext once STARTTLS was accepted, and never read a
 //! byte of the relay unconfined when confinement was asked for.
 
 use std::time::{Duration, Instant};

@@ -41,16 +41,62 @@ fn v2_ipv6_header() -> Vec<u8> {
 /// HAProxy's health-check header: v2, LOCAL, AF_UNSPEC, nothing after it.
 const V2_LOCAL: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
 
-/// Connects, writes `header`, then runs the TLS handshake on the same connection.
-fn tls_after_header(port: u16, header: &[u8]) -> Result<SslStream<TcpStream>, String> {
-    let mut stream = tcp(port);
-    stream.write_all(header).unwrap();
+/// Connects and runs the TLS handshake with `header` in front of it: the header and the ClientHello leave in one
+/// write, as a balancer forwarding a client's first segment sends them, so a reader taking one byte too many would
+/// break the handshake.
+fn tls_after_header(port: u16, header: &[u8]) -> Result<SslStream<HeaderFirst>, String> {
+    let stream = HeaderFirst {
+        stream: tcp(port),
+        header: Some(header.to_vec()),
+    };
     let connector = connector(|_| {});
     let mut config = connector.configure().unwrap();
     config.set_verify_hostname(false);
     config
         .connect("localhost", stream)
         .map_err(|error| error.to_string())
+}
+
+/// What the -exec program wrote, up to sslwrap's close_notify.
+fn read_to_the_end(client: &mut SslStream<HeaderFirst>) -> String {
+    let mut text = Vec::new();
+    let mut buffer = [0u8; 16384];
+    loop {
+        match client.ssl_read(&mut buffer) {
+            Ok(count) => text.extend_from_slice(&buffer[..count]),
+            Err(error) if error.code() == openssl::ssl::ErrorCode::ZERO_RETURN => break,
+            Err(error) => panic!("{error} after {} bytes", text.len()),
+        }
+    }
+    String::from_utf8(text).unwrap()
+}
+
+/// A TCP connection whose first write carries the PROXY header in front of its bytes.
+#[derive(Debug)]
+struct HeaderFirst {
+    stream: TcpStream,
+    header: Option<Vec<u8>>,
+}
+
+impl Read for HeaderFirst {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buffer)
+    }
+}
+
+impl Write for HeaderFirst {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(mut first) = self.header.take() {
+            first.extend_from_slice(data);
+            self.stream.write_all(&first)?;
+            return Ok(data.len());
+        }
+        self.stream.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 /// `-cert server.pem`, `extra`, then `-exec` of a script printing its environment (which must come last).
@@ -68,7 +114,7 @@ fn exec_env_line(s: &Setup, extra: &[&str]) -> Vec<String> {
 /// The program's environment as seen through sslwrap, after sending `header`.
 fn environment_after(port: u16, header: &[u8]) -> String {
     let mut client = tls_after_header(port, header).expect("TLS after the header");
-    String::from_utf8(read_to_close_notify(&mut client).unwrap()).unwrap()
+    read_to_the_end(&mut client)
 }
 
 fn assert_has_line(text: &str, expected: &str) {
@@ -115,8 +161,8 @@ fn a_v2_local_header_keeps_the_real_addresses() {
     let line = exec_env_line(&s, &["-accept_proxy"]);
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
     let mut client = tls_after_header(daemon.port, V2_LOCAL).expect("TLS after LOCAL");
-    let own = local(&client);
-    let text = String::from_utf8(read_to_close_notify(&mut client).unwrap()).unwrap();
+    let own = client.get_ref().stream.local_addr().unwrap();
+    let text = read_to_the_end(&mut client);
     assert_has_line(&text, "TCPREMOTEIP=127.0.0.1");
     assert_has_line(&text, &format!("TCPREMOTEPORT={}", own.port()));
     assert_has_line(&text, &format!("TCPLOCALPORT={}", daemon.port));
@@ -210,6 +256,9 @@ fn only_peers_in_accept_proxy_from_may_send_a_header() {
             "-accept_proxy",
             "-accept_proxy_from",
             "192.0.2.0/24,2001:db8::/32",
+            // A refusal that failed would otherwise wait the default minute for a handshake.
+            "-handshake_timeout",
+            "5",
         ],
     );
     let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&refusing), &s.syslog);
@@ -420,4 +469,42 @@ fn a_connection_reset_before_its_header_is_no_error() {
         Some(b""),
         Check::Reset,
     );
+}
+
+static STARTTLS_HEADERS: Mutex<Option<mpsc::Sender<String>>> = Mutex::new(None);
+
+/// An SMTP backend that reports the PROXY v1 line in front of the session, then greets and reads to the end.
+fn capture_then_greet(stream: TcpStream) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    let _ = reader.read_until(b'\n', &mut line);
+    let sender = STARTTLS_HEADERS.lock().unwrap().clone().unwrap();
+    let _ = sender.send(String::from_utf8_lossy(&line).into_owned());
+    smtp_greeting(reader.into_inner());
+}
+
+#[test]
+fn with_starttls_the_header_is_read_before_the_greeting_and_its_client_sent_on() {
+    let (sender, receiver) = mpsc::channel();
+    *STARTTLS_HEADERS.lock().unwrap() = Some(sender);
+    let s = setup("ap-starttls");
+    let line = s.legacy_line(
+        backend(capture_then_greet),
+        &["-accept_proxy", "-starttls", "smtp", "-proxy", "v1"],
+    );
+    let daemon = SslwrapDaemon::start("127.0.0.1", &as_strs(&line), &s.syslog);
+    let mut stream = tcp(daemon.port);
+    stream.write_all(V1_HEADER).unwrap();
+    let mut greeting = [0u8; 64];
+    let count = stream.read(&mut greeting).unwrap();
+    assert!(
+        greeting[..count].starts_with(b"220 backend ESMTP"),
+        "{:?}",
+        String::from_utf8_lossy(&greeting[..count])
+    );
+    let sent_on = receiver
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no header reached the backend");
+    assert_eq!(sent_on, "PROXY TCP4 203.0.113.9 198.51.100.1 40000 993\r\n");
 }
