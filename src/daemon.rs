@@ -289,7 +289,6 @@ pub fn run(
             }
         }
     }
-    tls::warm_up();
     daemon.notifier.ready(&daemon.sessions_text());
     daemon.told_sessions = Some(daemon.sessions.count());
     daemon.serve_forever()
