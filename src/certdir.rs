@@ -17,9 +17,9 @@ use openssl::x509::X509Ref;
 
 use crate::options::TlsOptions;
 use crate::reason::{io_reason, openssl_reason};
-use crate::tls::{self, ConnectionCertificate, ContextUse};
+use crate::tls::{self, ConnectionCertificate, ContextUse, DefaultCertificate};
 use crate::tls_facts::is_host_name;
-use crate::{log_debug, log_warning};
+use crate::{log_debug, log_error, log_warning};
 
 /// A certificate file's name ends with this; the name before it is the host name it serves.
 const CERTIFICATE_SUFFIX: &str = ".pem";
@@ -61,13 +61,13 @@ pub fn choose_by_server_name(
 
 /// inetd mode: the context has no certificate; for the one connection of this process the servername callback sets
 /// the certificate on the connection itself: the file DIR has for the client's name, read then (so that the cost of
-/// a connection does not grow with DIR), or `default` (the -cert one, read at start-up like every key). Fails only
-/// when DIR itself cannot be read.
+/// a connection does not grow with DIR), or `default` (the -cert one, read at start-up like every key, decoded only
+/// when it is needed). Fails only when DIR itself cannot be read.
 pub fn choose_for_the_connection(
     context: &mut SslContextBuilder,
     dir: &Path,
     options: &TlsOptions,
-    default: ConnectionCertificate,
+    default: DefaultCertificate,
 ) -> Result<(), String> {
     read_dir(dir)?;
     let dir = dir.to_path_buf();
@@ -88,12 +88,8 @@ pub fn choose_for_the_connection(
                 ),
             }
         }
-        default.serve_on(ssl).map_err(|e| {
-            log_warning!(
-                "-cert: cannot use {}: {}",
-                options.cert.display(),
-                openssl_reason(&e)
-            );
+        default.serve_on(ssl).map_err(|reason| {
+            log_error!("{reason}");
             *alert = openssl::ssl::SslAlert::INTERNAL_ERROR;
             SniError::ALERT_FATAL
         })

@@ -150,7 +150,7 @@ pub fn build_context_stapling(
     match (options.certdir.as_deref(), usage) {
         // One connection: its one certificate is set on it, the -cert one or the one its name chooses.
         (Some(dir), ContextUse::OneConnection) => {
-            let default = ConnectionCertificate::default_for(options, ocsp, &mut ca_file)?;
+            let default = DefaultCertificate::for_options(options, ocsp, &mut ca_file)?;
             ocsp_staple::staple_per_connection(&mut context)?;
             crate::certdir::choose_for_the_connection(&mut context, dir, options, default)?;
         }
@@ -568,8 +568,44 @@ fn use_certificate_files(
 /// Reads the certificate chain and the private key, checks they belong together, and warns when the key file can be
 /// read by others. An encrypted key needs `-pass`: an inetd-started process has nobody to ask for a pass phrase.
 fn read_certificate_files(options: &TlsOptions) -> Result<ServedCertificate, String> {
+    CertificateFiles::read(options)?.decode(options)
+}
+
+/// The -cert file and, if it is another file, the -key file, as read (not yet decoded).
+pub struct CertificateFiles {
+    cert_file: FileContents,
+    separate_key_file: Option<FileContents>,
+}
+
+impl CertificateFiles {
+    fn read(options: &TlsOptions) -> Result<CertificateFiles, String> {
+        let cert_path = options.cert.as_path();
+        let cert_file = read_file("-cert", cert_path)?;
+        let separate_key_file = match options.key.as_deref() {
+            Some(key_path) if key_path != cert_path => Some(read_file("-key", key_path)?),
+            _ => None,
+        };
+        Ok(CertificateFiles {
+            cert_file,
+            separate_key_file,
+        })
+    }
+
+    fn key_file(&self) -> &FileContents {
+        self.separate_key_file.as_ref().unwrap_or(&self.cert_file)
+    }
+
+    fn decode(&self, options: &TlsOptions) -> Result<ServedCertificate, String> {
+        decode_certificate_files(options, &self.cert_file, self.key_file())
+    }
+}
+
+fn decode_certificate_files(
+    options: &TlsOptions,
+    cert_file: &FileContents,
+    key_file: &FileContents,
+) -> Result<ServedCertificate, String> {
     let cert_path = options.cert.as_path();
-    let cert_file = read_file("-cert", cert_path)?;
     let chain = read_certificates(&cert_file.bytes).map_err(|e| {
         format!(
             "-cert: {} is not a PEM certificate: {}",
@@ -587,14 +623,9 @@ fn read_certificate_files(options: &TlsOptions) -> Result<ServedCertificate, Str
     let chain: Vec<X509> = chain.collect();
     warn_if_issuer_missing(cert_path, &leaf, &chain);
     // Without -key (or with -key naming the same file) the certificate file holds the key: it is read only once.
-    let separate_key_file;
-    let (key_option, key_path, key_file) = match options.key.as_deref() {
-        Some(key_path) if key_path != cert_path => {
-            separate_key_file = read_file("-key", key_path)?;
-            ("-key", key_path, &separate_key_file)
-        }
-        Some(key_path) => ("-key", key_path, &cert_file),
-        None => ("-cert", cert_path, &cert_file),
+    let (key_option, key_path) = match options.key.as_deref() {
+        Some(key_path) => ("-key", key_path),
+        None => ("-cert", cert_path),
     };
     let key = load_private_key(key_option, key_path, &key_file.bytes, options.pass.as_ref())?;
     // What SSL_CTX_use_PrivateKey and SSL_use_PrivateKey check (X509_check_private_key).
@@ -616,6 +647,68 @@ fn read_certificate_files(options: &TlsOptions) -> Result<ServedCertificate, Str
 pub struct ConnectionCertificate {
     served: ServedCertificate,
     staple: Option<Arc<ocsp_staple::StapleToSend>>,
+}
+
+/// inetd mode with -certdir: what a client gets when DIR has nothing for its name, the -cert certificate (or the
+/// -nocert one). Its files are read at start-up, before privileges are dropped, like every key file; but they are
+/// decoded only for a client that gets them, so that a client DIR has a file for costs the process one certificate
+/// and key to decode, not two (`make bench`, 1,000 names: the -certdir connection cost 1.10x the -cert alone when
+/// both were decoded). An encrypted key, whose pass phrase is used once at start-up, and a certificate with an -ocsp
+/// response, which is judged at start-up, are decoded at once.
+pub enum DefaultCertificate {
+    Decoded(ConnectionCertificate),
+    Read {
+        files: CertificateFiles,
+        options: Box<TlsOptions>,
+    },
+}
+
+impl DefaultCertificate {
+    fn for_options(
+        options: &TlsOptions,
+        ocsp: Option<OcspFile>,
+        ca_file: &mut CaFile,
+    ) -> Result<DefaultCertificate, String> {
+        if options.nocert {
+            return ConnectionCertificate::ephemeral().map(DefaultCertificate::Decoded);
+        }
+        let files = CertificateFiles::read(options)?;
+        if ocsp.is_some() || is_encrypted_pem(&files.key_file().bytes) {
+            let served = files.decode(options)?;
+            let staple = match ocsp {
+                Some(ocsp) => judge_staple(ca_file, &served, ocsp)?.map(Arc::new),
+                None => None,
+            };
+            return Ok(DefaultCertificate::Decoded(ConnectionCertificate {
+                served,
+                staple,
+            }));
+        }
+        let options = Box::new(TlsOptions {
+            // The key is not encrypted: no pass phrase is kept for it.
+            pass: None,
+            ..options.clone()
+        });
+        Ok(DefaultCertificate::Read { files, options })
+    }
+
+    /// Serves it on `ssl`; an error (its files do not decode, or OpenSSL refuses them) names the file.
+    pub fn serve_on(&self, ssl: &mut SslRef) -> Result<(), String> {
+        let decoded;
+        let certificate = match self {
+            DefaultCertificate::Decoded(certificate) => certificate,
+            DefaultCertificate::Read { files, options } => {
+                decoded = ConnectionCertificate {
+                    served: files.decode(options)?,
+                    staple: None,
+                };
+                &decoded
+            }
+        };
+        certificate
+            .serve_on(ssl)
+            .map_err(|e| format!("-cert: cannot use the certificate: {}", openssl_reason(&e)))
+    }
 }
 
 impl ConnectionCertificate {
@@ -640,15 +733,7 @@ impl ConnectionCertificate {
         Ok(ConnectionCertificate { served, staple })
     }
 
-    /// What a client gets when DIR has nothing for its name: the -cert certificate, or the -nocert one.
-    fn default_for(
-        options: &TlsOptions,
-        ocsp: Option<OcspFile>,
-        ca_file: &mut CaFile,
-    ) -> Result<ConnectionCertificate, String> {
-        if !options.nocert {
-            return Self::load_with(options, ocsp, ca_file);
-        }
+    fn ephemeral() -> Result<ConnectionCertificate, String> {
         let (leaf, key) =
             ephemeral_certificate().map_err(|e| openssl_failure("-nocert certificate", &e))?;
         let served = ServedCertificate {

@@ -104,6 +104,42 @@ fn inetd_started_processes_serve_each_name_its_certificate_and_the_default_other
     each_name_gets_its_certificate(inetd.port);
 }
 
+/// An inetd-started process decodes the -cert files only for a client that gets them: a client DIR has a file for
+/// is served even when the -cert file is broken, and a client without a name then gets an error naming that file.
+#[test]
+fn an_inetd_started_process_decodes_the_default_certificate_only_for_a_client_that_gets_it() {
+    let mut s = setup("certdir-inetd-lazy-default");
+    let dir = three_names(&s);
+    let broken = s.dir.path("broken.pem");
+    std::fs::write(&broken, "not a certificate\n").unwrap();
+    let line = [
+        "-cert",
+        broken.to_str().unwrap(),
+        "-port",
+        &backend(echo).to_string(),
+        "-certdir",
+        &dir,
+    ];
+    let inetd = Inetd::start(&line, &s.syslog);
+    assert_eq!(
+        served_common_name(inetd.port, Some("mail.example.org")),
+        "mail certificate"
+    );
+    let address = format!("127.0.0.1:{}", inetd.port);
+    let ran = run(
+        "openssl",
+        &["s_client", "-connect", &address, "-noservername"],
+    );
+    assert!(
+        !ran.stdout.contains("subject="),
+        "a certificate was served: {ran:#?}"
+    );
+    let logged = s
+        .syslog
+        .expect(&format!("no certificate found in {}", broken.display()));
+    assert!(logged.starts_with("<11>"), "not an error: {logged}");
+}
+
 #[test]
 fn the_exec_program_finds_the_server_name_in_ssl_tls_sni() {
     use std::os::unix::fs::PermissionsExt;
