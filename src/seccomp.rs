@@ -1,7 +1,7 @@
 //! The seccomp confinement of a session process: the one table of system calls a session may still make once it has
 //! its client, its plaintext side, its log socket and its dropped privileges, and the classic BPF program built from
 //! it (the architecture check, then a binary search over the sorted call numbers; anything not found kills the
-//! process). session.rs installs it; sys.rs makes the two calls that need `unsafe`. This file must never allow a call
+//! process). session.rs installs it; sys.rs makes the two system calls (no_new_privs, seccomp). This file must never allow a call
 //! that opens, connects, creates a socket, executes or traces: a session that has been taken over can then only
 //! relay bytes on the descriptors it already holds.
 

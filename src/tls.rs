@@ -674,15 +674,8 @@ impl DefaultCertificate {
         }
         let files = CertificateFiles::read(options)?;
         if ocsp.is_some() || is_encrypted_pem(&files.key_file().bytes) {
-            let served = files.decode(options)?;
-            let staple = match ocsp {
-                Some(ocsp) => judge_staple(ca_file, &served, ocsp)?.map(Arc::new),
-                None => None,
-            };
-            return Ok(DefaultCertificate::Decoded(ConnectionCertificate {
-                served,
-                staple,
-            }));
+            return ConnectionCertificate::decode(&files, options, ocsp, ca_file)
+                .map(DefaultCertificate::Decoded);
         }
         let options = Box::new(TlsOptions {
             // The key is not encrypted: no pass phrase is kept for it.
@@ -698,10 +691,8 @@ impl DefaultCertificate {
         let certificate = match self {
             DefaultCertificate::Decoded(certificate) => certificate,
             DefaultCertificate::Read { files, options } => {
-                decoded = ConnectionCertificate {
-                    served: files.decode(options)?,
-                    staple: None,
-                };
+                decoded =
+                    ConnectionCertificate::decode(files, options, None, &mut CaFile::new(None))?;
                 &decoded
             }
         };
@@ -717,15 +708,23 @@ impl ConnectionCertificate {
         options: &TlsOptions,
         ocsp: Option<OcspFile>,
     ) -> Result<ConnectionCertificate, String> {
-        Self::load_with(options, ocsp, &mut CaFile::new(options.ca_file.as_deref()))
+        let files = CertificateFiles::read(options)?;
+        Self::decode(
+            &files,
+            options,
+            ocsp,
+            &mut CaFile::new(options.ca_file.as_deref()),
+        )
     }
 
-    fn load_with(
+    /// Decodes files already read, and judges the response in `ocsp` against their certificate.
+    fn decode(
+        files: &CertificateFiles,
         options: &TlsOptions,
         ocsp: Option<OcspFile>,
         ca_file: &mut CaFile,
     ) -> Result<ConnectionCertificate, String> {
-        let served = read_certificate_files(options)?;
+        let served = files.decode(options)?;
         let staple = match ocsp {
             Some(ocsp) => judge_staple(ca_file, &served, ocsp)?.map(Arc::new),
             None => None,

@@ -125,27 +125,6 @@ fn lines_above_info(syslog: &mut Syslog, skipped: usize) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `syslog` holds `count` lines containing `needle`, or fails showing what it holds.
-fn wait_for_count(syslog: &mut Syslog, needle: &str, count: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = syslog
-            .settle()
-            .iter()
-            .filter(|line| line.contains(needle))
-            .count();
-        if seen >= count {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{seen} of {count} lines containing {needle:?}: {:#?}",
-            syslog.lines
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn haproxy_spreads_clients_over_two_hosts_that_log_the_real_client_and_resume_each_others_sessions()
 {
@@ -180,8 +159,15 @@ fn haproxy_spreads_clients_over_two_hosts_that_log_the_real_client_and_resume_ea
             ("127.0.0.3", second_host.port),
         ],
     );
-    wait_for_count(&mut s.syslog, HEALTH_CHECK_LINE, CHECKS_AWAITED);
-    wait_for_count(&mut second_syslog, HEALTH_CHECK_LINE, CHECKS_AWAITED);
+    for syslog in [&mut s.syslog, &mut second_syslog] {
+        let checked =
+            syslog.wait_for_count(HEALTH_CHECK_LINE, CHECKS_AWAITED, Duration::from_secs(20));
+        assert!(
+            checked.is_some(),
+            "fewer than {CHECKS_AWAITED} health checks logged: {:#?}",
+            syslog.lines
+        );
+    }
 
     let script = s.dir.path("client.py");
     std::fs::write(&script, CLIENT).unwrap();

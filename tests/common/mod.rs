@@ -89,15 +89,28 @@ impl Syslog {
 
     /// Waits up to `limit` for a logged line containing `needle`; returns it.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        self.wait_for_count(needle, 1, limit)
+    }
+
+    /// Waits up to `limit` until `count` logged lines contain `needle`; returns the first of them.
+    pub fn wait_for_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        limit: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + limit;
         loop {
             self.drain();
-            if let Some(line) = self.lines.iter().find(|line| line.contains(needle)) {
-                return Some(line.clone());
+            let mut matching = self.lines.iter().filter(|line| line.contains(needle));
+            let first = matching.next().cloned();
+            if first.is_some() && 1 + matching.count() >= count {
+                return first;
             }
             if Instant::now() >= deadline {
                 return None;
             }
+            // The datagrams arrive on the receiver's thread, with nothing to wait on here: a short poll step.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
