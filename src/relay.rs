@@ -308,6 +308,9 @@ struct Pump<'a, C: ClientSide, P: Plaintext> {
     client: &'a mut C,
     plain: &'a mut P,
     filter: Option<&'a mut dyn SessionFilter>,
+    /// What the backend sent, before the filter rewrites it into `to_client`. Kept here, not on the stack, so that
+    /// the relay's frames stay a few pages deep (see `sys::release_unused_stack`).
+    filter_input: Vec<u8>,
     to_backend: Pending,
     to_client: Pending,
     client_done: bool,
@@ -338,6 +341,7 @@ pub fn relay_until_closed<'a, C: ClientSide, P: Plaintext>(
         client,
         plain,
         filter,
+        filter_input: Vec::new(),
         to_backend: Pending::new(),
         to_client: Pending::new(),
         client_done: false,
@@ -460,8 +464,9 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
                 result
             }
             Some(filter) => {
-                let mut raw = [0u8; BUFFER_SIZE];
-                let result = self.plain.read(&mut raw);
+                self.filter_input.resize(BUFFER_SIZE, 0);
+                let raw = &mut self.filter_input;
+                let result = self.plain.read(raw);
                 self.to_client.refill(|out| {
                     if let Ok(count) = result {
                         filter.backend_to_client(&raw[..count], out);
@@ -666,7 +671,9 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             }
             self.to_backend.release();
             self.to_client.release();
+            self.filter_input = Vec::new();
             sys::release_free_memory();
+            sys::release_unused_stack();
         }
         poll_or_fail(
             entries,
@@ -675,9 +682,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
     }
 
     fn holds_empty_buffers(&self) -> bool {
-        [&self.to_backend, &self.to_client]
-            .iter()
-            .any(|pending| pending.is_empty() && pending.bytes.capacity() > 0)
+        self.filter_input.capacity() > 0
+            || [&self.to_backend, &self.to_client]
+                .iter()
+                .any(|pending| pending.is_empty() && pending.bytes.capacity() > 0)
     }
 
     /// Lets the operations that were waiting on `fd` be tried again (readiness, a hang-up or an error alike: the

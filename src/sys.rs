@@ -876,6 +876,52 @@ pub fn release_free_memory() {
     }
 }
 
+/// How far below the caller's frame `release_unused_stack` reaches: deeper than a handshake goes (OpenSSL's takes
+/// about 32 KiB).
+const UNUSED_STACK_REACH: usize = 256 * 1024;
+
+/// How deep into the main thread's stack the caller's frame may be for the release to happen. Linux keeps the stack
+/// size limit plus a guard gap (stack_guard_gap, 1 MiB by default) below the top of the main thread's stack free of
+/// any other mapping, so a frame this close to the top, and UNUSED_STACK_REACH below it, lie on that stack or in
+/// that gap; a thread's stack is a mapping far from there.
+const MAIN_STACK_DEPTH_CHECKED: usize = 512 * 1024;
+
+/// Hands back the main thread's stack pages below the caller's frame. A session's handshake runs deep in OpenSSL;
+/// afterwards its relay polls from a few frames up, and the pages the handshake dirtied would otherwise stay
+/// private to the session for as long as it is idle. A later call that goes deeper simply gets fresh zeroed pages.
+/// Does nothing on any other thread's stack: below one may lie another mapping.
+#[inline(never)]
+pub fn release_unused_stack() {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel placed at the top of the main thread's stack.
+    let stack_top = unsafe { libc::getauxval(libc::AT_RANDOM) } as usize;
+    let page = page_size();
+    let frame = std::hint::black_box(0u8);
+    let frame_address = std::ptr::addr_of!(frame) as usize;
+    let depth = stack_top.wrapping_sub(frame_address);
+    if stack_top == 0 || depth > MAIN_STACK_DEPTH_CHECKED {
+        return;
+    }
+    // This frame's page and the one below stay: they hold this call's frame, the red zone and madvise's own frame.
+    let keep_from = (frame_address & !(page - 1)) - page;
+    // SAFETY: the range lies below every live frame of the main thread (its stack grows down) and within the gap
+    // where only that stack may be mapped (see MAIN_STACK_DEPTH_CHECKED), so nothing in it is in use. madvise skips
+    // what is not mapped yet (man 2 madvise: Linux applies the advice to the mapped parts and returns ENOMEM, the
+    // expected result here).
+    unsafe {
+        libc::madvise(
+            (keep_from - UNUSED_STACK_REACH) as *mut libc::c_void,
+            UNUSED_STACK_REACH,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
 /// The result of fork, as seen by each side.
 pub enum Forked {
     Child,
