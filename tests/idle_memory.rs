@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -72,27 +71,14 @@ fn stack_pages_below_the_waiting_frame(pid: u32) -> Option<usize> {
     )
 }
 
-fn round_trip(client: &mut (impl Read + Write), text: &str) {
-    client.write_all(text.as_bytes()).unwrap();
-    let mut echoed = vec![0u8; text.len()];
-    client.read_exact(&mut echoed).unwrap();
-    assert_eq!(String::from_utf8_lossy(&echoed), text);
-}
-
 #[test]
 fn an_idle_session_gives_back_the_stack_its_handshake_used_and_still_relays() {
     let s = setup("idle-stack");
     let daemon = Daemon::start(&as_strs(&s.legacy_line(backend(echo), &[])), &s.syslog);
     let mut client = tls(daemon.port);
     round_trip(&mut client, "handshake done\n");
+    let session = daemon.session_pid();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let session = loop {
-        if let Some(&(pid, _)) = children_of(daemon.pid()).first() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no session process appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    };
     // The session gives its memory back after a quiet second; wait for that (bounded), not for a fixed time.
     let mut below = None;
     while Instant::now() < deadline {

@@ -16,20 +16,6 @@ use support::*;
 
 const MIB: usize = 1024 * 1024;
 
-impl Daemon {
-    /// The one session process, once it exists (bounded wait).
-    fn session_pid(&self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(&(pid, _)) = children_of(self.pid()).first() {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no session process appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// The value of a `Name:` line of /proc/PID/status ("2" for `Seccomp:` under a filter).
 fn status_field(pid: u32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -40,17 +26,6 @@ fn status_field(pid: u32, name: &str) -> String {
         .trim()
         .to_string()
 }
-
-/// One line through an echo session: the relay is running, so the session has installed its filter by now.
-fn round_trip(client: &mut impl ReadWrite, text: &str) {
-    client.write_all(text.as_bytes()).unwrap();
-    let mut echoed = vec![0u8; text.len()];
-    client.read_exact(&mut echoed).unwrap();
-    assert_eq!(String::from_utf8_lossy(&echoed), text);
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 #[test]
 fn a_daemon_session_process_is_confined_and_relays() {

@@ -380,6 +380,26 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The one session process, once it exists (bounded wait).
+    pub fn session_pid(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(&(pid, _)) = children_of(self.pid()).first() {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no session process appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One line through an echo session, and back.
+pub fn round_trip(client: &mut (impl Read + Write), text: &str) {
+    client.write_all(text.as_bytes()).unwrap();
+    let mut echoed = vec![0u8; text.len()];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(String::from_utf8_lossy(&echoed), text);
 }
 
 impl Drop for Daemon {
