@@ -483,12 +483,20 @@ fn capability_list_span(line: &[u8]) -> Option<Range<usize>> {
     // Without its trailing spaces, which response_parts drops too: every slice found below then ends where `text`
     // ends, so its offset in the line is text.len() minus its length. (Measured against the whole line, a trailing
     // space shifted the span: the code lost its closing bracket and words were cut.)
-    let text = strip_eol(line);
-    let kept = text
-        .iter()
-        .rposition(|&byte| byte != b' ')
-        .map_or(0, |last| last + 1);
-    let text = &text[..kept];
+    // Until nothing changes: a line ending in CR, spaces and LF is a CR again once its spaces are gone, and
+    // response_parts would take that CR off too (found by the fuzz target starttls_imap: the span was one byte off).
+    let mut text = line;
+    loop {
+        let stripped = strip_eol(text);
+        let kept = stripped
+            .iter()
+            .rposition(|&byte| byte != b' ')
+            .map_or(0, |last| last + 1);
+        if kept == text.len() {
+            break;
+        }
+        text = &stripped[..kept];
+    }
     // `status` and what follows it are suffixes of `text` (response_parts trims no byte at the end of it).
     let (tag, status, after_status) = response_parts(text);
     if tag == b"*" && is_word(status, "CAPABILITY") {
@@ -687,6 +695,35 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// A line whose CR is followed by spaces before its LF: the capability list is still found where it is, so only
+    /// the capability words change (found by the fuzz target starttls_imap, which saw `IMAP4rev1` come out as
+    /// `I MAP4rev1`).
+    #[test]
+    fn a_capability_response_with_spaces_between_cr_and_lf_is_rewritten_in_place() {
+        let steps = after_ready(
+            "imap",
+            b"a1 capability\r\n",
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r \na1 OK done\r\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a1 capability\r\n"),
+                to_client(b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r \na1 OK done\r\n"),
+            ]
+        );
+        let after_tls = filter_both(
+            Proto::Imap,
+            &[
+                CAPABILITY,
+                Feed::Backend(b"* CAPABILITY IMAP4rev1 STARTTLS IDLE\r \n"),
+                Feed::BackendEof,
+            ],
+        );
+        assert_eq!(after_tls, b"* CAPABILITY IMAP4rev1 IDLE\r \n");
     }
 
     /// RFC 3501 puts one space after a tag; a backend that puts two has still completed the command the tag names
