@@ -194,7 +194,7 @@ impl Prelude {
     /// The line with any capability list rewritten for a plaintext client.
     fn advertise(&self, line: &[u8]) -> Vec<u8> {
         let required = self.required;
-        let rewritten = rewrite_capability_list(line, |capabilities| {
+        let rewritten = rewrite_capability_list(line, ListEnd::Crlf, |capabilities| {
             let mut shown: Vec<&[u8]> = capabilities
                 .into_iter()
                 .filter(|capability| !hidden_before_tls(capability, required))
@@ -520,10 +520,21 @@ fn capability_list_span(line: &[u8]) -> Option<Range<usize>> {
     (code[0] == b' ' || code[0] == b']').then_some(start..end)
 }
 
+/// How a rewritten line ends when its capability list runs to the end of the line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListEnd {
+    /// As the backend ended it (after TLS only the capability words may change).
+    AsSent,
+    /// With CRLF alone when the backend put a CR (and spaces) before the line's own end: that CR would otherwise
+    /// cling to the last word, which is then one of ours (`LOGINDISABLED\r`, no capability a client knows).
+    Crlf,
+}
+
 /// Rebuilds the line around the list `edit` makes of its capabilities; `None` when there is no list or `edit`
 /// leaves it alone.
 fn rewrite_capability_list<'a>(
     line: &'a [u8],
+    list_end: ListEnd,
     edit: impl FnOnce(Vec<&'a [u8]>) -> Option<Vec<&'a [u8]>>,
 ) -> Option<Vec<u8>> {
     let span = capability_list_span(line)?;
@@ -537,7 +548,16 @@ fn rewrite_capability_list<'a>(
         rebuilt.push(b' ');
         rebuilt.extend_from_slice(capability);
     }
-    rebuilt.extend_from_slice(&line[span.end..]);
+    let rest = &line[span.end..];
+    let list_runs_to_the_end = rest
+        .iter()
+        .all(|&byte| matches!(byte, b'\r' | b' ' | b'\n'));
+    let stray_cr = strip_eol(rest).contains(&b'\r');
+    if list_end == ListEnd::Crlf && list_runs_to_the_end && stray_cr {
+        rebuilt.extend_from_slice(b"\r\n");
+    } else {
+        rebuilt.extend_from_slice(rest);
+    }
     Some(rebuilt)
 }
 
@@ -557,7 +577,7 @@ fn hidden_before_tls(capability: &[u8], required: bool) -> bool {
 
 /// The line without STARTTLS in its capability list; `None` if there was nothing to take out.
 fn without_starttls(line: &[u8]) -> Option<Vec<u8>> {
-    rewrite_capability_list(line, |capabilities| {
+    rewrite_capability_list(line, ListEnd::AsSent, |capabilities| {
         let before = capabilities.len();
         let kept: Vec<&[u8]> = capabilities
             .into_iter()
@@ -712,7 +732,7 @@ mod tests {
             [
                 to_client(b"* OK ready\r\n"),
                 to_backend(b"a1 capability\r\n"),
-                to_client(b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r \na1 OK done\r\n"),
+                to_client(b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\na1 OK done\r\n"),
             ]
         );
         let after_tls = filter_both(
