@@ -1,11 +1,12 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
-//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, two OpenSSL context
-//! knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited descriptors, secure-heap PEM
-//! reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass phrase, the session ticket key
-//! callback, adding a CRL to a trust store, the time left until an OCSP nextUpdate, a flag shared with forked
-//! processes, socket options, the environment, the monotonic clock, no_new_privs and the seccomp filter), and the two
-//! poll helpers built on them. Each wrapper is small, returns `io::Result` where the call can fail, and states why
-//! its block is sound. Nothing outside this file may use `unsafe`.
+//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim and handing back an
+//! idle session's unused stack, two OpenSSL context knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill,
+//! close-on-exec for inherited descriptors, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding,
+//! decrypting a key with its pass phrase, the session ticket key callback, adding a CRL to a trust store, the time
+//! left until an OCSP nextUpdate, a flag shared with forked processes, socket options, the environment, the monotonic
+//! clock, no_new_privs and the seccomp filter), and the two poll helpers built on them. Each wrapper is small,
+//! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
+//! `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
