@@ -680,6 +680,20 @@ mod tests {
         0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21,
     ];
 
+    /// The spec's TCP-over-IPv4 header, 192.168.0.1:56324 to 192.168.0.11:443, no TLVs: what the builder must make
+    /// and the parser must read.
+    fn v2_tcp4_example() -> Vec<u8> {
+        let mut bytes = SIGNATURE_AND_PROXY.to_vec();
+        bytes.extend_from_slice(&[
+            0x11, 0x00, 0x0C, // TCP over IPv4, 12 bytes follow
+            0xC0, 0xA8, 0x00, 0x01, // 192.168.0.1
+            0xC0, 0xA8, 0x00, 0x0B, // 192.168.0.11
+            0xDC, 0x04, // 56324
+            0x01, 0xBB, // 443
+        ]);
+        bytes
+    }
+
     #[test]
     fn version_words_parse_and_a_bad_word_is_named() {
         assert_eq!("v1".parse(), Ok(ProxyVersion::V1));
@@ -813,14 +827,7 @@ mod tests {
 
     #[test]
     fn v2_ipv4_without_tls() {
-        let mut expected = SIGNATURE_AND_PROXY.to_vec();
-        expected.extend_from_slice(&[
-            0x11, 0x00, 0x0C, // TCP over IPv4, 12 bytes follow
-            0xC0, 0xA8, 0x00, 0x01, // 192.168.0.1
-            0xC0, 0xA8, 0x00, 0x0B, // 192.168.0.11
-            0xDC, 0x04, // 56324
-            0x01, 0xBB, // 443
-        ]);
+        let expected = v2_tcp4_example();
         assert_eq!(v2("192.168.0.1:56324", "192.168.0.11:443", None), expected);
     }
 
@@ -1193,14 +1200,7 @@ mod tests {
 
     #[test]
     fn parses_v2_tcp_over_ipv4_byte_for_byte() {
-        let mut bytes = SIGNATURE_AND_PROXY.to_vec();
-        bytes.extend_from_slice(&[
-            0x11, 0x00, 0x0C, // TCP over IPv4, 12 bytes follow
-            0xC0, 0xA8, 0x00, 0x01, // 192.168.0.1
-            0xC0, 0xA8, 0x00, 0x0B, // 192.168.0.11
-            0xDC, 0x04, // 56324
-            0x01, 0xBB, // 443
-        ]);
+        let bytes = v2_tcp4_example();
         assert_eq!(
             parse_header(&bytes),
             header(

@@ -15,7 +15,7 @@ use openssl::ssl::{ErrorCode, SslStream};
 
 use crate::client::ClientIo;
 use crate::reason::{io_reason, tls_reason};
-use crate::sys;
+use crate::{log_debug, sys};
 
 /// One TLS record of plaintext: the most a single SSL_read returns, and the most worth handing to SSL_write.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -674,6 +674,10 @@ impl<C: ClientSide, P: Plaintext> Pump<'_, C, P> {
             self.filter_input = Vec::new();
             sys::release_free_memory();
             sys::release_unused_stack();
+            log_debug!(
+                "quiet for {} ms: buffers and unused stack given back",
+                quiet.as_millis()
+            );
         }
         poll_or_fail(
             entries,

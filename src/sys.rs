@@ -1,12 +1,11 @@
 //! The one home of `unsafe`: thin wrappers around the libc and OpenSSL calls that std and the `openssl` crate do not
-//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim and handing back an
-//! idle session's unused stack, two OpenSSL context knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill,
-//! close-on-exec for inherited descriptors, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding,
-//! decrypting a key with its pass phrase, the session ticket key callback, adding a CRL to a trust store, the time
-//! left until an OCSP nextUpdate, a flag shared with forked processes, socket options, the environment, the monotonic
-//! clock, no_new_privs and the seccomp filter), and the two poll helpers built on them. Each wrapper is small,
-//! returns `io::Result` where the call can fail, and states why its block is sound. Nothing outside this file may use
-//! `unsafe`.
+//! offer (poll, fork, waitpid, signalfd, descriptor juggling, user lookup, set*id, malloc_trim, the idle stack
+//! release, two OpenSSL context knobs, SSL_has_pending, OPENSSL_cleanse, pidfd, kill, close-on-exec for inherited
+//! descriptors, secure-heap PEM reading, PKCS#8 and preset-curve EC key decoding, decrypting a key with its pass
+//! phrase, the session ticket key callback, adding a CRL to a trust store, the time left until an OCSP nextUpdate, a
+//! flag shared with forked processes, socket options, the environment, the monotonic clock, no_new_privs and the
+//! seccomp filter), and the two poll helpers built on them. Each wrapper is small, returns `io::Result` where the
+//! call can fail, and states why its block is sound. Nothing outside this file may use `unsafe`.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -904,10 +903,9 @@ pub fn release_unused_stack() {
     }
     // This frame's page and the one below stay: they hold this call's frame, the red zone and madvise's own frame.
     let keep_from = (frame_address & !(page - 1)) - page;
-    // SAFETY: the range lies below every live frame of the main thread (its stack grows down) and within the gap
-    // where only that stack may be mapped (see MAIN_STACK_DEPTH_CHECKED), so nothing in it is in use. madvise skips
-    // what is not mapped yet (man 2 madvise: Linux applies the advice to the mapped parts and returns ENOMEM, the
-    // expected result here).
+    // madvise skips what is not mapped yet (man 2 madvise: Linux applies the advice to the mapped parts and returns
+    // ENOMEM, the expected result here).
+    // SAFETY: the range lies below every live frame of the main thread, in the gap only its stack may use.
     unsafe {
         libc::madvise(
             (keep_from - UNUSED_STACK_REACH) as *mut libc::c_void,

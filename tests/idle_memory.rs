@@ -73,24 +73,33 @@ fn stack_pages_below_the_waiting_frame(pid: u32) -> Option<usize> {
 
 #[test]
 fn an_idle_session_gives_back_the_stack_its_handshake_used_and_still_relays() {
-    let s = setup("idle-stack");
-    let daemon = Daemon::start(&as_strs(&s.legacy_line(backend(echo), &[])), &s.syslog);
+    let mut s = setup("idle-stack");
+    let line = s.legacy_line(backend(echo), &["-debug"]);
+    let daemon = Daemon::start(&as_strs(&line), &s.syslog);
     let mut client = tls(daemon.port);
     round_trip(&mut client, "handshake done\n");
     let session = daemon.session_pid();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // The session gives its memory back after a quiet second; wait for that (bounded), not for a fixed time.
-    let mut below = None;
-    while Instant::now() < deadline {
-        below = stack_pages_below_the_waiting_frame(session);
-        if below == Some(0) {
-            break;
+    // The session says so at -debug once it has gone quiet and given its memory back.
+    s.syslog
+        .wait_for(
+            "buffers and unused stack given back",
+            Duration::from_secs(20),
+        )
+        .expect("the quiet session's debug line");
+    // It logs just before it polls again; the stack pointer is read once it waits there (a moment, bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let below = loop {
+        if let Some(below) = stack_pages_below_the_waiting_frame(session) {
+            break below;
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        assert!(
+            Instant::now() < deadline,
+            "the session never waited in poll"
+        );
+        std::thread::yield_now();
+    };
     assert_eq!(
-        below,
-        Some(0),
+        below, 0,
         "the idle session still holds stack pages below the frame it waits in"
     );
     round_trip(

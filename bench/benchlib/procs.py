@@ -123,7 +123,7 @@ def _stat_fields(raw):
     return raw[raw.rindex(b")") + 2:].decode().split()
 
 
-def _parents():
+def parent_of_each_process():
     """Maps each PID on the machine to its parent PID (this kernel has no /proc/PID/task/TID/children)."""
     parents = {}
     for entry in os.listdir("/proc"):
@@ -140,7 +140,7 @@ def _parents():
 def descendants(pid):
     """Every live descendant of pid, children before grandchildren."""
     children = {}
-    for child, parent in _parents().items():
+    for child, parent in parent_of_each_process().items():
         children.setdefault(parent, []).append(child)
     found, queue = [], [pid]
     while queue:

@@ -381,16 +381,13 @@ impl Daemon {
         self.child.id()
     }
 
-    /// The one session process, once it exists (bounded wait).
+    /// The one session process. Call it once the session has answered (a round trip, a greeting): the daemon forks
+    /// before the session reads a byte, so the process exists by then.
     pub fn session_pid(&self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(&(pid, _)) = children_of(self.pid()).first() {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "no session process appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        children_of(self.pid())
+            .first()
+            .map(|&(pid, _)| pid)
+            .expect("a session process for the connection that was answered")
     }
 }
 
