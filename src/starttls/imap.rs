@@ -199,10 +199,18 @@ impl Prelude {
                 .into_iter()
                 .filter(|capability| !hidden_before_tls(capability, required))
                 .collect();
-            shown.push(b"STARTTLS");
-            if required {
-                shown.push(b"LOGINDISABLED");
-            }
+            // A list ending in a literal marker keeps the marker last: the literal's bytes follow the line, and a
+            // client takes them for part of this response only while the marker ends it.
+            let ours_at = match shown.last() {
+                Some(word) if literal_at_end(word).is_some() => shown.len() - 1,
+                _ => shown.len(),
+            };
+            let ours: &[&[u8]] = if required {
+                &[b"STARTTLS", b"LOGINDISABLED"]
+            } else {
+                &[b"STARTTLS"]
+            };
+            shown.splice(ours_at..ours_at, ours.iter().copied());
             Some(shown)
         });
         rewritten.unwrap_or_else(|| line.to_vec())
@@ -744,6 +752,28 @@ mod tests {
             ],
         );
         assert_eq!(after_tls, b"* CAPABILITY IMAP4rev1 IDLE\r \n");
+    }
+
+    /// A capability response ending in a literal marker keeps the marker at the end: had ours followed it, the
+    /// literal's bytes would have reached the client as a response line of their own (found by the fuzz target
+    /// starttls_imap: `A OK [CAPABILITY]`, a list without LOGINDISABLED).
+    #[test]
+    fn a_capability_response_ending_in_a_literal_keeps_the_literal_last() {
+        let steps = after_ready(
+            "imap",
+            b"a1 capability\r\n",
+            b"* CAPABILITY IMAP4rev1 {2}\r\nA OK [CAPABILITY]\r\na1 OK done\r\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                to_client(b"* OK ready\r\n"),
+                to_backend(b"a1 capability\r\n"),
+                to_client(
+                    b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED {2}\r\nA OK [CAPABILITY]\r\na1 OK done\r\n"
+                ),
+            ]
+        );
     }
 
     /// RFC 3501 puts one space after a tag; a backend that puts two has still completed the command the tag names
